@@ -1,0 +1,97 @@
+/* Run configuration: INI files read with libinih, overridden by --set section.key=value.
+ *
+ * One table (src/cli/config.c) lists every key with its type, default, valid range and whether
+ * it may change when a run is resumed; parsing, validation, printing the effective config and
+ * the README's key reference all come from it. Parsing is local; every rank parses the same
+ * file and so reaches the same verdict without communicating. */
+#ifndef METATRAIN_CONFIG_H
+#define METATRAIN_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "metatrain/error.h"
+
+#define MT_CONFIG_STR 512
+
+typedef enum {
+    MT_ALGO_MAML, MT_ALGO_FOMAML, MT_ALGO_METASGD, MT_ALGO_ANIL,
+    MT_ALGO_MAMLPP, MT_ALGO_REPTILE, MT_ALGO_IMAML
+} mt_algorithm;
+
+typedef enum { MT_TASK_SINUSOID, MT_TASK_LINREG, MT_TASK_EPISODES, MT_TASK_GROUPED } mt_task_kind;
+typedef enum { MT_OPT_ADAM, MT_OPT_SGD } mt_optimizer_kind;
+typedef enum { MT_SPLIT_TRAIN, MT_SPLIT_VAL, MT_SPLIT_TEST, MT_SPLIT_ALL } mt_split;
+
+typedef struct {
+    /* [train] */
+    uint64_t seed;            /* train.seed: keys every random number */
+    int iterations;           /* train.iterations: outer steps in total */
+    int meta_batch;           /* train.meta_batch: tasks per outer step */
+    int checkpoint_every;     /* train.checkpoint_every: 0 writes only at the end */
+    int keep_checkpoints;     /* train.keep_checkpoints: numbered copies kept besides checkpoint.h5 */
+    int log_every;            /* train.log_every: progress line period in iterations (files) */
+    int resume;               /* train.resume: 1 = continue from output.dir/checkpoint.h5 if present */
+    int threads;              /* train.threads: OpenBLAS threads per rank */
+    /* [output] */
+    char output_dir[MT_CONFIG_STR]; /* output.dir */
+    /* [meta] */
+    mt_algorithm algorithm;   /* meta.algorithm */
+    int inner_steps;          /* meta.inner_steps */
+    double inner_lr;          /* meta.inner_lr: initial value where the rates are learned */
+    double outer_lr;          /* meta.outer_lr */
+    mt_optimizer_kind optimizer; /* meta.optimizer: adam or sgd */
+    double momentum;          /* meta.momentum: SGD */
+    double beta1, beta2, adam_eps; /* meta.beta1, meta.beta2, meta.adam_eps */
+    double clip_norm;         /* meta.clip_norm: global-norm clipping, 0 = off */
+    int first_order_iterations; /* meta.first_order_iterations: MAML++ derivative-order annealing */
+    int msl_iterations;       /* meta.msl_iterations: MAML++ multi-step-loss annealing length */
+    double min_outer_lr;      /* meta.min_outer_lr: MAML++ cosine schedule floor */
+    double imaml_lambda;      /* meta.lambda: iMAML proximal strength */
+    int cg_steps;             /* meta.cg_steps: iMAML conjugate-gradient iterations at most */
+    double cg_tol;            /* meta.cg_tol: iMAML residual tolerance, relative to ‖b‖ */
+    /* [task] */
+    mt_task_kind task_kind;   /* task.kind */
+    int shots;                /* task.shots: support examples per task (per class when classifying) */
+    int queries;              /* task.queries: query examples per task (per class when classifying) */
+    int ways;                 /* task.ways: classes per episode */
+    char task_path[MT_CONFIG_STR]; /* task.path: HDF5 dataset for episodes and grouped */
+    /* [model] */
+    char model_spec[MT_CONFIG_STR]; /* model.spec: see mt_nn_parse */
+    /* [eval] */
+    int eval_tasks;           /* eval.tasks */
+    int eval_steps;           /* eval.steps: inner steps at evaluation; 0 = meta.inner_steps */
+    int eval_queries;         /* eval.queries: 0 = task.queries */
+    mt_split eval_split;      /* eval.split */
+    int eval_every;           /* eval.every: validation period during training, 0 = off */
+    int eval_val_tasks;       /* eval.val_tasks: tasks per validation during training */
+} mt_config;
+
+/* Defaults for every key. */
+void mt_cli_config_defaults(mt_config *cfg);
+
+/* Reads an INI file over cfg. Unknown sections or keys, bad types and out-of-range values fail
+ * with "FILE:LINE: section.key: reason". */
+mt_status mt_cli_config_load(mt_config *cfg, const char *path);
+
+/* Applies one "section.key=value" override; `origin` names it in messages ("--set"). */
+mt_status mt_cli_config_set(mt_config *cfg, const char *assignment, const char *origin);
+
+/* Checks the relations between keys (for example eval.steps, task.ways against model.spec's
+ * head); call once after all files and overrides. */
+mt_status mt_cli_config_validate(const mt_config *cfg);
+
+/* The effective configuration as INI text, every key, in table order. Returns the length, or
+ * the length it would need when it does not fit (like snprintf). */
+size_t mt_cli_config_format(const mt_config *cfg, char *out, size_t size);
+
+/* Compares a resumed run's config with the checkpoint's: only keys that set the run's length
+ * and output may differ. Fails naming the first key that changes the model or the math. */
+mt_status mt_cli_config_check_resume(const mt_config *saved, const mt_config *now);
+
+/* Names for the enums, as written in configs. */
+const char *mt_cli_algorithm_name(mt_algorithm a);
+const char *mt_cli_task_kind_name(mt_task_kind k);
+const char *mt_cli_split_name(mt_split s);
+
+#endif

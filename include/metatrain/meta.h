@@ -1,0 +1,83 @@
+/* Meta-learning: the inner loop that adapts a model to one task, the exact meta-gradient through
+ * it, and the outer optimizer. See ../shared/notes/meta-gradients.md for the math.
+ *
+ * The meta-parameters are one flat vector: the network's parameters θ (mt_nn_net layout),
+ * followed by the learned inner learning rates where the algorithm has them:
+ *   metasgd: one rate per parameter (n_params more entries, same layout as θ);
+ *   mamlpp:  one rate per parameter-holding layer and inner step (n_param_layers × steps).
+ * Gradients and optimizer state use the same layout. Everything here is local to a rank. */
+#ifndef METATRAIN_META_H
+#define METATRAIN_META_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "metatrain/config.h"
+#include "metatrain/error.h"
+#include "metatrain/nn.h"
+#include "metatrain/task.h"
+
+typedef struct {
+    const mt_nn_net *net;
+    mt_algorithm algorithm;
+    int inner_steps;
+    size_t n_theta; /* network parameters */
+    size_t n_rates; /* learned inner learning rates */
+    size_t n_meta;  /* n_theta + n_rates */
+} mt_meta_layout;
+
+void mt_meta_layout_init(mt_meta_layout *layout, const mt_nn_net *net, mt_algorithm algorithm,
+                         int inner_steps);
+
+/* Initial meta-parameters: θ from mt_nn_init_params, learned rates at inner_lr. */
+void mt_meta_init_params(const mt_meta_layout *layout, uint64_t seed, double inner_lr, float *meta);
+
+/* Per-iteration settings of the inner loop, from the config and the schedules. */
+typedef struct {
+    double inner_lr;     /* fixed rate where rates are not learned */
+    int second_order;    /* 0: drop the Hessian terms (FOMAML; MAML++ early iterations) */
+    int multi_step_loss; /* MAML++: Σ_k w_k L_q(θ_k) */
+    double step_weights[64]; /* w_1..w_K, index k-1, when multi_step_loss */
+    double imaml_lambda;
+    int cg_steps;
+    double cg_tol;
+} mt_meta_step_config;
+
+/* The settings for outer iteration `iteration` (MAML++ schedules included). */
+void mt_meta_step_config_at(mt_meta_step_config *sc, const mt_config *cfg, int iteration);
+
+/* MAML++ multi-step-loss weights at `iteration` (Antoniou et al. 2019): uniform at first, moving
+ * linearly to the last step over msl_iterations; the others keep a floor of 0.03/K. */
+void mt_meta_msl_weights(double *weights, int steps, int iteration, int msl_iterations);
+/* MAML++ cosine-annealed outer learning rate. */
+double mt_meta_cosine_lr(double lr, double min_lr, int iteration, int iterations);
+
+/* Outer optimizer over the flat meta-parameter vector. */
+typedef struct {
+    mt_optimizer_kind kind;
+    size_t n;
+    double lr, beta1, beta2, eps, momentum;
+    int64_t step;
+    float *m, *v; /* Adam's moments, or SGD's velocity in m (v unused) */
+} mt_meta_optim;
+
+mt_status mt_meta_optim_init(mt_meta_optim *opt, const mt_config *cfg, size_t n);
+void mt_meta_optim_free(mt_meta_optim *opt);
+/* One step: params -= update(grad) at learning rate lr. Deterministic, elementwise. */
+void mt_meta_optim_step(mt_meta_optim *opt, float *params, const float *grad, double lr);
+/* Scales grad to global norm clip when it exceeds it (clip <= 0: no-op). Returns the norm. */
+double mt_meta_clip_grad(float *grad, size_t n, double clip);
+
+#define MT_REAL float
+#define MT_(name) name
+#include "metatrain/meta_tmpl.h"
+#undef MT_REAL
+#undef MT_
+
+#define MT_REAL double
+#define MT_(name) name##_f64
+#include "metatrain/meta_tmpl.h"
+#undef MT_REAL
+#undef MT_
+
+#endif

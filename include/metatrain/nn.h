@@ -1,0 +1,98 @@
+/* Neural-network engine: exact gradients and Hessian-vector products.
+ *
+ * A network is a chain of layers read from a text spec (see mt_nn_parse). Its parameters live in
+ * one flat buffer; layer l's tensors are views at fixed offsets (mt_nn_tensor). Gradients, HVP
+ * directions and optimizer state use the same layout.
+ *
+ * Every layer has four routines: forward, backward, R-forward and R-backward (Pearlmutter 1994).
+ * The R-routines carry the directional derivative along a parameter direction u, so one HVP costs
+ * a small constant times one gradient.
+ *
+ * The numeric code exists twice, in float (the training path, names as written) and in double
+ * (verification, names ending in _f64): nn_tmpl.h is included once per precision. Everything
+ * here is local to a rank: nothing is collective. */
+#ifndef METATRAIN_NN_H
+#define METATRAIN_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "metatrain/error.h"
+
+#define MT_NN_MAX_LAYERS 64
+#define MT_NN_MAX_TENSORS 128
+#define MT_NN_NAME_LEN 32
+#define MT_NN_BN_EPS 1e-5
+
+typedef enum {
+    MT_NN_LINEAR,  /* y = x Wᵀ + b */
+    MT_NN_RELU,
+    MT_NN_CONV3X3, /* 3x3 kernel, padding 1, stride 1 or 2 */
+    MT_NN_BATCHNORM, /* batch statistics always, learnable scale and shift */
+    MT_NN_MAXPOOL2,  /* 2x2 window, stride 2 */
+    MT_NN_AVGPOOL    /* global average pool over H x W */
+} mt_nn_layer_kind;
+
+typedef enum { MT_NN_LOSS_MSE, MT_NN_LOSS_XENT } mt_nn_loss_kind;
+
+typedef struct {
+    mt_nn_layer_kind kind;
+    int in_c, in_h, in_w;    /* per-sample input shape (C,H,W); features are (D,1,1) */
+    int out_c, out_h, out_w; /* per-sample output shape */
+    int stride;              /* conv only */
+    size_t param_offset;     /* into the flat buffer */
+    size_t weight_count;     /* weight (or BN scale) entries; the bias (or shift) follows */
+    size_t param_count;      /* weight_count + bias entries; 0 for layers without parameters */
+    int first_tensor;        /* index into mt_nn_net.tensors of the weight, -1 without */
+    int aux;                 /* index of this layer's BN/maxpool slot in a workspace, else -1 */
+    char name[MT_NN_NAME_LEN]; /* "conv1", "bn2", "fc3", "relu1" */
+} mt_nn_layer;
+
+typedef struct {
+    char name[2 * MT_NN_NAME_LEN]; /* "<layer>/<role>": "conv1/weight", "bn1/scale" */
+    size_t offset, count;
+    int rank, dims[4];
+    int layer;
+} mt_nn_tensor;
+
+/* Architecture and parameter layout; holds no numbers. */
+typedef struct {
+    int n_layers;
+    mt_nn_layer layers[MT_NN_MAX_LAYERS];
+    int n_tensors;
+    mt_nn_tensor tensors[MT_NN_MAX_TENSORS];
+    mt_nn_loss_kind loss;
+    int in_c, in_h, in_w;
+    size_t in_size, out_size; /* per sample */
+    size_t n_params;
+    int n_batchnorm, n_maxpool;
+    int n_param_layers; /* layers that hold parameters */
+    char spec[512];
+} mt_nn_net;
+
+/* Parses a spec such as
+ *   "input 1, linear 40, relu, linear 40, relu, linear 1, mse"
+ *   "input 1x28x28, conv 64 s2, bn, relu, ..., flatten, linear 5, xent"
+ * Items: input D | input CxHxW; linear N; relu; conv N [s1|s2]; bn; maxpool; avgpool; flatten;
+ * and a final loss, mse or xent. `what` names the source in messages ("model.spec"). */
+mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what);
+
+/* Index of the tensor called `name`, or -1. */
+int mt_nn_find_tensor(const mt_nn_net *net, const char *name);
+
+/* Elementwise mask of the parameters of the last layer holding parameters (the "head"). */
+void mt_nn_head_range(const mt_nn_net *net, size_t *begin, size_t *end);
+
+#define MT_REAL float
+#define MT_(name) name
+#include "metatrain/nn_tmpl.h"
+#undef MT_REAL
+#undef MT_
+
+#define MT_REAL double
+#define MT_(name) name##_f64
+#include "metatrain/nn_tmpl.h"
+#undef MT_REAL
+#undef MT_
+
+#endif

@@ -1,0 +1,47 @@
+/* Task families. A task is a support set to adapt on and a query set to measure the adapted
+ * model on. Every task is rebuilt from (seed, iteration, task index) alone, with the counter-based
+ * RNG, so any rank can make any task: results never depend on how tasks are spread over ranks.
+ * Local, never collective. */
+#ifndef METATRAIN_TASK_H
+#define METATRAIN_TASK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "metatrain/config.h"
+#include "metatrain/error.h"
+#include "metatrain/nn.h"
+
+struct mt_task_dataset; /* HDF5 data behind the episodes and grouped families */
+
+typedef struct {
+    mt_task_kind kind;
+    int shots, queries, ways;  /* per class for classification */
+    size_t in_size, out_size;  /* per example */
+    int classification;        /* labels instead of regression targets */
+    const struct mt_task_dataset *data;
+    mt_split split;            /* which classes or groups tasks come from */
+} mt_task_family;
+
+/* Builds a family from the config for the given split; queries overrides cfg->queries when > 0.
+ * Checks that the model's input and output fit the family. */
+mt_status mt_task_family_init(mt_task_family *fam, const mt_config *cfg, const mt_nn_net *net,
+                              const struct mt_task_dataset *data, mt_split split, int queries);
+
+/* Examples in a support and a query set. */
+int mt_task_support_size(const mt_task_family *fam);
+int mt_task_query_size(const mt_task_family *fam);
+
+#define MT_REAL float
+#define MT_(name) name
+#include "metatrain/task_tmpl.h"
+#undef MT_REAL
+#undef MT_
+
+#define MT_REAL double
+#define MT_(name) name##_f64
+#include "metatrain/task_tmpl.h"
+#undef MT_REAL
+#undef MT_
+
+#endif

@@ -1,0 +1,2 @@
+#include <stdio.h>
+int main(void) { puts("metatrain " METATRAIN_VERSION); return 0; }

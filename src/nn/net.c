@@ -1,0 +1,251 @@
+/* Whole-network passes over a planned workspace: loss, gradient, and Hessian-vector product by
+ * forward-over-reverse. Nothing here allocates except mt_nn_ws_create. */
+#include "metatrain/nn.h"
+#include "metatrain/rng.h"
+#include "core/precision.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef MT_(mt_nn_ws) ws_t;
+typedef MT_(mt_nn_batch) batch_t;
+
+static size_t layer_in_size(const mt_nn_layer *L) { return (size_t)L->in_c * L->in_h * L->in_w; }
+static size_t layer_out_size(const mt_nn_layer *L) { return (size_t)L->out_c * L->out_h * L->out_w; }
+
+mt_status MT_(mt_nn_ws_create)(ws_t **out, const mt_nn_net *net, int max_batch) {
+    mt_status st = MT_OK;
+    ws_t *ws = calloc(1, sizeof *ws);
+    if (!ws) MT_THROW(MT_ERR_NOMEM, "out of memory planning a workspace");
+    if (max_batch <= 0) MT_THROW(MT_ERR_ARG, "workspace batch size must be positive");
+    ws->net = net;
+    ws->max_batch = max_batch;
+
+    /* Plan: count every buffer's size, make one allocation, then point into it. */
+    size_t B = (size_t)max_batch, total = 0, widest = net->in_size, col = 0, stats = 0, ints = 0;
+    for (int l = 0; l < net->n_layers; l++) {
+        const mt_nn_layer *L = &net->layers[l];
+        total += 2 * B * layer_out_size(L); /* act and ract */
+        if (layer_out_size(L) > widest) widest = layer_out_size(L);
+        if (L->kind == MT_NN_CONV3X3) {
+            size_t c = (size_t)L->in_c * 9 * L->out_h * L->out_w;
+            if (c > col) col = c;
+        }
+        if (L->kind == MT_NN_BATCHNORM) ws->bn_stats_offset[l] = stats, stats += 3 * (size_t)L->in_c;
+        if (L->kind == MT_NN_MAXPOOL2) ws->pool_offset[l] = ints, ints += B * layer_out_size(L);
+    }
+    total += 4 * B * widest + 3 * col + stats;
+    mt_real *p = ws->arena = malloc(total * sizeof(mt_real));
+    ws->int_arena = malloc((ints ? ints : 1) * sizeof(int32_t));
+    if (!ws->arena || !ws->int_arena) MT_THROW(MT_ERR_NOMEM, "out of memory planning a workspace");
+    for (int l = 0; l < net->n_layers; l++) {
+        size_t n = B * layer_out_size(&net->layers[l]);
+        ws->act[l + 1] = p, p += n;
+        ws->ract[l + 1] = p, p += n;
+    }
+    for (int i = 0; i < 2; i++) {
+        ws->delta[i] = p, p += B * widest;
+        ws->rdelta[i] = p, p += B * widest;
+    }
+    ws->col = p, p += col;
+    ws->rcol = p, p += col;
+    ws->dcol = p, p += col;
+    ws->bn_stats = p;
+    ws->pool_argmax = ws->int_arena;
+    *out = ws;
+    return MT_OK;
+fail:
+    MT_(mt_nn_ws_free)(ws);
+    return st;
+}
+
+void MT_(mt_nn_ws_free)(ws_t *ws) {
+    if (!ws) return;
+    free(ws->arena);
+    free(ws->int_arena);
+    free(ws);
+}
+
+void MT_(mt_nn_init_params)(const mt_nn_net *net, uint64_t seed, mt_real *params) {
+    memset(params, 0, net->n_params * sizeof *params);
+    for (int t = 0; t < net->n_tensors; t++) {
+        const mt_nn_tensor *T = &net->tensors[t];
+        const mt_nn_layer *L = &net->layers[T->layer];
+        int is_weight = strcmp(T->name + strlen(L->name) + 1, "weight") == 0;
+        if (L->kind == MT_NN_BATCHNORM && T->offset == L->param_offset) {
+            for (size_t i = 0; i < T->count; i++) params[T->offset + i] = 1; /* scale */
+        } else if (is_weight) {
+            size_t fan_in = T->count / (size_t)T->dims[0];
+            double std = sqrt(2.0 / (double)fan_in); /* He et al. 2015, for ReLU networks */
+            mt_rng rng;
+            mt_rng_init(&rng, seed, 0, (uint32_t)t, MT_RNG_STREAM_INIT);
+            for (size_t i = 0; i < T->count; i++) params[T->offset + i] = (mt_real)(std * mt_rng_normal(&rng));
+        }
+    }
+}
+
+/* Forward pass; with dir, the R-forward pass too, layer by layer. */
+static void forward(ws_t *ws, const mt_real *params, const batch_t *batch, const mt_real *dir) {
+    const mt_nn_net *net = ws->net;
+    int B = batch->n;
+    ws->act[0] = (mt_real *)batch->x; /* read only */
+    ws->ract[0] = NULL;
+    for (int l = 0; l < net->n_layers; l++) {
+        const mt_nn_layer *L = &net->layers[l];
+        const mt_real *x = ws->act[l], *rx = ws->ract[l];
+        mt_real *y = ws->act[l + 1], *ry = ws->ract[l + 1];
+        const mt_real *W = params + L->param_offset, *b = W + L->weight_count;
+        const mt_real *U = dir ? dir + L->param_offset : NULL, *c = U ? U + L->weight_count : NULL;
+        size_t n_out = (size_t)B * layer_out_size(L);
+        switch (L->kind) {
+        case MT_NN_LINEAR: {
+            int I = (int)layer_in_size(L), O = L->out_c;
+            MT_(mt_nn_linear_forward)(y, x, W, b, B, I, O);
+            if (dir) MT_(mt_nn_linear_rforward)(ry, x, rx, W, U, c, B, I, O);
+            break;
+        }
+        case MT_NN_CONV3X3:
+            MT_(mt_nn_conv_forward)(y, x, W, b, ws->col, B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
+            if (dir)
+                MT_(mt_nn_conv_rforward)(ry, x, rx, W, U, c, ws->col, ws->rcol, B, L->in_c, L->in_h,
+                                         L->in_w, L->out_c, L->stride);
+            break;
+        case MT_NN_BATCHNORM: {
+            mt_real *stats = ws->bn_stats + ws->bn_stats_offset[l];
+            int S = L->in_h * L->in_w;
+            MT_(mt_nn_bn_forward)(y, stats, x, W, b, B, L->in_c, S);
+            if (dir) MT_(mt_nn_bn_rforward)(ry, stats, x, rx, W, U, c, B, L->in_c, S);
+            break;
+        }
+        case MT_NN_RELU:
+            MT_(mt_nn_relu_forward)(y, x, n_out);
+            if (dir) {
+                if (rx) MT_(mt_nn_relu_backward)(ry, rx, y, n_out);
+                else memset(ry, 0, n_out * sizeof *ry);
+            }
+            break;
+        case MT_NN_MAXPOOL2: {
+            int32_t *argmax = ws->pool_argmax + ws->pool_offset[l];
+            MT_(mt_nn_maxpool_forward)(y, argmax, x, B, L->in_c, L->in_h, L->in_w);
+            if (dir) {
+                if (rx) MT_(mt_nn_maxpool_gather)(ry, rx, argmax, n_out);
+                else memset(ry, 0, n_out * sizeof *ry);
+            }
+            break;
+        }
+        case MT_NN_AVGPOOL:
+            MT_(mt_nn_avgpool_forward)(y, x, B, L->in_c, L->in_h * L->in_w);
+            if (dir) {
+                if (rx) MT_(mt_nn_avgpool_forward)(ry, rx, B, L->in_c, L->in_h * L->in_w);
+                else memset(ry, 0, n_out * sizeof *ry);
+            }
+            break;
+        }
+    }
+}
+
+static double loss_value(const ws_t *ws, const batch_t *batch) {
+    const mt_nn_net *net = ws->net;
+    const mt_real *out = ws->act[net->n_layers];
+    if (net->loss == MT_NN_LOSS_MSE) return MT_(mt_nn_mse_forward)(out, batch->y, batch->n, (int)net->out_size);
+    return MT_(mt_nn_xent_forward)(out, batch->labels, batch->n, (int)net->out_size);
+}
+
+/* Backward pass into grad; with dir, the R-backward pass into hv as well. */
+static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, const mt_real *dir,
+                     mt_real *grad, mt_real *hv) {
+    const mt_nn_net *net = ws->net;
+    int B = batch->n, O = (int)net->out_size, cur = 0;
+    const mt_real *out = ws->act[net->n_layers];
+    if (net->loss == MT_NN_LOSS_MSE) {
+        MT_(mt_nn_mse_backward)(ws->delta[0], out, batch->y, B, O);
+        if (dir) MT_(mt_nn_mse_rbackward)(ws->rdelta[0], ws->ract[net->n_layers], B, O);
+    } else {
+        MT_(mt_nn_xent_backward)(ws->delta[0], out, batch->labels, B, O);
+        if (dir) MT_(mt_nn_xent_rbackward)(ws->rdelta[0], out, ws->ract[net->n_layers], B, O);
+    }
+    for (int l = net->n_layers - 1; l >= 0; l--) {
+        const mt_nn_layer *L = &net->layers[l];
+        const mt_real *x = ws->act[l], *rx = ws->ract[l], *y = ws->act[l + 1];
+        const mt_real *dy = ws->delta[cur], *rdy = ws->rdelta[cur];
+        mt_real *dx = l > 0 ? ws->delta[1 - cur] : NULL;
+        mt_real *rdx = l > 0 && dir ? ws->rdelta[1 - cur] : NULL;
+        const mt_real *W = params + L->param_offset;
+        const mt_real *U = dir ? dir + L->param_offset : NULL;
+        mt_real *dW = grad + L->param_offset, *db = dW + L->weight_count;
+        mt_real *rdW = hv ? hv + L->param_offset : NULL, *rdb = rdW ? rdW + L->weight_count : NULL;
+        size_t n_in = (size_t)B * layer_in_size(L), n_out = (size_t)B * layer_out_size(L);
+        switch (L->kind) {
+        case MT_NN_LINEAR: {
+            int I = (int)layer_in_size(L), Od = L->out_c;
+            if (dir) MT_(mt_nn_linear_rbackward)(rdx, rdW, rdb, dy, rdy, x, rx, W, U, B, I, Od);
+            MT_(mt_nn_linear_backward)(dx, dW, db, dy, x, W, B, I, Od);
+            break;
+        }
+        case MT_NN_CONV3X3:
+            if (dir)
+                MT_(mt_nn_conv_rbackward)(rdx, rdW, rdb, dy, rdy, x, rx, W, U, ws->col, ws->rcol,
+                                          ws->dcol, B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
+            MT_(mt_nn_conv_backward)(dx, dW, db, dy, x, W, ws->col, ws->dcol, B, L->in_c, L->in_h,
+                                     L->in_w, L->out_c, L->stride);
+            break;
+        case MT_NN_BATCHNORM: {
+            const mt_real *stats = ws->bn_stats + ws->bn_stats_offset[l];
+            int S = L->in_h * L->in_w;
+            if (dir) MT_(mt_nn_bn_rbackward)(rdx, rdW, rdb, dy, rdy, x, rx, stats, W, U, B, L->in_c, S);
+            MT_(mt_nn_bn_backward)(dx, dW, db, dy, x, stats, W, B, L->in_c, S);
+            break;
+        }
+        case MT_NN_RELU:
+            if (dx) MT_(mt_nn_relu_backward)(dx, dy, y, n_out);
+            if (rdx) MT_(mt_nn_relu_backward)(rdx, rdy, y, n_out);
+            break;
+        case MT_NN_MAXPOOL2: {
+            const int32_t *argmax = ws->pool_argmax + ws->pool_offset[l];
+            if (dx) MT_(mt_nn_maxpool_backward)(dx, dy, argmax, n_in, n_out);
+            if (rdx) MT_(mt_nn_maxpool_backward)(rdx, rdy, argmax, n_in, n_out);
+            break;
+        }
+        case MT_NN_AVGPOOL:
+            if (dx) MT_(mt_nn_avgpool_backward)(dx, dy, B, L->in_c, L->in_h * L->in_w);
+            if (rdx) MT_(mt_nn_avgpool_backward)(rdx, rdy, B, L->in_c, L->in_h * L->in_w);
+            break;
+        }
+        cur = 1 - cur;
+    }
+}
+
+double MT_(mt_nn_loss)(ws_t *ws, const mt_real *params, const batch_t *batch) {
+    forward(ws, params, batch, NULL);
+    return loss_value(ws, batch);
+}
+
+double MT_(mt_nn_grad)(ws_t *ws, const mt_real *params, const batch_t *batch, mt_real *grad) {
+    forward(ws, params, batch, NULL);
+    memset(grad, 0, ws->net->n_params * sizeof *grad);
+    backward(ws, params, batch, NULL, grad, NULL);
+    return loss_value(ws, batch);
+}
+
+double MT_(mt_nn_hvp)(ws_t *ws, const mt_real *params, const batch_t *batch, const mt_real *dir,
+                      mt_real *grad, mt_real *hv) {
+    forward(ws, params, batch, dir);
+    memset(hv, 0, ws->net->n_params * sizeof *hv);
+    memset(grad, 0, ws->net->n_params * sizeof *grad);
+    backward(ws, params, batch, dir, grad, hv);
+    return loss_value(ws, batch);
+}
+
+int MT_(mt_nn_count_correct)(const ws_t *ws, const batch_t *batch) {
+    const mt_real *out = ws->act[ws->net->n_layers];
+    int O = (int)ws->net->out_size, correct = 0;
+    for (int n = 0; n < batch->n; n++) {
+        const mt_real *z = out + (size_t)n * O;
+        int best = 0;
+        for (int j = 1; j < O; j++)
+            if (z[j] > z[best]) best = j;
+        correct += best == batch->labels[n];
+    }
+    return correct;
+}

@@ -1,0 +1,192 @@
+/* The network spec parser and the parameter layout. Precision-independent. */
+#include "metatrain/nn.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Splits `item` into at most `max` whitespace-separated words, in place. */
+static int split_words(char *item, char **words, int max) {
+    int n = 0;
+    for (char *p = strtok(item, " \t\r\n"); p && n < max; p = strtok(NULL, " \t\r\n")) words[n++] = p;
+    return n;
+}
+
+static int parse_positive(const char *text, int *value) {
+    char *end;
+    long v = strtol(text, &end, 10);
+    if (end == text || *end != '\0' || v <= 0 || v > 1 << 20) return 0;
+    *value = (int)v;
+    return 1;
+}
+
+static void add_tensor(mt_nn_net *net, int layer, const char *role, size_t offset, size_t count,
+                       int rank, const int *dims) {
+    mt_nn_tensor *t = &net->tensors[net->n_tensors++];
+    char name[sizeof t->name];
+    snprintf(name, sizeof name, "%s/%s", net->layers[layer].name, role);
+    memcpy(t->name, name, sizeof name);
+    t->offset = offset;
+    t->count = count;
+    t->rank = rank;
+    for (int i = 0; i < 4; i++) t->dims[i] = i < rank ? dims[i] : 0;
+    t->layer = layer;
+}
+
+/* Appends a layer reading the current shape; fills its name from a per-kind counter. */
+static mt_nn_layer *add_layer(mt_nn_net *net, mt_nn_layer_kind kind, const char *base, int *counter,
+                              int c, int h, int w) {
+    mt_nn_layer *L = &net->layers[net->n_layers++];
+    memset(L, 0, sizeof *L);
+    L->kind = kind;
+    L->in_c = c;
+    L->in_h = h;
+    L->in_w = w;
+    L->out_c = c;
+    L->out_h = h;
+    L->out_w = w;
+    L->first_tensor = -1;
+    L->aux = -1;
+    L->param_offset = net->n_params;
+    snprintf(L->name, sizeof L->name, "%s%d", base, ++*counter);
+    return L;
+}
+
+mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
+    char copy[sizeof net->spec];
+    memset(net, 0, sizeof *net);
+    if (strlen(spec) >= sizeof copy)
+        return MT_RAISE(MT_ERR_CONFIG, "%s: spec longer than %zu characters", what, sizeof copy - 1);
+    snprintf(net->spec, sizeof net->spec, "%s", spec);
+    snprintf(copy, sizeof copy, "%s", spec);
+
+    int c = 0, h = 0, w = 0, have_input = 0, have_loss = 0, item_no = 0;
+    int n_linear = 0, n_conv = 0, n_bn = 0, n_relu = 0, n_pool = 0;
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *words[4];
+        char original[128];
+        snprintf(original, sizeof original, "%s", item);
+        int nw = split_words(item, words, 4);
+        item_no++;
+        int layers_before = net->n_layers;
+        if (nw == 0) return MT_RAISE(MT_ERR_CONFIG, "%s: item %d is empty", what, item_no);
+        const char *op = words[0];
+        if (have_loss)
+            return MT_RAISE(MT_ERR_CONFIG, "%s: '%s' after the loss; the loss must come last", what, op);
+        if (!have_input && strcmp(op, "input") != 0)
+            return MT_RAISE(MT_ERR_CONFIG, "%s: must start with 'input D' or 'input CxHxW'", what);
+        if (net->n_layers >= MT_NN_MAX_LAYERS - 1 || net->n_tensors >= MT_NN_MAX_TENSORS - 2)
+            return MT_RAISE(MT_ERR_CONFIG, "%s: more than %d layers", what, MT_NN_MAX_LAYERS - 1);
+
+        if (strcmp(op, "input") == 0) {
+            int dims[3], nd = 0;
+            if (have_input || nw != 2)
+                return MT_RAISE(MT_ERR_CONFIG, "%s: 'input' takes one shape, D or CxHxW, once", what);
+            for (char *p = strtok(words[1], "x"); p && nd < 3; p = strtok(NULL, "x"))
+                if (!parse_positive(p, &dims[nd++]))
+                    return MT_RAISE(MT_ERR_CONFIG, "%s: bad input shape '%s'", what, original);
+            if (nd == 1) c = dims[0], h = 1, w = 1;
+            else if (nd == 3) c = dims[0], h = dims[1], w = dims[2];
+            else return MT_RAISE(MT_ERR_CONFIG, "%s: input shape must be D or CxHxW", what);
+            net->in_c = c, net->in_h = h, net->in_w = w;
+            net->in_size = (size_t)c * h * w;
+            have_input = 1;
+        } else if (strcmp(op, "linear") == 0) {
+            int out;
+            if (nw != 2 || !parse_positive(words[1], &out))
+                return MT_RAISE(MT_ERR_CONFIG, "%s: 'linear' takes a positive output size: '%s'", what, original);
+            int in = c * h * w; /* linear flattens its input */
+            mt_nn_layer *L = add_layer(net, MT_NN_LINEAR, "linear", &n_linear, in, 1, 1);
+            L->in_c = c, L->in_h = h, L->in_w = w;
+            L->out_c = out, L->out_h = 1, L->out_w = 1;
+            L->weight_count = (size_t)out * in;
+            L->param_count = L->weight_count + out;
+            L->first_tensor = net->n_tensors;
+            int wd[2] = {out, in}, bd[1] = {out};
+            add_tensor(net, net->n_layers - 1, "weight", L->param_offset, L->weight_count, 2, wd);
+            add_tensor(net, net->n_layers - 1, "bias", L->param_offset + L->weight_count, out, 1, bd);
+            c = out, h = 1, w = 1;
+        } else if (strcmp(op, "conv") == 0) {
+            int out, stride = 1;
+            if (nw < 2 || nw > 3 || !parse_positive(words[1], &out))
+                return MT_RAISE(MT_ERR_CONFIG, "%s: 'conv' takes a filter count and s1 or s2: '%s'", what, original);
+            if (nw == 3) {
+                if (strcmp(words[2], "s1") == 0) stride = 1;
+                else if (strcmp(words[2], "s2") == 0) stride = 2;
+                else return MT_RAISE(MT_ERR_CONFIG, "%s: conv stride must be s1 or s2: '%s'", what, original);
+            }
+            if (h == 1 && w == 1 && net->n_layers > 0 && net->layers[net->n_layers - 1].kind == MT_NN_LINEAR)
+                return MT_RAISE(MT_ERR_CONFIG, "%s: 'conv' needs an image input, not features", what);
+            mt_nn_layer *L = add_layer(net, MT_NN_CONV3X3, "conv", &n_conv, c, h, w);
+            L->stride = stride;
+            L->out_c = out, L->out_h = (h - 1) / stride + 1, L->out_w = (w - 1) / stride + 1;
+            L->weight_count = (size_t)out * c * 9;
+            L->param_count = L->weight_count + out;
+            L->first_tensor = net->n_tensors;
+            int wd[4] = {out, c, 3, 3}, bd[1] = {out};
+            add_tensor(net, net->n_layers - 1, "weight", L->param_offset, L->weight_count, 4, wd);
+            add_tensor(net, net->n_layers - 1, "bias", L->param_offset + L->weight_count, out, 1, bd);
+            c = L->out_c, h = L->out_h, w = L->out_w;
+        } else if (strcmp(op, "bn") == 0 && nw == 1) {
+            mt_nn_layer *L = add_layer(net, MT_NN_BATCHNORM, "bn", &n_bn, c, h, w);
+            L->weight_count = (size_t)c;
+            L->param_count = 2 * (size_t)c;
+            L->first_tensor = net->n_tensors;
+            L->aux = net->n_batchnorm++;
+            int d[1] = {c};
+            add_tensor(net, net->n_layers - 1, "scale", L->param_offset, c, 1, d);
+            add_tensor(net, net->n_layers - 1, "shift", L->param_offset + c, c, 1, d);
+        } else if (strcmp(op, "relu") == 0 && nw == 1) {
+            add_layer(net, MT_NN_RELU, "relu", &n_relu, c, h, w);
+        } else if (strcmp(op, "maxpool") == 0 && nw == 1) {
+            if (h < 2 || w < 2)
+                return MT_RAISE(MT_ERR_CONFIG, "%s: 'maxpool' needs an input of at least 2x2", what);
+            mt_nn_layer *L = add_layer(net, MT_NN_MAXPOOL2, "maxpool", &n_pool, c, h, w);
+            L->out_h = h / 2, L->out_w = w / 2;
+            L->aux = net->n_maxpool++;
+            h /= 2, w /= 2;
+        } else if (strcmp(op, "avgpool") == 0 && nw == 1) {
+            mt_nn_layer *L = add_layer(net, MT_NN_AVGPOOL, "avgpool", &n_pool, c, h, w);
+            L->out_h = 1, L->out_w = 1;
+            h = 1, w = 1;
+        } else if (strcmp(op, "flatten") == 0 && nw == 1) {
+            c = c * h * w, h = 1, w = 1; /* a view: no layer at run time */
+        } else if ((strcmp(op, "mse") == 0 || strcmp(op, "xent") == 0) && nw == 1) {
+            net->loss = op[0] == 'm' ? MT_NN_LOSS_MSE : MT_NN_LOSS_XENT;
+            have_loss = 1;
+        } else {
+            return MT_RAISE(MT_ERR_CONFIG,
+                            "%s: unknown item '%s' (expected input, linear, conv, bn, relu, maxpool, "
+                            "avgpool, flatten, mse or xent)", what, original);
+        }
+        if (net->n_layers > layers_before) net->n_params += net->layers[net->n_layers - 1].param_count;
+    }
+    if (!have_input) return MT_RAISE(MT_ERR_CONFIG, "%s: empty spec", what);
+    if (!have_loss) return MT_RAISE(MT_ERR_CONFIG, "%s: must end with a loss, mse or xent", what);
+    if (net->n_layers == 0 || net->n_params == 0)
+        return MT_RAISE(MT_ERR_CONFIG, "%s: the network has no parameters", what);
+    net->out_size = (size_t)c * h * w;
+    if (net->loss == MT_NN_LOSS_XENT && (net->out_size < 2 || net->out_size > 4096))
+        return MT_RAISE(MT_ERR_CONFIG, "%s: xent needs between 2 and 4096 outputs, not %zu", what, net->out_size);
+    for (int l = 0; l < net->n_layers; l++)
+        if (net->layers[l].param_count) net->n_param_layers++;
+    return MT_OK;
+}
+
+int mt_nn_find_tensor(const mt_nn_net *net, const char *name) {
+    for (int i = 0; i < net->n_tensors; i++)
+        if (strcmp(net->tensors[i].name, name) == 0) return i;
+    return -1;
+}
+
+void mt_nn_head_range(const mt_nn_net *net, size_t *begin, size_t *end) {
+    for (int l = net->n_layers - 1; l >= 0; l--)
+        if (net->layers[l].param_count) {
+            *begin = net->layers[l].param_offset;
+            *end = *begin + net->layers[l].param_count;
+            return;
+        }
+    *begin = *end = 0;
+}
