@@ -74,11 +74,15 @@ void mt_cli_config_defaults(mt_config *cfg);
  * with "FILE:LINE: section.key: reason". */
 mt_status mt_cli_config_load(mt_config *cfg, const char *path);
 
+/* Same, from INI text in memory (the config stored in a checkpoint); `origin` stands for the
+ * file name in messages. */
+mt_status mt_cli_config_load_string(mt_config *cfg, const char *text, const char *origin);
+
 /* Applies one "section.key=value" override; `origin` names it in messages ("--set"). */
 mt_status mt_cli_config_set(mt_config *cfg, const char *assignment, const char *origin);
 
-/* Checks the relations between keys (for example eval.steps, task.ways against model.spec's
- * head); call once after all files and overrides. */
+/* Checks the relations between keys (for example min_outer_lr against outer_lr); call once
+ * after all files and overrides. Model and dataset fit are checked where those are built. */
 mt_status mt_cli_config_validate(const mt_config *cfg);
 
 /* The effective configuration as INI text, every key, in table order. Returns the length, or
@@ -89,8 +93,13 @@ size_t mt_cli_config_format(const mt_config *cfg, char *out, size_t size);
  * and output may differ. Fails naming the first key that changes the model or the math. */
 mt_status mt_cli_config_check_resume(const mt_config *saved, const mt_config *now);
 
+/* Every key as a Markdown table (key, type, default, valid values, resumable, description), for
+ * the README. Returns the length like mt_cli_config_format. */
+size_t mt_cli_config_reference(char *out, size_t size);
+
 /* Names for the enums, as written in configs. */
 const char *mt_cli_algorithm_name(mt_algorithm a);
+const char *mt_cli_optimizer_name(mt_optimizer_kind o);
 const char *mt_cli_task_kind_name(mt_task_kind k);
 const char *mt_cli_split_name(mt_split s);
 

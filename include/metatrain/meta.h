@@ -29,8 +29,18 @@ typedef struct {
 void mt_meta_layout_init(mt_meta_layout *layout, const mt_nn_net *net, mt_algorithm algorithm,
                          int inner_steps);
 
-/* Initial meta-parameters: θ from mt_nn_init_params, learned rates at inner_lr. */
-void mt_meta_init_params(const mt_meta_layout *layout, uint64_t seed, double inner_lr, float *meta);
+
+/* A named slice of the meta-parameter vector: the network's tensors ("conv1/weight") and the
+ * learned rates ("inner_lr/conv1/weight" for Meta-SGD, "inner_lr/conv1" of K steps for MAML++).
+ * Checkpoints and the reducer's groups walk these. */
+typedef struct {
+    char name[2 * MT_NN_NAME_LEN + 16];
+    size_t offset, count;
+    int rank, dims[4];
+} mt_meta_tensor;
+
+/* Fills up to `max` tensors in vector order; returns how many there are. */
+int mt_meta_tensors(const mt_meta_layout *layout, mt_meta_tensor *out, int max);
 
 /* Per-iteration settings of the inner loop, from the config and the schedules. */
 typedef struct {
@@ -79,5 +89,13 @@ double mt_meta_clip_grad(float *grad, size_t n, double clip);
 #include "metatrain/meta_tmpl.h"
 #undef MT_REAL
 #undef MT_
+
+/* The meta-batch driver (float, the training path): for tasks [begin, end) of `iteration`, each
+ * task's vector [meta-gradient (n_meta) | meta-objective] into vectors ((end − begin) × (n_meta + 1)).
+ * The sum over tasks, across ranks, is mt_dist_reduce's job. */
+#define MT_META_VECTOR_EXTRA 1
+void mt_meta_batch_grads(mt_meta_ctx *ctx, mt_task *task, const mt_task_family *fam,
+                         const mt_meta_step_config *sc, const float *meta, uint64_t seed,
+                         int iteration, int begin, int end, float *vectors);
 
 #endif

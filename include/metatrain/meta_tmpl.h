@@ -1,5 +1,8 @@
 /* Per-precision part of meta.h. No include guard. */
 
+/* Initial meta-parameters: θ from mt_nn_init_params, learned rates at inner_lr. */
+void MT_(mt_meta_init_params)(const mt_meta_layout *layout, uint64_t seed, double inner_lr, MT_REAL *meta);
+
 /* Everything the inner loop and its reverse sweep need, planned once. */
 typedef struct {
     const mt_meta_layout *layout;

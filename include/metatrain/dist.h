@@ -1,0 +1,77 @@
+/* Distribution over MPI ranks: start-up, task sharding, the reproducible allreduce of
+ * meta-gradients, and the handling of errors that some or all ranks see.
+ *
+ * Sums do not depend on the rank count: per-task meta-gradients are converted to 64-bit fixed
+ * point at a scale shared by all ranks (from an MPI_MAX of exponents) and summed as integers,
+ * which is associative (../shared/notes/reproducible-reduction.md). */
+#ifndef METATRAIN_DIST_H
+#define METATRAIN_DIST_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "metatrain/error.h"
+
+typedef struct {
+    MPI_Comm comm;
+    int rank, size;
+} mt_dist;
+
+/* Collective over MPI_COMM_WORLD. Initializes MPI (a singleton without mpirun works too) and
+ * refuses a world whose size disagrees with SLURM_NTASKS (a broken PMI starts N singletons). */
+mt_status mt_dist_init(mt_dist *d, int *argc, char ***argv);
+/* Collective. */
+void mt_dist_finalize(mt_dist *d);
+
+/* Tasks [begin, end) of `n_tasks` that `rank` of `size` computes: contiguous blocks, the first
+ * n_tasks % size ranks taking one more. Some ranks may get none. Local. */
+void mt_dist_shard(int n_tasks, int rank, int size, int *begin, int *end);
+
+/* Collective agreement on a status that each rank reached on its own. Every rank failed: all
+ * return it and only rank 0 reports. Only some ranks failed: each failed rank prints its
+ * message naming itself and the job ends with MPI_Abort. Nobody failed: MT_OK. */
+mt_status mt_dist_agree(const mt_dist *d, mt_status local);
+
+/* Collective. For work only rank 0 does (writing a checkpoint): every rank returns rank 0's
+ * status, so all stop together and rank 0 alone reports. */
+mt_status mt_dist_share_status(const mt_dist *d, mt_status root_status);
+
+/* Ends the whole job from one rank after printing "metatrain: rank R: <message>". Local. */
+_Noreturn void mt_dist_abort(const mt_dist *d, mt_status st);
+
+/* Conditions that ride along with the reduction, agreed by MPI_MAX. */
+typedef struct {
+    int local_error; /* this rank failed computing its tasks */
+    int stop;        /* the signal number that asked this rank to stop, or 0 */
+} mt_dist_flags;
+
+typedef struct {
+    int any_error, all_error; /* some ranks / every rank failed */
+    int stop;                 /* the largest stop signal number any rank saw, or 0 */
+    int nonfinite;            /* some task's vector holds a NaN or infinity */
+} mt_dist_outcome;
+
+/* The reducer: vectors of length n split into groups (one per parameter tensor, say), each with
+ * its own fixed-point scale. Buffers are planned once. */
+typedef struct {
+    size_t n;
+    int n_groups;
+    size_t *group_begin;  /* n_groups + 1 boundaries, ascending, 0 … n */
+    int *exponents;       /* n_groups + 4 */
+    int64_t *fixed;       /* n */
+} mt_dist_reducer;
+
+/* Local. group_begin has n_groups + 1 entries. */
+mt_status mt_dist_reducer_init(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin);
+void mt_dist_reducer_free(mt_dist_reducer *r);
+
+/* Collective. Sums vectors[i·n … (i+1)·n) over every rank's n_local vectors into sum (n, same
+ * on every rank, bit-identical for any rank count given the same vectors), where n_total is the
+ * number of vectors over all ranks. Two allreduces: MPI_MAX of exponents and flags, then
+ * MPI_SUM of int64. When the outcome reports an error or a non-finite value, sum is left
+ * unwritten; a stop request still completes the sum, so the iteration can finish first. */
+mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local,
+                         int n_total, mt_dist_flags flags, float *sum, mt_dist_outcome *outcome);
+
+#endif

@@ -1,0 +1,89 @@
+/* Private interface of the command-line tool: the verbs and what they share. */
+#ifndef METATRAIN_CLI_H
+#define METATRAIN_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "metatrain/ckpt.h"
+#include "metatrain/config.h"
+#include "metatrain/dist.h"
+#include "metatrain/meta.h"
+#include "metatrain/nn.h"
+#include "metatrain/task.h"
+
+#define MT_CLI_MAX_SETS 128
+#define MT_CLI_MAX_META_TENSORS (2 * MT_NN_MAX_TENSORS)
+#define MT_CLI_CONFIG_TEXT 16384
+
+/* Exit codes. MT_EXIT_REQUEUE (signals.h) is the third. */
+enum { MT_EXIT_OK = 0, MT_EXIT_ERROR = 1, MT_EXIT_USAGE = 2 };
+
+/* What every verb builds from a config: the network, the meta-parameter layout. */
+typedef struct {
+    mt_config cfg;
+    mt_nn_net net;
+    mt_meta_layout layout;
+    char config_text[MT_CLI_CONFIG_TEXT]; /* the effective config, as stored in checkpoints */
+} mt_cli_model;
+
+/* --set assignments in command-line order. */
+typedef struct {
+    const char *items[MT_CLI_MAX_SETS];
+    int n;
+} mt_cli_sets;
+
+/* The logged series, kept in memory for the checkpoint's /metrics and metrics.csv. */
+typedef struct {
+    size_t n, capacity;
+    int64_t *iteration;
+    double *meta_loss, *val_metric, *elapsed_s; /* val_metric is NaN where none was measured */
+} mt_cli_history;
+
+/* Verbs: each returns the process exit code. Collective over d. */
+int mt_cli_train(const mt_dist *d, int argc, char **argv);
+int mt_cli_eval(const mt_dist *d, int argc, char **argv);
+int mt_cli_info(const mt_dist *d, int argc, char **argv);
+int mt_cli_bench(const mt_dist *d, int argc, char **argv);
+
+/* Prints the recorded error once (rank 0) and returns the exit code for `st`. Local. */
+int mt_cli_report(const mt_dist *d, mt_status st);
+
+/* Applies the sets, validates, parses the model and lays out the meta-parameters, and renders
+ * config_text. Deterministic: every rank reaches the same verdict. */
+mt_status mt_cli_model_build(mt_cli_model *m, const mt_cli_sets *sets);
+
+/* Reads "--set KEY=VALUE" or "--set=KEY=VALUE" at argv[*i]; returns 1 when it was one. */
+int mt_cli_take_set(int argc, char **argv, int *i, mt_cli_sets *sets, mt_status *st);
+
+/* Checkpoint <-> training state (src/cli/train_state.c). */
+mt_status mt_cli_history_init(mt_cli_history *h, size_t capacity);
+void mt_cli_history_free(mt_cli_history *h);
+void mt_cli_history_add(mt_cli_history *h, int64_t iteration, double meta_loss, double val_metric,
+                        double elapsed_s);
+mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float *meta,
+                            const mt_meta_optim *opt, int64_t next_iteration, const mt_cli_history *h);
+/* Restores the meta-parameters, optimizer (may be NULL) and history (may be NULL) from a read
+ * checkpoint whose layout must match m's. Returns the next iteration in *next_iteration. */
+mt_status mt_cli_state_restore(const mt_ckpt *ck, const char *path, const mt_cli_model *m, float *meta,
+                               mt_meta_optim *opt, mt_cli_history *h, int64_t *next_iteration);
+/* Reads a checkpoint and the config stored in it (cfg). */
+mt_status mt_cli_state_read(const char *path, mt_ckpt *ck, mt_config *cfg);
+/* Writes metrics.csv from the history, atomically. */
+mt_status mt_cli_history_write_csv(const mt_cli_history *h, const char *path);
+
+/* Evaluation of n_tasks tasks keyed (seed, key_iteration, i), sharded over ranks. Collective. */
+typedef struct {
+    int tasks, steps, classification;
+    double mean[65], ci95[65]; /* per step 0..steps: accuracy or MSE */
+} mt_cli_eval_result;
+mt_status mt_cli_evaluate(const mt_dist *d, const mt_cli_model *m, const mt_task_family *fam,
+                          const float *meta, int n_tasks, int steps, uint32_t key_iteration,
+                          mt_cli_eval_result *res);
+
+/* Writes `text` to `path` atomically (temporary beside it, fsync, rename, fsync directory). */
+mt_status mt_cli_write_file_atomic(const char *path, const char *text, size_t len);
+/* mkdir -p. */
+mt_status mt_cli_make_dirs(const char *path);
+
+#endif

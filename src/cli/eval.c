@@ -1,0 +1,139 @@
+/* metatrain eval: adapt to new tasks from a checkpoint's meta-parameters and report the mean
+ * metric with its 95% confidence interval, per inner step. Tasks are sharded over ranks; each
+ * task's result lands in its own slot, so the sums are exact and rank-count independent. */
+#include "cli/cli.h"
+#include "metatrain/rng.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *eval_usage =
+    "usage: metatrain eval CKPT [--set section.key=value]... [--json]\n"
+    "\n"
+    "Evaluates a checkpoint on eval.tasks new tasks (default 600): each adapts on its support set\n"
+    "for eval.steps inner steps and is measured on its query set (MSE for regression, accuracy\n"
+    "for classification). Prints a table per step, or with --json one JSON object with metric,\n"
+    "mean, ci95, tasks, steps, shots, ways and per_step.\n";
+
+mt_status mt_cli_evaluate(const mt_dist *d, const mt_cli_model *m, const mt_task_family *fam,
+                          const float *meta, int n_tasks, int steps, uint32_t key_iteration,
+                          mt_cli_eval_result *res) {
+    mt_status st = MT_OK;
+    mt_meta_ctx *ctx = NULL;
+    mt_task task;
+    mt_meta_step_config sc;
+    size_t width = (size_t)steps + 1;
+    double *per_task = calloc((size_t)n_tasks * width, sizeof *per_task);
+    double *loss = malloc(width * sizeof *loss);
+    int *correct = malloc(width * sizeof *correct);
+    memset(&task, 0, sizeof task);
+    memset(res, 0, sizeof *res);
+    if (steps > 64) MT_THROW(MT_ERR_CONFIG, "eval.steps: at most 64");
+    if (!per_task || !loss || !correct) MT_THROW(MT_ERR_NOMEM, "out of memory for evaluation");
+    int max_batch = mt_task_support_size(fam) > mt_task_query_size(fam) ? mt_task_support_size(fam)
+                                                                         : mt_task_query_size(fam);
+    MT_TRY(mt_meta_ctx_create(&ctx, &m->layout, max_batch));
+    MT_TRY(mt_task_alloc(&task, fam));
+    mt_meta_step_config_at(&sc, &m->cfg, m->cfg.iterations);
+    int begin, end;
+    mt_dist_shard(n_tasks, d->rank, d->size, &begin, &end);
+    for (int t = begin; t < end; t++) {
+        mt_task_sample(fam, m->cfg.seed, key_iteration, (uint32_t)t, &task);
+        mt_meta_adapt_eval(ctx, &sc, meta, &task, steps, loss, correct);
+        for (size_t s = 0; s < width; s++)
+            per_task[(size_t)t * width + s] = fam->classification ? (double)correct[s] / task.query.n : loss[s];
+    }
+fail:
+    /* Every rank reaches the allreduce, so a local failure cannot leave another rank waiting. */
+    st = mt_dist_agree(d, st);
+    if (st == MT_OK &&
+        MPI_Allreduce(MPI_IN_PLACE, per_task, n_tasks * (int)width, MPI_DOUBLE, MPI_SUM, d->comm) != MPI_SUCCESS)
+        st = MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of evaluation results failed");
+    if (st == MT_OK) {
+        res->tasks = n_tasks;
+        res->steps = steps;
+        res->classification = fam->classification;
+        for (size_t s = 0; s < width; s++) {
+            double sum = 0, sq = 0;
+            for (int t = 0; t < n_tasks; t++) sum += per_task[(size_t)t * width + s];
+            double mean = sum / n_tasks;
+            for (int t = 0; t < n_tasks; t++) {
+                double dv = per_task[(size_t)t * width + s] - mean;
+                sq += dv * dv;
+            }
+            res->mean[s] = mean;
+            res->ci95[s] = n_tasks > 1 ? 1.96 * sqrt(sq / (n_tasks - 1)) / sqrt((double)n_tasks) : 0;
+        }
+    }
+    mt_meta_ctx_free(ctx);
+    mt_task_free(&task);
+    free(per_task), free(loss), free(correct);
+    return st;
+}
+
+static void print_result(const mt_cli_model *m, const mt_task_family *fam, const mt_cli_eval_result *r, int json) {
+    const char *metric = r->classification ? "accuracy" : "mse";
+    int S = r->steps;
+    if (json) {
+        printf("{\"metric\": \"%s\", \"mean\": %.9g, \"ci95\": %.9g, \"tasks\": %d, \"steps\": %d, "
+               "\"shots\": %d, \"ways\": %d, \"queries\": %d, \"algorithm\": \"%s\", \"per_step\": [",
+               metric, r->mean[S], r->ci95[S], r->tasks, S, fam->shots, fam->ways, fam->queries,
+               mt_cli_algorithm_name(m->cfg.algorithm));
+        for (int s = 0; s <= S; s++)
+            printf("%s{\"step\": %d, \"mean\": %.9g, \"ci95\": %.9g}", s ? ", " : "", s, r->mean[s], r->ci95[s]);
+        printf("]}\n");
+        return;
+    }
+    printf("%s on %d new tasks (%d-shot%s, %d queries), %s\n", metric, r->tasks, fam->shots,
+           r->classification ? "" : " regression", fam->queries, mt_cli_algorithm_name(m->cfg.algorithm));
+    printf("%6s  %12s  %10s\n", "step", "mean", "ci95");
+    for (int s = 0; s <= S; s++) printf("%6d  %12.5g  %10.3g\n", s, r->mean[s], r->ci95[s]);
+}
+
+int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
+    mt_status st = MT_OK;
+    static mt_cli_model m;
+    static mt_ckpt ck;
+    mt_cli_sets sets = {0};
+    mt_task_family fam;
+    mt_cli_eval_result res;
+    const char *path = NULL;
+    float *meta = NULL;
+    int json = 0;
+    int64_t iteration = 0;
+    memset(&ck, 0, sizeof ck);
+    for (int i = 0; i < argc; i++) {
+        if (mt_cli_take_set(argc, argv, &i, &sets, &st)) {
+            if (st) goto fail;
+        } else if (strcmp(argv[i], "--json") == 0) {
+            json = 1;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            if (d->rank == 0) fputs(eval_usage, stdout);
+            return MT_EXIT_OK;
+        } else if (argv[i][0] == '-' || path) {
+            MT_THROW(MT_ERR_ARG, "eval: unexpected argument '%s' (see metatrain eval --help)", argv[i]);
+        } else {
+            path = argv[i];
+        }
+    }
+    if (!path) MT_THROW(MT_ERR_ARG, "eval: give a checkpoint file (see metatrain eval --help)");
+    MT_TRY(mt_dist_agree(d, mt_cli_state_read(path, &ck, &m.cfg)));
+    MT_TRY(mt_cli_model_build(&m, &sets));
+    openblas_set_num_threads(m.cfg.threads);
+    MT_TRY(mt_task_family_init(&fam, &m.cfg, &m.net, NULL, m.cfg.eval_split, m.cfg.eval_queries));
+    meta = malloc(m.layout.n_meta * sizeof *meta);
+    if (!meta) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-parameters");
+    MT_TRY(mt_cli_state_restore(&ck, path, &m, meta, NULL, NULL, &iteration));
+    mt_ckpt_free(&ck);
+    int steps = m.cfg.eval_steps > 0 ? m.cfg.eval_steps : m.cfg.inner_steps;
+    MT_TRY(mt_cli_evaluate(d, &m, &fam, meta, m.cfg.eval_tasks, steps, MT_RNG_EVAL_ITERATION, &res));
+    if (d->rank == 0) print_result(&m, &fam, &res, json);
+    free(meta);
+    return MT_EXIT_OK;
+fail:
+    mt_ckpt_free(&ck);
+    free(meta);
+    return mt_cli_report(d, st);
+}

@@ -1,0 +1,264 @@
+/* metatrain train: the outer loop. Each rank computes its shard of the meta-batch's tasks
+ * (src/meta/meta_batch.c), one reproducible allreduce sums them (src/dist/allreduce.c), and every
+ * rank applies the same outer step. Rank 0 prints, writes checkpoints and metrics. */
+#include "cli/cli.h"
+#include "cli/progress.h"
+#include "metatrain/rng.h"
+#include "metatrain/signals.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *train_usage =
+    "usage: metatrain train [CONFIG] [--set section.key=value]... [--resume CKPT] [--quiet]\n"
+    "\n"
+    "Meta-trains a model. CONFIG is an INI file (see README: configuration keys); --set overrides\n"
+    "one key and may repeat. --resume continues from a checkpoint exactly; without CONFIG it uses\n"
+    "the checkpoint's own config. train.resume=true resumes from output.dir/checkpoint.h5 when\n"
+    "it exists. SIGTERM or SIGINT: checkpoint and exit 0; SIGUSR1: checkpoint and exit 3 (requeue).\n";
+
+typedef struct {
+    const char *config_path, *resume_path;
+    int quiet;
+    mt_cli_sets sets;
+} train_args;
+
+/* Everything the loop uses, planned before the first iteration. */
+typedef struct {
+    mt_task_family fam;
+    mt_meta_ctx *ctx;
+    mt_task task;
+    mt_meta_optim opt;
+    mt_dist_reducer reducer;
+    mt_cli_history history;
+    float *meta, *vectors, *sum;
+    size_t vector_len;
+} train_plan;
+
+static mt_status parse_args(int argc, char **argv, train_args *a, int *help) {
+    mt_status st = MT_OK;
+    memset(a, 0, sizeof *a);
+    for (int i = 0; i < argc; i++) {
+        if (mt_cli_take_set(argc, argv, &i, &a->sets, &st)) {
+            if (st) return st;
+        } else if (strcmp(argv[i], "--resume") == 0 && i + 1 < argc) {
+            a->resume_path = argv[++i];
+        } else if (strcmp(argv[i], "--quiet") == 0) {
+            a->quiet = 1;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            *help = 1;
+        } else if (argv[i][0] == '-' || a->config_path) {
+            return MT_RAISE(MT_ERR_ARG, "train: unexpected argument '%s' (see metatrain train --help)", argv[i]);
+        } else {
+            a->config_path = argv[i];
+        }
+    }
+    return MT_OK;
+}
+
+/* Builds the model from CONFIG (or the checkpoint's config) and --set; reads the checkpoint to
+ * resume from, if any, into ck. Deterministic on every rank but for the file reads, which are
+ * agreed on. */
+static mt_status setup(const mt_dist *d, const train_args *a, mt_cli_model *m, mt_ckpt *ck,
+                       const char **resume_path, char *auto_path, size_t auto_len) {
+    mt_status st = MT_OK;
+    static mt_config saved;
+    mt_cli_config_defaults(&m->cfg);
+    if (a->config_path) MT_TRY(mt_cli_config_load(&m->cfg, a->config_path));
+    else if (!a->resume_path) MT_THROW(MT_ERR_ARG, "train: give a CONFIG file, or --resume CKPT");
+    MT_TRY(mt_cli_model_build(m, &a->sets));
+
+    *resume_path = a->resume_path;
+    if (!*resume_path && m->cfg.resume) {
+        struct stat sb;
+        snprintf(auto_path, auto_len, "%s/checkpoint.h5", m->cfg.output_dir);
+        if (stat(auto_path, &sb) == 0) *resume_path = auto_path;
+    }
+    if (!*resume_path) return MT_OK;
+    MT_TRY(mt_dist_agree(d, mt_cli_state_read(*resume_path, ck, &saved)));
+    if (!a->config_path) {
+        m->cfg = saved;
+        MT_TRY(mt_cli_model_build(m, &a->sets));
+    }
+    MT_TRY(mt_cli_config_check_resume(&saved, &m->cfg));
+    return MT_OK;
+fail:
+    return st;
+}
+
+static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
+    mt_status st = MT_OK;
+    const mt_config *cfg = &m->cfg;
+    const mt_meta_layout *lay = &m->layout;
+    static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
+    size_t bounds[MT_CLI_MAX_META_TENSORS + 2];
+    memset(p, 0, sizeof *p);
+    MT_TRY(mt_task_family_init(&p->fam, cfg, &m->net, NULL, MT_SPLIT_TRAIN, 0));
+    int max_batch = mt_task_support_size(&p->fam) > mt_task_query_size(&p->fam)
+                        ? mt_task_support_size(&p->fam) : mt_task_query_size(&p->fam);
+    MT_TRY(mt_meta_ctx_create(&p->ctx, lay, max_batch));
+    MT_TRY(mt_task_alloc(&p->task, &p->fam));
+    MT_TRY(mt_meta_optim_init(&p->opt, cfg, lay->n_meta));
+    int begin, end;
+    mt_dist_shard(cfg->meta_batch, 0, d->size, &begin, &end); /* rank 0 holds the most */
+    p->vector_len = lay->n_meta + MT_META_VECTOR_EXTRA;
+    p->meta = malloc(lay->n_meta * sizeof(float));
+    p->sum = malloc(p->vector_len * sizeof(float));
+    p->vectors = malloc((size_t)(end - begin > 0 ? end - begin : 1) * p->vector_len * sizeof(float));
+    if (!p->meta || !p->sum || !p->vectors) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-batch buffers");
+
+    /* One fixed-point scale per tensor, and one for the objective. */
+    int n = mt_meta_tensors(lay, tensors, MT_CLI_MAX_META_TENSORS);
+    for (int t = 0; t < n; t++) bounds[t] = tensors[t].offset;
+    bounds[n] = lay->n_meta;
+    bounds[n + 1] = p->vector_len;
+    MT_TRY(mt_dist_reducer_init(&p->reducer, p->vector_len, n + 1, bounds));
+    size_t log_points = (size_t)cfg->iterations / (size_t)cfg->log_every + 2;
+    if (cfg->eval_every > 0) log_points += (size_t)cfg->iterations / (size_t)cfg->eval_every;
+    MT_TRY(mt_cli_history_init(&p->history, log_points));
+    return MT_OK;
+fail:
+    return st;
+}
+
+static void plan_free(train_plan *p) {
+    mt_meta_ctx_free(p->ctx);
+    mt_task_free(&p->task);
+    mt_meta_optim_free(&p->opt);
+    mt_dist_reducer_free(&p->reducer);
+    mt_cli_history_free(&p->history);
+    free(p->meta), free(p->vectors), free(p->sum);
+}
+
+/* Rank 0 writes checkpoint.h5 (and a numbered copy, and metrics.csv); every rank learns how it went. */
+static mt_status save(const mt_dist *d, const mt_cli_model *m, train_plan *p, int64_t next_iteration) {
+    mt_status st = MT_OK;
+    if (d->rank == 0) {
+        char path[4200], csv[4200];
+        snprintf(path, sizeof path, "%s/checkpoint.h5", m->cfg.output_dir);
+        snprintf(csv, sizeof csv, "%s/metrics.csv", m->cfg.output_dir);
+        st = mt_cli_state_save(path, m, p->meta, &p->opt, next_iteration, &p->history);
+        if (!st) st = mt_ckpt_keep_copy(path, m->cfg.output_dir, (int)next_iteration, m->cfg.keep_checkpoints);
+        if (!st) st = mt_cli_history_write_csv(&p->history, csv);
+    }
+    return mt_dist_share_status(d, st);
+}
+
+static double validate(const mt_dist *d, const mt_cli_model *m, train_plan *p, mt_status *st) {
+    mt_cli_eval_result res;
+    int steps = m->cfg.eval_steps > 0 ? m->cfg.eval_steps : m->cfg.inner_steps;
+    *st = mt_cli_evaluate(d, m, &p->fam, p->meta, m->cfg.eval_val_tasks, steps, MT_RNG_EVAL_ITERATION + 1, &res);
+    return *st ? NAN : res.mean[steps];
+}
+
+static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p, int64_t start,
+                          int quiet, int *exit_code) {
+    mt_status st = MT_OK;
+    const mt_config *cfg = &m->cfg;
+    const mt_meta_layout *lay = &m->layout;
+    mt_meta_step_config sc;
+    mt_cli_progress prog;
+    double t0 = MPI_Wtime(), elapsed_before = p->history.n ? p->history.elapsed_s[p->history.n - 1] : 0;
+    double last_val = p->history.n ? p->history.val_metric[p->history.n - 1] : NAN;
+    mt_cli_progress_init(&prog, d->rank == 0 && !quiet, cfg->iterations, cfg->log_every, cfg->meta_batch);
+    int begin, end;
+    mt_dist_shard(cfg->meta_batch, d->rank, d->size, &begin, &end);
+
+    for (int64_t it = start; it < cfg->iterations; it++) {
+        mt_dist_outcome out;
+        mt_dist_flags flags = {0, mt_dist_stop_signal()};
+        mt_meta_step_config_at(&sc, cfg, (int)it);
+        mt_meta_batch_grads(p->ctx, &p->task, &p->fam, &sc, p->meta, cfg->seed, (int)it, begin, end, p->vectors);
+        st = mt_dist_reduce(d, &p->reducer, p->vectors, end - begin, cfg->meta_batch, flags, p->sum, &out);
+        if (st) mt_dist_abort(d, st);
+        if (out.any_error) MT_THROW(MT_ERR_IO, "iteration %lld: a rank failed", (long long)it);
+        if (out.nonfinite)
+            MT_THROW(MT_ERR_NUMERIC, "iteration %lld: the meta-gradient or meta-loss is not finite (diverged); "
+                     "the last checkpoint is kept unchanged", (long long)it);
+        for (size_t i = 0; i < p->vector_len; i++) p->sum[i] /= (float)cfg->meta_batch;
+        double meta_loss = p->sum[lay->n_meta];
+        mt_meta_clip_grad(p->sum, lay->n_meta, cfg->clip_norm);
+        double lr = cfg->algorithm == MT_ALGO_MAMLPP
+                        ? mt_meta_cosine_lr(cfg->outer_lr, cfg->min_outer_lr, (int)it, cfg->iterations)
+                        : cfg->outer_lr;
+        mt_meta_optim_step(&p->opt, p->meta, p->sum, lr);
+
+        int64_t done = it + 1;
+        int last = done == cfg->iterations || out.stop;
+        int val_now = cfg->eval_every > 0 && done % cfg->eval_every == 0;
+        if (val_now) {
+            last_val = validate(d, m, p, &st);
+            if (st) goto fail;
+        }
+        double elapsed = elapsed_before + MPI_Wtime() - t0;
+        if (done % cfg->log_every == 0 || last || val_now)
+            mt_cli_history_add(&p->history, done, meta_loss, val_now ? last_val : NAN, elapsed);
+        mt_cli_progress_update(&prog, done, meta_loss, last_val, MPI_Wtime() - t0, done - start);
+        if ((cfg->checkpoint_every > 0 && done % cfg->checkpoint_every == 0) || last) MT_TRY(save(d, m, p, done));
+        if (out.stop) {
+            mt_cli_progress_finish(&prog);
+            if (d->rank == 0)
+                fprintf(stderr, "metatrain: stopped by signal %d after iteration %lld; checkpoint written\n",
+                        out.stop, (long long)done);
+            *exit_code = out.stop == SIGUSR1 ? MT_EXIT_REQUEUE : MT_EXIT_OK;
+            return MT_OK;
+        }
+    }
+    mt_cli_progress_finish(&prog);
+    return MT_OK;
+fail:
+    mt_cli_progress_finish(&prog);
+    return st;
+}
+
+int mt_cli_train(const mt_dist *d, int argc, char **argv) {
+    mt_status st = MT_OK;
+    static mt_cli_model m;
+    static mt_ckpt ck;
+    static char auto_path[4200];
+    train_args a;
+    train_plan p;
+    int help = 0, exit_code = MT_EXIT_OK;
+    const char *resume_path = NULL;
+    int64_t start = 0;
+    memset(&p, 0, sizeof p);
+    memset(&ck, 0, sizeof ck);
+
+    MT_TRY(parse_args(argc, argv, &a, &help));
+    if (help) {
+        if (d->rank == 0) fputs(train_usage, stdout);
+        return MT_EXIT_OK;
+    }
+    MT_TRY(setup(d, &a, &m, &ck, &resume_path, auto_path, sizeof auto_path));
+    openblas_set_num_threads(m.cfg.threads);
+    mt_dist_install_stop_handlers();
+    MT_TRY(mt_dist_agree(d, plan(&p, d, &m)));
+    if (resume_path) {
+        MT_TRY(mt_dist_agree(d, mt_cli_state_restore(&ck, resume_path, &m, p.meta, &p.opt, &p.history, &start)));
+        mt_ckpt_free(&ck);
+    } else {
+        mt_meta_init_params(&m.layout, m.cfg.seed, m.cfg.inner_lr, p.meta);
+    }
+    MT_TRY(mt_dist_share_status(d, d->rank == 0 ? mt_cli_make_dirs(m.cfg.output_dir) : MT_OK));
+    if (d->rank == 0 && !a.quiet) {
+        printf("metatrain %s: %s on %s, %zu meta-parameters, %d rank%s%s\n", METATRAIN_VERSION,
+               mt_cli_algorithm_name(m.cfg.algorithm), mt_cli_task_kind_name(m.cfg.task_kind),
+               m.layout.n_meta, d->size, d->size == 1 ? "" : "s", resume_path ? ", resumed" : "");
+        if (resume_path) printf("resuming from %s at iteration %lld\n", resume_path, (long long)start);
+        printf("--- effective config ---\n%s------------------------\n", m.config_text);
+        fflush(stdout);
+    }
+    MT_TRY(run_loop(d, &m, &p, start, a.quiet, &exit_code));
+    if (d->rank == 0 && !a.quiet) printf("checkpoint: %s/checkpoint.h5\n", m.cfg.output_dir);
+    plan_free(&p);
+    return exit_code;
+fail:
+    mt_ckpt_free(&ck);
+    plan_free(&p);
+    return mt_cli_report(d, st);
+}

@@ -1,0 +1,196 @@
+/* The training state in a checkpoint:
+ *   /params/<tensor>                meta-parameters, learned rates under /params/inner_lr/...
+ *   /optimizer/step, /optimizer/{m,v}/<tensor> (Adam) or /optimizer/velocity/<tensor> (SGD)
+ *   /train/iteration                the next iteration to run; with the config, all a resume needs
+ *   /metrics/{iteration,meta_loss,val_metric,elapsed_s}
+ *   root attributes: config, algorithm, model_spec, metatrain_version, created */
+#include "cli/cli.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifndef METATRAIN_VERSION
+#define METATRAIN_VERSION "unknown"
+#endif
+
+mt_status mt_cli_history_init(mt_cli_history *h, size_t capacity) {
+    memset(h, 0, sizeof *h);
+    h->capacity = capacity ? capacity : 1;
+    h->iteration = malloc(h->capacity * sizeof *h->iteration);
+    h->meta_loss = malloc(h->capacity * sizeof *h->meta_loss);
+    h->val_metric = malloc(h->capacity * sizeof *h->val_metric);
+    h->elapsed_s = malloc(h->capacity * sizeof *h->elapsed_s);
+    if (!h->iteration || !h->meta_loss || !h->val_metric || !h->elapsed_s) {
+        mt_cli_history_free(h);
+        return MT_RAISE(MT_ERR_NOMEM, "out of memory for the metrics history");
+    }
+    return MT_OK;
+}
+
+void mt_cli_history_free(mt_cli_history *h) {
+    free(h->iteration), free(h->meta_loss), free(h->val_metric), free(h->elapsed_s);
+    memset(h, 0, sizeof *h);
+}
+
+void mt_cli_history_add(mt_cli_history *h, int64_t iteration, double meta_loss, double val_metric,
+                        double elapsed_s) {
+    if (h->n == h->capacity) { /* planned capacity covers the run; drop the oldest half if not */
+        size_t half = h->n / 2;
+        for (size_t i = 0; i + half < h->n; i++) {
+            h->iteration[i] = h->iteration[i + half], h->meta_loss[i] = h->meta_loss[i + half];
+            h->val_metric[i] = h->val_metric[i + half], h->elapsed_s[i] = h->elapsed_s[i + half];
+        }
+        h->n -= half;
+    }
+    h->iteration[h->n] = iteration;
+    h->meta_loss[h->n] = meta_loss;
+    h->val_metric[h->n] = val_metric;
+    h->elapsed_s[h->n] = elapsed_s;
+    h->n++;
+}
+
+/* Adds the meta-tensors of `vector` under prefix ("/params", "/optimizer/m"). */
+static mt_status add_tensors(mt_ckpt *ck, const mt_meta_tensor *tensors, int n, const char *prefix,
+                             const float *vector) {
+    mt_status st = MT_OK;
+    for (int t = 0; t < n; t++) {
+        char path[MT_CKPT_PATH_LEN];
+        uint64_t dims[4];
+        for (int i = 0; i < 4; i++) dims[i] = (uint64_t)tensors[t].dims[i];
+        if (snprintf(path, sizeof path, "%s/%s", prefix, tensors[t].name) >= (int)sizeof path)
+            MT_THROW(MT_ERR_ARG, "checkpoint path too long: %s/%s", prefix, tensors[t].name);
+        MT_TRY(mt_ckpt_add(ck, path, MT_CKPT_F32, tensors[t].rank, dims, vector + tensors[t].offset));
+    }
+fail:
+    return st;
+}
+
+mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float *meta,
+                            const mt_meta_optim *opt, int64_t next_iteration, const mt_cli_history *h) {
+    mt_status st = MT_OK;
+    static mt_ckpt ck; /* large (array table); one writer per process */
+    static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
+    memset(&ck, 0, sizeof ck);
+    int n = mt_meta_tensors(&m->layout, tensors, MT_CLI_MAX_META_TENSORS);
+    uint64_t one = 1, series = h->n;
+    int64_t step = opt->step, iteration = next_iteration;
+    char created[64];
+    time_t now = time(NULL);
+    strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+
+    MT_TRY(add_tensors(&ck, tensors, n, "/params", meta));
+    MT_TRY(mt_ckpt_add(&ck, "/optimizer/step", MT_CKPT_I64, 1, &one, &step));
+    if (opt->kind == MT_OPT_ADAM) {
+        MT_TRY(add_tensors(&ck, tensors, n, "/optimizer/m", opt->m));
+        MT_TRY(add_tensors(&ck, tensors, n, "/optimizer/v", opt->v));
+    } else {
+        MT_TRY(add_tensors(&ck, tensors, n, "/optimizer/velocity", opt->m));
+    }
+    MT_TRY(mt_ckpt_add(&ck, "/train/iteration", MT_CKPT_I64, 1, &one, &iteration));
+    MT_TRY(mt_ckpt_add(&ck, "/metrics/iteration", MT_CKPT_I64, 1, &series, h->iteration));
+    MT_TRY(mt_ckpt_add(&ck, "/metrics/meta_loss", MT_CKPT_F64, 1, &series, h->meta_loss));
+    MT_TRY(mt_ckpt_add(&ck, "/metrics/val_metric", MT_CKPT_F64, 1, &series, h->val_metric));
+    MT_TRY(mt_ckpt_add(&ck, "/metrics/elapsed_s", MT_CKPT_F64, 1, &series, h->elapsed_s));
+    MT_TRY(mt_ckpt_add_attr(&ck, "config", m->config_text));
+    MT_TRY(mt_ckpt_add_attr(&ck, "algorithm", mt_cli_algorithm_name(m->cfg.algorithm)));
+    MT_TRY(mt_ckpt_add_attr(&ck, "model_spec", m->cfg.model_spec));
+    MT_TRY(mt_ckpt_add_attr(&ck, "metatrain_version", METATRAIN_VERSION));
+    MT_TRY(mt_ckpt_add_attr(&ck, "created", created));
+    MT_TRY(mt_ckpt_write(path, &ck));
+fail:
+    return st;
+}
+
+/* Copies a float32 tensor of the expected shape from the checkpoint into vector. */
+static mt_status restore_tensors(const mt_ckpt *ck, const char *path, const mt_meta_tensor *tensors,
+                                 int n, const char *prefix, float *vector) {
+    for (int t = 0; t < n; t++) {
+        char name[MT_CKPT_PATH_LEN];
+        if (snprintf(name, sizeof name, "%s/%s", prefix, tensors[t].name) >= (int)sizeof name)
+            return MT_RAISE(MT_ERR_ARG, "checkpoint path too long: %s/%s", prefix, tensors[t].name);
+        const mt_ckpt_array *a = mt_ckpt_find(ck, name);
+        if (!a) return MT_RAISE(MT_ERR_FORMAT, "%s: %s: missing", path, name);
+        uint64_t count = a->rank > 0 ? 1 : 0;
+        for (int i = 0; i < a->rank; i++) count *= a->dims[i];
+        if (a->dtype != MT_CKPT_F32 || a->rank != tensors[t].rank || count != tensors[t].count)
+            return MT_RAISE(MT_ERR_FORMAT, "%s: %s: expected float32 of %zu entries in %d dimensions",
+                            path, name, tensors[t].count, tensors[t].rank);
+        memcpy(vector + tensors[t].offset, a->data, tensors[t].count * sizeof(float));
+    }
+    return MT_OK;
+}
+
+static mt_status read_i64(const mt_ckpt *ck, const char *path, const char *name, int64_t *value) {
+    const mt_ckpt_array *a = mt_ckpt_find(ck, name);
+    if (!a || a->dtype != MT_CKPT_I64 || a->rank != 1 || a->dims[0] != 1)
+        return MT_RAISE(MT_ERR_FORMAT, "%s: %s: missing or not a 1-element int64", path, name);
+    *value = *(const int64_t *)a->data;
+    return MT_OK;
+}
+
+mt_status mt_cli_state_restore(const mt_ckpt *ck, const char *path, const mt_cli_model *m, float *meta,
+                               mt_meta_optim *opt, mt_cli_history *h, int64_t *next_iteration) {
+    mt_status st = MT_OK;
+    static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
+    int n = mt_meta_tensors(&m->layout, tensors, MT_CLI_MAX_META_TENSORS);
+    MT_TRY(restore_tensors(ck, path, tensors, n, "/params", meta));
+    MT_TRY(read_i64(ck, path, "/train/iteration", next_iteration));
+    if (*next_iteration < 0) MT_THROW(MT_ERR_FORMAT, "%s: /train/iteration: negative", path);
+    if (opt) {
+        MT_TRY(read_i64(ck, path, "/optimizer/step", &opt->step));
+        if (opt->kind == MT_OPT_ADAM) {
+            MT_TRY(restore_tensors(ck, path, tensors, n, "/optimizer/m", opt->m));
+            MT_TRY(restore_tensors(ck, path, tensors, n, "/optimizer/v", opt->v));
+        } else {
+            MT_TRY(restore_tensors(ck, path, tensors, n, "/optimizer/velocity", opt->m));
+        }
+    }
+    if (h) {
+        const char *names[4] = {"/metrics/iteration", "/metrics/meta_loss", "/metrics/val_metric", "/metrics/elapsed_s"};
+        const mt_ckpt_array *a[4];
+        for (int i = 0; i < 4; i++) {
+            a[i] = mt_ckpt_find(ck, names[i]);
+            if (!a[i] || a[i]->rank != 1 || a[i]->dtype != (i == 0 ? MT_CKPT_I64 : MT_CKPT_F64) ||
+                a[i]->dims[0] != a[0]->dims[0])
+                MT_THROW(MT_ERR_FORMAT, "%s: %s: missing or of the wrong type or length", path, names[i]);
+        }
+        for (uint64_t i = 0; i < a[0]->dims[0]; i++)
+            mt_cli_history_add(h, ((const int64_t *)a[0]->data)[i], ((const double *)a[1]->data)[i],
+                               ((const double *)a[2]->data)[i], ((const double *)a[3]->data)[i]);
+    }
+fail:
+    return st;
+}
+
+mt_status mt_cli_state_read(const char *path, mt_ckpt *ck, mt_config *cfg) {
+    mt_status st = MT_OK;
+    MT_TRY(mt_ckpt_read(path, ck));
+    const char *text = mt_ckpt_attr_value(ck, "config");
+    if (!text) MT_THROW(MT_ERR_FORMAT, "%s: root attribute 'config' missing", path);
+    char origin[4200];
+    snprintf(origin, sizeof origin, "%s:/config", path);
+    mt_cli_config_defaults(cfg);
+    MT_TRY(mt_cli_config_load_string(cfg, text, origin));
+    return MT_OK;
+fail:
+    return st;
+}
+
+mt_status mt_cli_history_write_csv(const mt_cli_history *h, const char *path) {
+    size_t cap = 64 + h->n * 96;
+    char *text = malloc(cap);
+    if (!text) return MT_RAISE(MT_ERR_NOMEM, "out of memory writing %s", path);
+    size_t len = (size_t)snprintf(text, cap, "iteration,meta_loss,val_metric,elapsed_s\n");
+    for (size_t i = 0; i < h->n && len < cap; i++) {
+        char val[32] = "";
+        if (!isnan(h->val_metric[i])) snprintf(val, sizeof val, "%.6g", h->val_metric[i]);
+        len += (size_t)snprintf(text + len, cap - len, "%lld,%.6g,%s,%.3f\n", (long long)h->iteration[i],
+                                h->meta_loss[i], val, h->elapsed_s[i]);
+    }
+    mt_status st = mt_cli_write_file_atomic(path, text, len < cap ? len : cap - 1);
+    free(text);
+    return st;
+}

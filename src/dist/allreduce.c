@@ -1,0 +1,101 @@
+/* The reproducible allreduce of per-task meta-gradients.
+ *
+ * 1. Each rank finds, per group, the largest binary exponent among its tasks' entries.
+ * 2. MPI_Allreduce(MPI_MAX) shares them (with the error, stop and non-finite flags).
+ * 3. Each entry becomes round(x · 2^s) in int64, s chosen so that the sum of n_total entries of
+ *    magnitude < 2^E cannot exceed 2^62; the rank adds its tasks as integers.
+ * 4. MPI_Allreduce(MPI_INT64_T, MPI_SUM); integer addition is associative, so the sum is the
+ *    same for every rank count and reduction tree. 5. One conversion back to float.
+ * Entries within about 2^-30 of their group's largest keep full float precision. */
+#include "metatrain/dist.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { FLAG_ERROR, FLAG_OK, FLAG_STOP, FLAG_NONFINITE, N_FLAGS };
+#define NO_EXPONENT (INT_MIN / 2) /* a group of zeros */
+
+mt_status mt_dist_reducer_init(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin) {
+    memset(r, 0, sizeof *r);
+    r->n = n;
+    r->n_groups = n_groups;
+    r->group_begin = malloc(((size_t)n_groups + 1) * sizeof *r->group_begin);
+    r->exponents = malloc(((size_t)n_groups + N_FLAGS) * sizeof *r->exponents);
+    r->fixed = malloc((n ? n : 1) * sizeof *r->fixed);
+    if (!r->group_begin || !r->exponents || !r->fixed) {
+        mt_dist_reducer_free(r);
+        return MT_RAISE(MT_ERR_NOMEM, "out of memory for the reduction buffers");
+    }
+    memcpy(r->group_begin, group_begin, ((size_t)n_groups + 1) * sizeof *group_begin);
+    return MT_OK;
+}
+
+void mt_dist_reducer_free(mt_dist_reducer *r) {
+    free(r->group_begin);
+    free(r->exponents);
+    free(r->fixed);
+    memset(r, 0, sizeof *r);
+}
+
+static int ceil_log2(int n) {
+    int bits = 0;
+    while ((1LL << bits) < n) bits++;
+    return bits;
+}
+
+/* The shift s for a group whose entries are below 2^E in magnitude, summed n_total times. */
+static int group_shift(int exponent, int n_total) { return 62 - exponent - ceil_log2(n_total) - 1; }
+
+mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local,
+                         int n_total, mt_dist_flags flags, float *sum, mt_dist_outcome *outcome) {
+    int G = r->n_groups, *e = r->exponents;
+    int nonfinite = 0;
+    for (int g = 0; g < G; g++) e[g] = NO_EXPONENT;
+    for (int t = 0; t < n_local && !flags.local_error; t++) {
+        const float *v = vectors + (size_t)t * r->n;
+        for (int g = 0; g < G; g++)
+            for (size_t i = r->group_begin[g]; i < r->group_begin[g + 1]; i++) {
+                if (!isfinite(v[i])) {
+                    nonfinite = 1;
+                    continue;
+                }
+                if (v[i] == 0) continue;
+                int ex;
+                frexpf(v[i], &ex); /* |v| < 2^ex */
+                if (ex > e[g]) e[g] = ex;
+            }
+    }
+    e[G + FLAG_ERROR] = flags.local_error != 0;
+    e[G + FLAG_OK] = flags.local_error == 0;
+    e[G + FLAG_STOP] = flags.stop;
+    e[G + FLAG_NONFINITE] = nonfinite;
+    if (MPI_Allreduce(MPI_IN_PLACE, e, G + N_FLAGS, MPI_INT, MPI_MAX, d->comm) != MPI_SUCCESS)
+        return MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of exponents failed");
+    memset(outcome, 0, sizeof *outcome);
+    outcome->any_error = e[G + FLAG_ERROR];
+    outcome->all_error = e[G + FLAG_ERROR] && !e[G + FLAG_OK];
+    outcome->stop = e[G + FLAG_STOP];
+    outcome->nonfinite = e[G + FLAG_NONFINITE];
+    if (outcome->any_error || outcome->nonfinite) return MT_OK; /* a stop still completes the sum */
+
+    memset(r->fixed, 0, r->n * sizeof *r->fixed);
+    for (int g = 0; g < G; g++) {
+        if (e[g] == NO_EXPONENT) continue;
+        int shift = group_shift(e[g], n_total);
+        for (int t = 0; t < n_local; t++) {
+            const float *v = vectors + (size_t)t * r->n;
+            for (size_t i = r->group_begin[g]; i < r->group_begin[g + 1]; i++)
+                r->fixed[i] += llrint(ldexp((double)v[i], shift));
+        }
+    }
+    if (MPI_Allreduce(MPI_IN_PLACE, r->fixed, (int)r->n, MPI_INT64_T, MPI_SUM, d->comm) != MPI_SUCCESS)
+        return MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of the meta-gradient failed");
+    for (int g = 0; g < G; g++) {
+        int shift = e[g] == NO_EXPONENT ? 0 : group_shift(e[g], n_total);
+        for (size_t i = r->group_begin[g]; i < r->group_begin[g + 1]; i++)
+            sum[i] = (float)ldexp((double)r->fixed[i], -shift);
+    }
+    return MT_OK;
+}

@@ -1,0 +1,73 @@
+/* MPI start-up, sharding, and the two kinds of error: those every rank sees end all ranks
+ * cleanly with one message from rank 0; those only some ranks see end the job with MPI_Abort. */
+#include "metatrain/dist.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+mt_status mt_dist_init(mt_dist *d, int *argc, char ***argv) {
+    int initialized = 0;
+    memset(d, 0, sizeof *d);
+    MPI_Initialized(&initialized);
+    if (!initialized && MPI_Init(argc, argv) != MPI_SUCCESS) return MT_RAISE(MT_ERR_MPI, "MPI_Init failed");
+    d->comm = MPI_COMM_WORLD;
+    /* Errors come back as codes so that we can name what failed; we abort ourselves. */
+    MPI_Comm_set_errhandler(d->comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(d->comm, &d->rank);
+    MPI_Comm_size(d->comm, &d->size);
+
+    /* srun with a broken PMI starts N singletons that each think they are alone. Under mpirun
+     * (OMPI_COMM_WORLD_SIZE set) Slurm's counts describe the daemons, not the ranks. */
+    const char *ntasks = getenv("SLURM_NTASKS"), *procid = getenv("SLURM_PROCID");
+    if (ntasks && procid && !getenv("OMPI_COMM_WORLD_SIZE") && atoi(ntasks) != d->size) {
+        mt_status st = MT_RAISE(MT_ERR_MPI,
+                                "SLURM_NTASKS=%s but the MPI world has %d rank%s: srun did not connect the "
+                                "ranks (try srun --mpi=pmix, or check 'srun --mpi=list')",
+                                ntasks, d->size, d->size == 1 ? "" : "s");
+        if (atoi(procid) == 0) fprintf(stderr, "metatrain: error: %s\n", mt_error_message());
+        return st;
+    }
+    return MT_OK;
+}
+
+void mt_dist_finalize(mt_dist *d) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+}
+
+void mt_dist_shard(int n_tasks, int rank, int size, int *begin, int *end) {
+    int base = n_tasks / size, extra = n_tasks % size;
+    *begin = rank * base + (rank < extra ? rank : extra);
+    *end = *begin + base + (rank < extra ? 1 : 0);
+}
+
+_Noreturn void mt_dist_abort(const mt_dist *d, mt_status st) {
+    fprintf(stderr, "metatrain: rank %d: error: %s\n", d->rank,
+            mt_error_message()[0] ? mt_error_message() : mt_status_name(st));
+    fflush(stderr);
+    MPI_Abort(d->comm, 1);
+    exit(1); /* MPI_Abort does not return; this satisfies _Noreturn */
+}
+
+mt_status mt_dist_agree(const mt_dist *d, mt_status local) {
+    int failed[2] = {local != MT_OK, local == MT_OK}; /* any failed, any succeeded */
+    if (MPI_Allreduce(MPI_IN_PLACE, failed, 2, MPI_INT, MPI_MAX, d->comm) != MPI_SUCCESS)
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce failed while agreeing on an error"));
+    if (!failed[0]) return MT_OK;
+    if (failed[1]) { /* only some ranks failed: the others cannot go on, and cannot be told why */
+        if (local != MT_OK) mt_dist_abort(d, local);
+        MPI_Barrier(d->comm); /* wait for the failing rank's MPI_Abort */
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "another rank failed"));
+    }
+    return local;
+}
+
+mt_status mt_dist_share_status(const mt_dist *d, mt_status root_status) {
+    int code = (int)root_status;
+    if (MPI_Bcast(&code, 1, MPI_INT, 0, d->comm) != MPI_SUCCESS)
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Bcast of a status failed"));
+    if (code != MT_OK && d->rank != 0) return MT_RAISE((mt_status)code, "rank 0 failed");
+    return (mt_status)code;
+}

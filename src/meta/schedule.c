@@ -1,0 +1,94 @@
+/* Meta-parameter layout, per-iteration inner-loop settings and the MAML++ schedules. */
+#include "metatrain/meta.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+void mt_meta_layout_init(mt_meta_layout *layout, const mt_nn_net *net, mt_algorithm algorithm,
+                         int inner_steps) {
+    memset(layout, 0, sizeof *layout);
+    layout->net = net;
+    layout->algorithm = algorithm;
+    layout->inner_steps = inner_steps;
+    layout->n_theta = net->n_params;
+    if (algorithm == MT_ALGO_METASGD) layout->n_rates = net->n_params;
+    else if (algorithm == MT_ALGO_MAMLPP) layout->n_rates = (size_t)net->n_param_layers * inner_steps;
+    layout->n_meta = layout->n_theta + layout->n_rates;
+}
+
+void mt_meta_msl_weights(double *weights, int steps, int iteration, int msl_iterations) {
+    double uniform = 1.0 / steps, floor = 0.03 / steps;
+    double decay = msl_iterations > 0 ? uniform / msl_iterations : 0;
+    double moved = msl_iterations > 0 ? (double)iteration * decay : 1;
+    for (int k = 0; k < steps - 1; k++) weights[k] = fmax(uniform - moved, floor);
+    weights[steps - 1] = fmin(uniform + moved * (steps - 1), 1.0 - (steps - 1) * floor);
+}
+
+double mt_meta_cosine_lr(double lr, double min_lr, int iteration, int iterations) {
+    double t = iterations > 0 ? fmin((double)iteration / iterations, 1.0) : 1.0;
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + cos(M_PI * t));
+}
+
+void mt_meta_step_config_at(mt_meta_step_config *sc, const mt_config *cfg, int iteration) {
+    memset(sc, 0, sizeof *sc);
+    sc->inner_lr = cfg->inner_lr;
+    sc->imaml_lambda = cfg->imaml_lambda;
+    sc->cg_steps = cfg->cg_steps;
+    sc->cg_tol = cfg->cg_tol;
+    switch (cfg->algorithm) {
+    case MT_ALGO_MAML: case MT_ALGO_METASGD: case MT_ALGO_ANIL:
+        sc->second_order = 1;
+        break;
+    case MT_ALGO_MAMLPP:
+        sc->second_order = iteration >= cfg->first_order_iterations;
+        if (cfg->msl_iterations > 0 && cfg->inner_steps > 1) {
+            sc->multi_step_loss = 1;
+            mt_meta_msl_weights(sc->step_weights, cfg->inner_steps, iteration, cfg->msl_iterations);
+        }
+        break;
+    case MT_ALGO_FOMAML: case MT_ALGO_REPTILE: case MT_ALGO_IMAML:
+        sc->second_order = 0;
+        break;
+    }
+}
+
+int mt_meta_tensors(const mt_meta_layout *layout, mt_meta_tensor *out, int max) {
+    const mt_nn_net *net = layout->net;
+    int n = 0;
+    for (int t = 0; t < net->n_tensors; t++, n++) {
+        if (n >= max) continue;
+        const mt_nn_tensor *T = &net->tensors[t];
+        snprintf(out[n].name, sizeof out[n].name, "%s", T->name);
+        out[n].offset = T->offset;
+        out[n].count = T->count;
+        out[n].rank = T->rank;
+        memcpy(out[n].dims, T->dims, sizeof T->dims);
+    }
+    if (layout->algorithm == MT_ALGO_METASGD) {
+        for (int t = 0; t < net->n_tensors; t++, n++) {
+            if (n >= max) continue;
+            const mt_nn_tensor *T = &net->tensors[t];
+            snprintf(out[n].name, sizeof out[n].name, "inner_lr/%s", T->name);
+            out[n].offset = layout->n_theta + T->offset;
+            out[n].count = T->count;
+            out[n].rank = T->rank;
+            memcpy(out[n].dims, T->dims, sizeof T->dims);
+        }
+    } else if (layout->algorithm == MT_ALGO_MAMLPP) {
+        int p = 0;
+        for (int l = 0; l < net->n_layers; l++) {
+            if (!net->layers[l].param_count) continue;
+            if (n < max) {
+                snprintf(out[n].name, sizeof out[n].name, "inner_lr/%s", net->layers[l].name);
+                out[n].offset = layout->n_theta + (size_t)p * layout->inner_steps;
+                out[n].count = (size_t)layout->inner_steps;
+                out[n].rank = 1;
+                memset(out[n].dims, 0, sizeof out[n].dims);
+                out[n].dims[0] = layout->inner_steps;
+            }
+            n++, p++;
+        }
+    }
+    return n;
+}
