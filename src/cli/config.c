@@ -82,8 +82,8 @@ static const char *const split_names[] = {"train", "val", "test", "all", NULL};
 /* Sections must stay contiguous: the formatter starts a [section] whenever the name changes. */
 static const mt_cli_key mt_cli_keys[] = {
     UINT64_KEY("train", "seed", seed, "1", FIXED, "seed of every random number (tasks, initialization)"),
-    INT_KEY("train", "iterations", iterations, "1000", GE(1), UNBOUNDED, RESUMABLE,
-            "outer steps in total"),
+    INT_KEY("train", "iterations", iterations, "1000", GE(0), UNBOUNDED, RESUMABLE,
+            "outer steps in total; 0 only writes the initial meta-parameters (a baseline)"),
     INT_KEY("train", "meta_batch", meta_batch, "25", GE(1), LE(65536), FIXED, "tasks per outer step"),
     INT_KEY("train", "checkpoint_every", checkpoint_every, "1000", GE(0), UNBOUNDED, RESUMABLE,
             "checkpoint period in iterations; 0 writes one only at the end"),
@@ -134,7 +134,8 @@ static const mt_cli_key mt_cli_keys[] = {
             "query examples per task (per class when classifying)"),
     INT_KEY("task", "ways", ways, "1", GE(1), UNBOUNDED, FIXED,
             "classes per episode; episodes need at least 2"),
-    STRING_KEY("task", "path", task_path, "", 0, FIXED, "HDF5 dataset, required by episodes and grouped"),
+    STRING_KEY("task", "path", task_path, "", 0, RESUMABLE,
+               "HDF5 dataset, required by episodes and grouped (may move between runs)"),
 
     STRING_KEY("model", "spec", model_spec, "input 1, linear 40, relu, linear 40, relu, linear 1, mse", 1,
                FIXED, "network layers (see mt_nn_parse); continue a long spec on indented lines"),

@@ -69,8 +69,7 @@ static mt_status setup(const mt_dist *d, const train_args *a, mt_cli_model *m, m
     mt_status st = MT_OK;
     static mt_config saved;
     mt_cli_config_defaults(&m->cfg);
-    if (a->config_path) MT_TRY(mt_cli_config_load(&m->cfg, a->config_path));
-    else if (!a->resume_path) MT_THROW(MT_ERR_ARG, "train: give a CONFIG file, or --resume CKPT");
+    if (a->config_path) MT_TRY(mt_cli_config_load(&m->cfg, a->config_path)); /* else defaults */
     MT_TRY(mt_cli_model_build(m, &a->sets));
 
     *resume_path = a->resume_path;
@@ -210,6 +209,7 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         }
     }
     mt_cli_progress_finish(&prog);
+    if (start >= cfg->iterations) MT_TRY(save(d, m, p, start)); /* nothing to run: keep what we have */
     return MT_OK;
 fail:
     mt_cli_progress_finish(&prog);

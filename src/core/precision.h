@@ -21,11 +21,9 @@
 
 typedef MT_REAL mt_real;
 
-/* Row-major C (M,N) = alpha · op(A) · op(B) + beta · C; ta/tb: transpose A/B. */
-static inline void mt_matmul(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A,
-                             const mt_real *B, mt_real beta, mt_real *C) {
-    mt_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
-            alpha, A, ta ? M : K, B, tb ? K : N, beta, C, N);
-}
+/* Row-major C (M,N) = alpha · op(A) · op(B) + beta · C; ta/tb: transpose A/B (src/nn/gemm.c). */
+#define mt_matmul MT_(mt_nn_matmul)
+void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A,
+                       const mt_real *B, mt_real beta, mt_real *C);
 
 #endif

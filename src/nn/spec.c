@@ -62,6 +62,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
     snprintf(copy, sizeof copy, "%s", spec);
 
     int c = 0, h = 0, w = 0, have_input = 0, have_loss = 0, item_no = 0;
+    int features = 0; /* the shape holds features (input D, or after linear or flatten), not an image */
     int n_linear = 0, n_conv = 0, n_bn = 0, n_relu = 0, n_pool = 0;
     char *save = NULL;
     for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
@@ -81,13 +82,13 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             return MT_RAISE(MT_ERR_CONFIG, "%s: more than %d layers", what, MT_NN_MAX_LAYERS - 1);
 
         if (strcmp(op, "input") == 0) {
-            int dims[3], nd = 0;
+            int dims[4], nd = 0; /* room for a fourth, so that CxHxWxN is rejected, not truncated */
             if (have_input || nw != 2)
                 return MT_RAISE(MT_ERR_CONFIG, "%s: 'input' takes one shape, D or CxHxW, once", what);
-            for (char *p = strtok(words[1], "x"); p && nd < 3; p = strtok(NULL, "x"))
+            for (char *p = strtok(words[1], "x"); p && nd < 4; p = strtok(NULL, "x"))
                 if (!parse_positive(p, &dims[nd++]))
                     return MT_RAISE(MT_ERR_CONFIG, "%s: bad input shape '%s'", what, original);
-            if (nd == 1) c = dims[0], h = 1, w = 1;
+            if (nd == 1) c = dims[0], h = 1, w = 1, features = 1;
             else if (nd == 3) c = dims[0], h = dims[1], w = dims[2];
             else return MT_RAISE(MT_ERR_CONFIG, "%s: input shape must be D or CxHxW", what);
             net->in_c = c, net->in_h = h, net->in_w = w;
@@ -107,7 +108,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             int wd[2] = {out, in}, bd[1] = {out};
             add_tensor(net, net->n_layers - 1, "weight", L->param_offset, L->weight_count, 2, wd);
             add_tensor(net, net->n_layers - 1, "bias", L->param_offset + L->weight_count, out, 1, bd);
-            c = out, h = 1, w = 1;
+            c = out, h = 1, w = 1, features = 1;
         } else if (strcmp(op, "conv") == 0) {
             int out, stride = 1;
             if (nw < 2 || nw > 3 || !parse_positive(words[1], &out))
@@ -117,7 +118,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
                 else if (strcmp(words[2], "s2") == 0) stride = 2;
                 else return MT_RAISE(MT_ERR_CONFIG, "%s: conv stride must be s1 or s2: '%s'", what, original);
             }
-            if (h == 1 && w == 1 && net->n_layers > 0 && net->layers[net->n_layers - 1].kind == MT_NN_LINEAR)
+            if (features)
                 return MT_RAISE(MT_ERR_CONFIG, "%s: 'conv' needs an image input, not features", what);
             mt_nn_layer *L = add_layer(net, MT_NN_CONV3X3, "conv", &n_conv, c, h, w);
             L->stride = stride;
@@ -152,7 +153,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             L->out_h = 1, L->out_w = 1;
             h = 1, w = 1;
         } else if (strcmp(op, "flatten") == 0 && nw == 1) {
-            c = c * h * w, h = 1, w = 1; /* a view: no layer at run time */
+            c = c * h * w, h = 1, w = 1, features = 1; /* a view: no layer at run time */
         } else if ((strcmp(op, "mse") == 0 || strcmp(op, "xent") == 0) && nw == 1) {
             net->loss = op[0] == 'm' ? MT_NN_LOSS_MSE : MT_NN_LOSS_XENT;
             have_loss = 1;
