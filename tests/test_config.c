@@ -190,7 +190,7 @@ static void test_file_errors(void **state) {
     expect_file_error("[train]\niterations =\n", 2, "train.iterations");
     expect_file_error("[train]\niterations = 99999999999999999999\n", 2, "train.iterations");
     expect_file_error("[train]\niterations = 3000000000\n", 2, "train.iterations");
-    expect_file_error("[train]\niterations = 0\n", 2, "train.iterations");
+    expect_file_error("[train]\niterations = -1\n", 2, "train.iterations");
     expect_file_error("[train]\nmeta_batch = 65537\n", 2, "train.meta_batch");
     expect_file_error("[train]\nseed = -1\n", 2, "train.seed");
     expect_file_error("[train]\nseed = 18446744073709551616\n", 2, "train.seed");
@@ -461,7 +461,7 @@ static void test_reference(void **state) {
     assert_true(n < sizeof ref);
     assert_contains(ref, "| key | type | default |");
     assert_contains(ref, "| `meta.inner_lr` | double | `0.01` | > 0 | no |");
-    assert_contains(ref, "| `train.iterations` | int | `1000` | >= 1 | yes |");
+    assert_contains(ref, "| `train.iterations` | int | `1000` | >= 0 | yes |");
     assert_contains(ref, "| `meta.algorithm` | enum | `maml` | `maml`, `fomaml`");
     assert_contains(ref, "| `task.path` | string | (empty) |");
     /* One row per key: as many as the formatted config has `key = value` lines. */

@@ -25,6 +25,11 @@
 #define MT_CKPT_PATH_LEN 160
 #define MT_CKPT_MAX_ARRAYS 1024
 #define MT_CKPT_MAX_ATTRS 16
+/* Largest dataset, in bytes, written or accepted on read: a bound against hostile sizes. */
+#define MT_CKPT_MAX_BYTES (1ull << 30)
+/* Longest attribute value. Root attributes are kept in the object header, which is checksummed;
+ * HDF5 would move larger ones to dense storage, where values over 4 KiB have no checksum. */
+#define MT_CKPT_MAX_ATTR_LEN 65000
 
 typedef enum { MT_CKPT_F32, MT_CKPT_F64, MT_CKPT_I64 } mt_ckpt_dtype;
 
@@ -49,7 +54,8 @@ typedef struct {
     int format_version;                    /* read back from the file */
 } mt_ckpt;
 
-/* Adds an array description (no copy) to a checkpoint being assembled for writing. */
+/* Adds an array description (no copy) to a checkpoint being assembled for writing; `ck` starts
+ * zeroed (mt_ckpt is large: allocate it, e.g. with calloc). */
 mt_status mt_ckpt_add(mt_ckpt *ck, const char *path, mt_ckpt_dtype dtype, int rank,
                       const uint64_t *dims, const void *data);
 /* Adds a root string attribute (no copy). */
@@ -61,8 +67,10 @@ mt_status mt_ckpt_add_attr(mt_ckpt *ck, const char *name, const char *value);
 mt_status mt_ckpt_write(const char *path, const mt_ckpt *ck);
 
 /* Reads every array and attribute, verifying every checksum. A file that is missing, truncated,
- * corrupted, or of another format fails with a one-line message naming the file and the object. */
+ * corrupted, or of another format fails with a one-line message naming the file and the object.
+ * `ck` is overwritten; on failure it is left empty. Arrays come in path order. */
 mt_status mt_ckpt_read(const char *path, mt_ckpt *ck);
+/* Frees what mt_ckpt_read allocated (only for a checkpoint filled by it) and empties `ck`. */
 void mt_ckpt_free(mt_ckpt *ck);
 
 /* The array at `path`, or NULL. */
@@ -70,8 +78,8 @@ const mt_ckpt_array *mt_ckpt_find(const mt_ckpt *ck, const char *path);
 /* The root attribute `name`, or NULL. */
 const char *mt_ckpt_attr_value(const mt_ckpt *ck, const char *name);
 
-/* Copies the file at `path` to "<dir>/checkpoint-<iteration>.h5" (atomically) and deletes the
- * oldest numbered copies beyond `keep`. keep <= 0 keeps none. */
+/* Copies the file at `path` to "<dir>/checkpoint-<iteration, 8 digits>.h5" (atomically) and
+ * deletes the lowest-numbered copies beyond `keep`. keep <= 0 makes no copy and deletes none. */
 mt_status mt_ckpt_keep_copy(const char *path, const char *dir, int iteration, int keep);
 
 #endif

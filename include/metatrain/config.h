@@ -31,6 +31,7 @@ typedef struct {
     int checkpoint_every;     /* train.checkpoint_every: 0 writes only at the end */
     int keep_checkpoints;     /* train.keep_checkpoints: numbered copies kept besides checkpoint.h5 */
     int log_every;            /* train.log_every: progress line period in iterations (files) */
+    int stop_at;              /* train.stop_at: stop (with a checkpoint) after this iteration, 0 = off */
     int resume;               /* train.resume: 1 = continue from output.dir/checkpoint.h5 if present */
     int threads;              /* train.threads: OpenBLAS threads per rank */
     /* [output] */
@@ -65,6 +66,8 @@ typedef struct {
     mt_split eval_split;      /* eval.split */
     int eval_every;           /* eval.every: validation period during training, 0 = off */
     int eval_val_tasks;       /* eval.val_tasks: tasks per validation during training */
+    char eval_episodes[MT_CONFIG_STR]; /* eval.episodes: fixed-episode file, "" = sampled episodes */
+    int eval_keep_best;       /* eval.keep_best: keep best.h5 by validation metric */
 } mt_config;
 
 /* Defaults for every key. */

@@ -21,12 +21,18 @@ typedef struct {
     int classification;        /* labels instead of regression targets */
     const struct mt_task_dataset *data;
     mt_split split;            /* which classes or groups tasks come from */
+    int *split_ids;            /* the classes (episodes) or groups (grouped) of the split */
+    int n_split;
+    int fixed_episodes;        /* task i is the dataset's fixed episode i */
+    int scratch_len;           /* per-task index scratch the samplers need */
 } mt_task_family;
 
 /* Builds a family from the config for the given split; queries overrides cfg->queries when > 0.
- * Checks that the model's input and output fit the family. */
+ * Checks that the model's input and output fit the family, and that the dataset's split has
+ * enough classes, images or rows. With a dataset holding fixed episodes, tasks are those. */
 mt_status mt_task_family_init(mt_task_family *fam, const mt_config *cfg, const mt_nn_net *net,
                               const struct mt_task_dataset *data, mt_split split, int queries);
+void mt_task_family_free(mt_task_family *fam);
 
 /* Examples in a support and a query set. */
 int mt_task_support_size(const mt_task_family *fam);

@@ -5,6 +5,7 @@ typedef struct {
     MT_(mt_nn_batch) support, query;
     MT_REAL *x_support, *y_support, *x_query, *y_query;
     int32_t *label_support, *label_query;
+    int32_t *scratch; /* index permutations of the samplers */
 } MT_(mt_task);
 
 mt_status MT_(mt_task_alloc)(MT_(mt_task) *task, const mt_task_family *fam);

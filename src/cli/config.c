@@ -91,6 +91,8 @@ static const mt_cli_key mt_cli_keys[] = {
             "numbered checkpoint copies kept besides checkpoint.h5"),
     INT_KEY("train", "log_every", log_every, "100", GE(1), UNBOUNDED, RESUMABLE,
             "progress line period in iterations"),
+    INT_KEY("train", "stop_at", stop_at, "0", GE(0), UNBOUNDED, RESUMABLE,
+            "stop early after this iteration, writing a checkpoint, as a preempted job would; 0 = off"),
     BOOL_KEY("train", "resume", resume, "false", RESUMABLE,
              "continue from output.dir/checkpoint.h5 if it exists"),
     INT_KEY("train", "threads", threads, "1", GE(1), LE(256), RESUMABLE, "OpenBLAS threads per rank"),
@@ -151,6 +153,10 @@ static const mt_cli_key mt_cli_keys[] = {
             "validation period during training in iterations; 0 = off"),
     INT_KEY("eval", "val_tasks", eval_val_tasks, "100", GE(1), UNBOUNDED, RESUMABLE,
             "tasks per validation during training"),
+    STRING_KEY("eval", "episodes", eval_episodes, "", 0, RESUMABLE,
+               "HDF5 file with fixed episodes (/episodes) to evaluate exactly; may be task.path"),
+    BOOL_KEY("eval", "keep_best", eval_keep_best, "false", RESUMABLE,
+             "also keep output.dir/best.h5, the checkpoint with the best validation metric"),
 };
 
 #define N_KEYS (sizeof mt_cli_keys / sizeof mt_cli_keys[0])

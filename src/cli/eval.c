@@ -2,6 +2,7 @@
  * metric with its 95% confidence interval, per inner step. Tasks are sharded over ranks; each
  * task's result lands in its own slot, so the sums are exact and rank-count independent. */
 #include "cli/cli.h"
+#include "metatrain/dataset.h"
 #include "metatrain/rng.h"
 
 #include <cblas.h>
@@ -97,7 +98,8 @@ int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
     static mt_cli_model m;
     static mt_ckpt ck;
     mt_cli_sets sets = {0};
-    mt_task_family fam;
+    mt_task_family fam = {0};
+    mt_task_dataset *data = NULL;
     mt_cli_eval_result res;
     const char *path = NULL;
     float *meta = NULL;
@@ -122,18 +124,21 @@ int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
     MT_TRY(mt_dist_agree(d, mt_cli_state_read(path, &ck, &m.cfg)));
     MT_TRY(mt_cli_model_build(&m, &sets));
     openblas_set_num_threads(m.cfg.threads);
-    MT_TRY(mt_task_family_init(&fam, &m.cfg, &m.net, NULL, m.cfg.eval_split, m.cfg.eval_queries));
+    if (m.cfg.task_kind == MT_TASK_EPISODES || m.cfg.task_kind == MT_TASK_GROUPED)
+        MT_TRY(mt_task_dataset_load(&data, d, m.cfg.task_path, m.cfg.task_kind, m.cfg.eval_episodes));
+    MT_TRY(mt_task_family_init(&fam, &m.cfg, &m.net, data, m.cfg.eval_split, m.cfg.eval_queries));
     meta = malloc(m.layout.n_meta * sizeof *meta);
     if (!meta) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-parameters");
     MT_TRY(mt_cli_state_restore(&ck, path, &m, meta, NULL, NULL, &iteration));
     mt_ckpt_free(&ck);
     int steps = m.cfg.eval_steps > 0 ? m.cfg.eval_steps : m.cfg.inner_steps;
-    MT_TRY(mt_cli_evaluate(d, &m, &fam, meta, m.cfg.eval_tasks, steps, MT_RNG_EVAL_ITERATION, &res));
+    int tasks = fam.fixed_episodes ? data->n_episodes : m.cfg.eval_tasks;
+    MT_TRY(mt_cli_evaluate(d, &m, &fam, meta, tasks, steps, MT_RNG_EVAL_ITERATION, &res));
     if (d->rank == 0) print_result(&m, &fam, &res, json);
-    free(meta);
-    return MT_EXIT_OK;
 fail:
     mt_ckpt_free(&ck);
+    mt_task_family_free(&fam);
+    mt_task_dataset_free(data);
     free(meta);
     return mt_cli_report(d, st);
 }

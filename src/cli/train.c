@@ -3,6 +3,7 @@
  * rank applies the same outer step. Rank 0 prints, writes checkpoints and metrics. */
 #include "cli/cli.h"
 #include "cli/progress.h"
+#include "metatrain/dataset.h"
 #include "metatrain/rng.h"
 #include "metatrain/signals.h"
 
@@ -30,7 +31,8 @@ typedef struct {
 
 /* Everything the loop uses, planned before the first iteration. */
 typedef struct {
-    mt_task_family fam;
+    mt_task_dataset *data; /* episodes and grouped families only */
+    mt_task_family fam, val_fam;
     mt_meta_ctx *ctx;
     mt_task task;
     mt_meta_optim opt;
@@ -90,14 +92,19 @@ fail:
     return st;
 }
 
+/* Local: every rank plans the same buffers; failures are agreed on by the caller. */
 static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
     mt_status st = MT_OK;
     const mt_config *cfg = &m->cfg;
     const mt_meta_layout *lay = &m->layout;
     static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
     size_t bounds[MT_CLI_MAX_META_TENSORS + 2];
-    memset(p, 0, sizeof *p);
-    MT_TRY(mt_task_family_init(&p->fam, cfg, &m->net, NULL, MT_SPLIT_TRAIN, 0));
+    MT_TRY(mt_task_family_init(&p->fam, cfg, &m->net, p->data, MT_SPLIT_TRAIN, 0));
+    if (cfg->eval_every > 0) {
+        /* Synthetic families validate on held-out task keys; datasets on their val split. */
+        mt_split split = p->data ? MT_SPLIT_VAL : MT_SPLIT_TRAIN;
+        MT_TRY(mt_task_family_init(&p->val_fam, cfg, &m->net, p->data, split, cfg->eval_queries));
+    }
     int max_batch = mt_task_support_size(&p->fam) > mt_task_query_size(&p->fam)
                         ? mt_task_support_size(&p->fam) : mt_task_query_size(&p->fam);
     MT_TRY(mt_meta_ctx_create(&p->ctx, lay, max_batch));
@@ -125,7 +132,11 @@ fail:
     return st;
 }
 
-static void plan_free(train_plan *p) {
+/* Collective (the dataset's shared window). */
+static void plan_free(const mt_dist *d, train_plan *p) {
+    mt_task_dataset_free(p->data);
+    mt_task_family_free(&p->fam);
+    mt_task_family_free(&p->val_fam);
     mt_meta_ctx_free(p->ctx);
     mt_task_free(&p->task);
     mt_meta_optim_free(&p->opt);
@@ -151,7 +162,7 @@ static mt_status save(const mt_dist *d, const mt_cli_model *m, train_plan *p, in
 static double validate(const mt_dist *d, const mt_cli_model *m, train_plan *p, mt_status *st) {
     mt_cli_eval_result res;
     int steps = m->cfg.eval_steps > 0 ? m->cfg.eval_steps : m->cfg.inner_steps;
-    *st = mt_cli_evaluate(d, m, &p->fam, p->meta, m->cfg.eval_val_tasks, steps, MT_RNG_EVAL_ITERATION + 1, &res);
+    *st = mt_cli_evaluate(d, m, &p->val_fam, p->meta, m->cfg.eval_val_tasks, steps, MT_RNG_EVAL_ITERATION + 1, &res);
     return *st ? NAN : res.mean[steps];
 }
 
@@ -188,7 +199,8 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         mt_meta_optim_step(&p->opt, p->meta, p->sum, lr);
 
         int64_t done = it + 1;
-        int last = done == cfg->iterations || out.stop;
+        int stop_here = cfg->stop_at > 0 && done == cfg->stop_at;
+        int last = done == cfg->iterations || out.stop || stop_here;
         int val_now = cfg->eval_every > 0 && done % cfg->eval_every == 0;
         if (val_now) {
             last_val = validate(d, m, p, &st);
@@ -199,6 +211,12 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
             mt_cli_history_add(&p->history, done, meta_loss, val_now ? last_val : NAN, elapsed);
         mt_cli_progress_update(&prog, done, meta_loss, last_val, MPI_Wtime() - t0, done - start);
         if ((cfg->checkpoint_every > 0 && done % cfg->checkpoint_every == 0) || last) MT_TRY(save(d, m, p, done));
+        if (stop_here && !out.stop) {
+            mt_cli_progress_finish(&prog);
+            if (d->rank == 0 && !quiet)
+                printf("stopped after iteration %lld (train.stop_at); resume to continue\n", (long long)done);
+            return MT_OK;
+        }
         if (out.stop) {
             mt_cli_progress_finish(&prog);
             if (d->rank == 0)
@@ -237,6 +255,8 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     MT_TRY(setup(d, &a, &m, &ck, &resume_path, auto_path, sizeof auto_path));
     openblas_set_num_threads(m.cfg.threads);
     mt_dist_install_stop_handlers();
+    if (m.cfg.task_kind == MT_TASK_EPISODES || m.cfg.task_kind == MT_TASK_GROUPED)
+        MT_TRY(mt_task_dataset_load(&p.data, d, m.cfg.task_path, m.cfg.task_kind, NULL));
     MT_TRY(mt_dist_agree(d, plan(&p, d, &m)));
     if (resume_path) {
         MT_TRY(mt_dist_agree(d, mt_cli_state_restore(&ck, resume_path, &m, p.meta, &p.opt, &p.history, &start)));
@@ -255,10 +275,10 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     }
     MT_TRY(run_loop(d, &m, &p, start, a.quiet, &exit_code));
     if (d->rank == 0 && !a.quiet) printf("checkpoint: %s/checkpoint.h5\n", m.cfg.output_dir);
-    plan_free(&p);
+    plan_free(d, &p);
     return exit_code;
 fail:
     mt_ckpt_free(&ck);
-    plan_free(&p);
+    plan_free(d, &p);
     return mt_cli_report(d, st);
 }

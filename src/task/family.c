@@ -1,47 +1,115 @@
-/* Task families: which data a task holds and whether the model fits it. */
+/* Task families: which data a task holds and whether the model and the dataset fit it. */
+#include "metatrain/dataset.h"
 #include "metatrain/task.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Shapes the synthetic families fix. */
 #define SINUSOID_IN 1
 #define LINREG_IN 10
 
+static int max_int(int a, int b) { return a > b ? a : b; }
+
+/* Classes or groups of the split, and the scratch the sampler needs for them. */
+static mt_status take_split(mt_task_family *fam, const mt_task_dataset *ds, mt_split split) {
+    fam->n_split = mt_task_dataset_split(ds, split, NULL);
+    fam->split_ids = malloc((size_t)(fam->n_split > 0 ? fam->n_split : 1) * sizeof *fam->split_ids);
+    if (!fam->split_ids) return MT_RAISE(MT_ERR_NOMEM, "out of memory for the split of %s", ds->path);
+    mt_task_dataset_split(ds, split, fam->split_ids);
+    const int64_t *start = ds->kind == MT_DATASET_IMAGES ? ds->class_start : ds->group_start;
+    int64_t widest = 0;
+    for (int i = 0; i < fam->n_split; i++) {
+        int64_t size = start[fam->split_ids[i] + 1] - start[fam->split_ids[i]];
+        if (size > widest) widest = size;
+    }
+    fam->scratch_len = max_int(fam->n_split, (int)widest);
+    return MT_OK;
+}
+
+static mt_status init_episodes(mt_task_family *fam, const mt_config *cfg, const mt_task_dataset *ds,
+                               mt_split split) {
+    mt_status st = MT_OK;
+    if (ds->kind != MT_DATASET_IMAGES)
+        return MT_RAISE(MT_ERR_CONFIG, "task.kind: episodes needs an images dataset, but %s holds grouped data", ds->path);
+    fam->classification = 1;
+    fam->in_size = (size_t)ds->channels * ds->height * ds->width;
+    if (ds->n_episodes > 0) { /* evaluate exactly the dataset's episodes */
+        fam->fixed_episodes = 1;
+        fam->ways = ds->episode_ways;
+        fam->shots = ds->episode_support / ds->episode_ways;
+        fam->queries = ds->episode_query / ds->episode_ways;
+        fam->out_size = (size_t)fam->ways;
+        return MT_OK;
+    }
+    fam->out_size = (size_t)fam->ways;
+    MT_TRY(take_split(fam, ds, split));
+    MT_TRY(mt_task_dataset_check_episodes(ds, split, cfg->ways, fam->shots, fam->queries));
+fail:
+    return st;
+}
+
+static mt_status init_grouped(mt_task_family *fam, const mt_task_dataset *ds, mt_split split) {
+    mt_status st = MT_OK;
+    if (ds->kind != MT_DATASET_GROUPED)
+        return MT_RAISE(MT_ERR_CONFIG, "task.kind: grouped needs a grouped dataset, but %s holds images", ds->path);
+    fam->in_size = (size_t)ds->n_features;
+    fam->classification = ds->n_targets == 0;
+    fam->out_size = fam->classification ? (size_t)ds->n_classes : (size_t)ds->n_targets;
+    fam->ways = fam->classification ? ds->n_classes : 1;
+    MT_TRY(take_split(fam, ds, split));
+    MT_TRY(mt_task_dataset_check_groups(ds, split, fam->shots, fam->queries));
+fail:
+    return st;
+}
+
 mt_status mt_task_family_init(mt_task_family *fam, const mt_config *cfg, const mt_nn_net *net,
                               const struct mt_task_dataset *data, mt_split split, int queries) {
+    mt_status st = MT_OK;
     memset(fam, 0, sizeof *fam);
     fam->kind = cfg->task_kind;
     fam->shots = cfg->shots;
     fam->queries = queries > 0 ? queries : cfg->queries;
-    fam->ways = 1;
+    fam->ways = cfg->task_kind == MT_TASK_EPISODES ? cfg->ways : 1;
     fam->out_size = 1;
     fam->data = data;
     fam->split = split;
+    const char *kind = mt_cli_task_kind_name(cfg->task_kind);
     switch (cfg->task_kind) {
     case MT_TASK_SINUSOID: fam->in_size = SINUSOID_IN; break;
     case MT_TASK_LINREG: fam->in_size = LINREG_IN; break;
     case MT_TASK_EPISODES:
     case MT_TASK_GROUPED:
-        return MT_RAISE(MT_ERR_CONFIG, "task.kind: '%s' needs a dataset reader, which this build lacks",
-                        mt_cli_task_kind_name(cfg->task_kind));
+        if (!data) MT_THROW(MT_ERR_CONFIG, "task.kind: %s needs a dataset in task.path", kind);
+        if (cfg->task_kind == MT_TASK_EPISODES) MT_TRY(init_episodes(fam, cfg, data, split));
+        else MT_TRY(init_grouped(fam, data, split));
+        break;
     }
     if (net->in_size != fam->in_size)
-        return MT_RAISE(MT_ERR_CONFIG, "model.spec: input size %zu does not fit task.kind=%s, whose examples have %zu",
-                        net->in_size, mt_cli_task_kind_name(fam->kind), fam->in_size);
+        MT_THROW(MT_ERR_CONFIG, "model.spec: input size %zu does not fit task.kind=%s, whose examples have %zu",
+                 net->in_size, kind, fam->in_size);
     if (fam->classification ? net->loss != MT_NN_LOSS_XENT : net->loss != MT_NN_LOSS_MSE)
-        return MT_RAISE(MT_ERR_CONFIG, "model.spec: task.kind=%s needs the %s loss",
-                        mt_cli_task_kind_name(fam->kind), fam->classification ? "xent" : "mse");
-    if (net->out_size != (fam->classification ? (size_t)fam->ways : fam->out_size))
-        return MT_RAISE(MT_ERR_CONFIG, "model.spec: %zu outputs, but task.kind=%s needs %zu",
-                        net->out_size, mt_cli_task_kind_name(fam->kind),
-                        fam->classification ? (size_t)fam->ways : fam->out_size);
+        MT_THROW(MT_ERR_CONFIG, "model.spec: task.kind=%s needs the %s loss", kind, fam->classification ? "xent" : "mse");
+    if (net->out_size != fam->out_size)
+        MT_THROW(MT_ERR_CONFIG, "model.spec: the head has %zu outputs, but task.kind=%s needs %zu%s", net->out_size,
+                 kind, fam->out_size, cfg->task_kind == MT_TASK_EPISODES ? " (task.ways)" : "");
     return MT_OK;
+fail:
+    mt_task_family_free(fam);
+    return st;
+}
+
+void mt_task_family_free(mt_task_family *fam) {
+    free(fam->split_ids);
+    fam->split_ids = NULL;
 }
 
 int mt_task_support_size(const mt_task_family *fam) {
-    return fam->classification ? fam->ways * fam->shots : fam->shots;
+    if (fam->fixed_episodes) return fam->data->episode_support;
+    return fam->classification && fam->kind == MT_TASK_EPISODES ? fam->ways * fam->shots : fam->shots;
 }
 
 int mt_task_query_size(const mt_task_family *fam) {
-    return fam->classification ? fam->ways * fam->queries : fam->queries;
+    if (fam->fixed_episodes) return fam->data->episode_query;
+    return fam->classification && fam->kind == MT_TASK_EPISODES ? fam->ways * fam->queries : fam->queries;
 }

@@ -1,10 +1,11 @@
-/* Task storage and the synthetic families, which need no files.
+/* Task storage, and the synthetic families, which need no files (datasets: episodes.c).
  *   sinusoid (Finn et al. 2017): y = A sin(x − φ), A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[−5, 5].
  *   linreg (the seed example): y = w·x + b, w ~ U[−1, 1]^10, b ~ U[−1, 1], x ~ U[−1, 1]^10.
  * Hidden task parameters, support and query examples come from separate RNG streams keyed by
  * (seed, iteration, task index), so changing the query count leaves the support set alone. */
 #include "metatrain/rng.h"
 #include "metatrain/task.h"
+#include "task/samplers.h"
 #include "core/precision.h"
 
 #include <math.h>
@@ -22,8 +23,9 @@ mt_status MT_(mt_task_alloc)(task_t *task, const mt_task_family *fam) {
     task->y_query = malloc(nq * fam->out_size * sizeof(mt_real));
     task->label_support = malloc(ns * sizeof(int32_t));
     task->label_query = malloc(nq * sizeof(int32_t));
+    task->scratch = malloc((size_t)(fam->scratch_len > 0 ? fam->scratch_len : 1) * sizeof(int32_t));
     if (!task->x_support || !task->x_query || !task->y_support || !task->y_query ||
-        !task->label_support || !task->label_query) {
+        !task->label_support || !task->label_query || !task->scratch) {
         MT_(mt_task_free)(task);
         return MT_RAISE(MT_ERR_NOMEM, "out of memory for task data");
     }
@@ -34,7 +36,7 @@ mt_status MT_(mt_task_alloc)(task_t *task, const mt_task_family *fam) {
 
 void MT_(mt_task_free)(task_t *task) {
     free(task->x_support), free(task->x_query), free(task->y_support), free(task->y_query);
-    free(task->label_support), free(task->label_query);
+    free(task->label_support), free(task->label_query), free(task->scratch);
     memset(task, 0, sizeof *task);
 }
 
@@ -69,6 +71,8 @@ void MT_(mt_task_sample)(const mt_task_family *fam, uint64_t seed, uint32_t iter
         double amplitude = mt_rng_range(&hidden, 0.1, 5.0), phase = mt_rng_range(&hidden, 0.0, M_PI);
         sample_sinusoid(&support, amplitude, phase, task->x_support, task->y_support, ns);
         sample_sinusoid(&query, amplitude, phase, task->x_query, task->y_query, nq);
+    } else if (fam->kind == MT_TASK_EPISODES || fam->kind == MT_TASK_GROUPED) {
+        MT_(mt_task_sample_dataset)(fam, seed, iteration, task_index, task);
     } else if (fam->kind == MT_TASK_LINREG) {
         int d = (int)fam->in_size;
         double w[64];

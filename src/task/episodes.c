@@ -1,0 +1,109 @@
+/* Tasks from HDF5 datasets.
+ * episodes: N-way K-shot Q-query. N classes of the split drawn without replacement, in random
+ *   order, which is also the episode's label order (labels are shuffled per episode); K + Q
+ *   images per class drawn without replacement, the first K to the support set.
+ *   Fixed episodes: task i is the file's episode i, exactly.
+ * grouped: one group of the split per task, its rows shuffled; the first task.shots rows are
+ *   the support set, the next task.queries the query set.
+ * Every draw comes from the (seed, iteration, task index) streams, so any rank can build any task. */
+#include "metatrain/dataset.h"
+#include "metatrain/rng.h"
+#include "task/samplers.h"
+#include "core/precision.h"
+
+#include <string.h>
+
+typedef MT_(mt_task) task_t;
+
+/* Draws `count` distinct entries of values[0..n) into values[0..count) (partial Fisher-Yates). */
+static void draw_distinct(mt_rng *rng, int32_t *values, int n, int count) {
+    for (int i = 0; i < count; i++) {
+        int j = i + (int)mt_rng_below(rng, (uint32_t)(n - i));
+        int32_t tmp = values[i];
+        values[i] = values[j];
+        values[j] = tmp;
+    }
+}
+
+static void copy_image(const mt_task_dataset *ds, int64_t index, mt_real *x) {
+    size_t size = (size_t)ds->channels * ds->height * ds->width;
+    const uint8_t *p = ds->images + (size_t)index * size;
+    for (size_t i = 0; i < size; i++) x[i] = (mt_real)(p[i] * ds->pixel_scale + ds->pixel_offset);
+}
+
+static void sample_fixed(const mt_task_family *fam, uint32_t episode, task_t *task) {
+    const mt_task_dataset *ds = fam->data;
+    size_t size = fam->in_size;
+    for (int i = 0; i < ds->episode_support; i++) {
+        size_t k = (size_t)episode * ds->episode_support + i;
+        copy_image(ds, ds->episode_support_index[k], task->x_support + i * size);
+        task->label_support[i] = ds->episode_support_label[k];
+    }
+    for (int i = 0; i < ds->episode_query; i++) {
+        size_t k = (size_t)episode * ds->episode_query + i;
+        copy_image(ds, ds->episode_query_index[k], task->x_query + i * size);
+        task->label_query[i] = ds->episode_query_label[k];
+    }
+}
+
+static void sample_episode(const mt_task_family *fam, mt_rng *hidden, mt_rng *draws, task_t *task) {
+    const mt_task_dataset *ds = fam->data;
+    int32_t *scratch = task->scratch;
+    int32_t classes[4096]; /* ways is at most the softmax width, 4096 */
+    size_t size = fam->in_size;
+    for (int i = 0; i < fam->n_split; i++) scratch[i] = i;
+    draw_distinct(hidden, scratch, fam->n_split, fam->ways);
+    for (int w = 0; w < fam->ways; w++) classes[w] = fam->split_ids[scratch[w]];
+    for (int w = 0; w < fam->ways; w++) {
+        int c = classes[w];
+        int64_t first = ds->class_start[c];
+        int n = (int)(ds->class_start[c + 1] - first);
+        for (int i = 0; i < n; i++) scratch[i] = i;
+        draw_distinct(draws, scratch, n, fam->shots + fam->queries);
+        for (int s = 0; s < fam->shots; s++) {
+            int slot = w * fam->shots + s;
+            copy_image(ds, ds->class_members[first + scratch[s]], task->x_support + slot * size);
+            task->label_support[slot] = w;
+        }
+        for (int q = 0; q < fam->queries; q++) {
+            int slot = w * fam->queries + q;
+            copy_image(ds, ds->class_members[first + scratch[fam->shots + q]], task->x_query + slot * size);
+            task->label_query[slot] = w;
+        }
+    }
+}
+
+static void copy_row(const mt_task_family *fam, int64_t row, mt_real *x, mt_real *y, int32_t *label) {
+    const mt_task_dataset *ds = fam->data;
+    for (int j = 0; j < ds->n_features; j++) x[j] = ds->features[(size_t)row * ds->n_features + j];
+    if (fam->classification) *label = ds->target_class[row];
+    else
+        for (int j = 0; j < ds->n_targets; j++) y[j] = ds->targets[(size_t)row * ds->n_targets + j];
+}
+
+static void sample_group(const mt_task_family *fam, mt_rng *hidden, mt_rng *draws, task_t *task) {
+    const mt_task_dataset *ds = fam->data;
+    int g = fam->split_ids[mt_rng_below(hidden, (uint32_t)fam->n_split)];
+    int64_t first = ds->group_start[g];
+    int n = (int)(ds->group_start[g + 1] - first);
+    int32_t *scratch = task->scratch;
+    for (int i = 0; i < n; i++) scratch[i] = i;
+    draw_distinct(draws, scratch, n, fam->shots + fam->queries);
+    size_t d = fam->in_size, t = fam->out_size;
+    for (int s = 0; s < fam->shots; s++)
+        copy_row(fam, ds->group_members[first + scratch[s]], task->x_support + s * d, task->y_support + s * t,
+                 task->label_support + s);
+    for (int q = 0; q < fam->queries; q++)
+        copy_row(fam, ds->group_members[first + scratch[fam->shots + q]], task->x_query + q * d,
+                 task->y_query + q * t, task->label_query + q);
+}
+
+void MT_(mt_task_sample_dataset)(const mt_task_family *fam, uint64_t seed, uint32_t iteration,
+                                 uint32_t task_index, task_t *task) {
+    mt_rng hidden, draws;
+    mt_rng_init(&hidden, seed, iteration, task_index, MT_RNG_STREAM_TASK);
+    mt_rng_init(&draws, seed, iteration, task_index, MT_RNG_STREAM_SUPPORT);
+    if (fam->fixed_episodes) sample_fixed(fam, task_index, task);
+    else if (fam->kind == MT_TASK_EPISODES) sample_episode(fam, &hidden, &draws, task);
+    else sample_group(fam, &hidden, &draws, task);
+}

@@ -1,0 +1,51 @@
+# Shared by the integration tests: run metatrain under mpirun, compare checkpoints, fail loudly.
+# Each test sources this, works in a fresh temporary directory and removes it on exit.
+set -eu
+
+: "${METATRAIN:?set METATRAIN to the metatrain binary}"
+: "${METATRAIN_SOURCE_DIR:?set METATRAIN_SOURCE_DIR to the source tree}"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+# Loopback only: the tests never leave this machine.
+export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+
+CONFIGS="$METATRAIN_SOURCE_DIR/scripts/configs"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/metatrain-test.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+# mpi R ARGS...: metatrain on R ranks (oversubscribed: CI has two cores).
+mpi() {
+    ranks=$1
+    shift
+    mpirun -n "$ranks" --oversubscribe --bind-to none "$METATRAIN" "$@"
+}
+
+# mpi_exec R ARGS...: the same, replacing the calling (sub)shell, so that `mpi_exec ... &` leaves
+# mpirun's own PID in $!, to signal it.
+mpi_exec() {
+    ranks=$1
+    shift
+    exec mpirun -n "$ranks" --oversubscribe --bind-to none "$METATRAIN" "$@"
+}
+
+# same_model A B: the /params and /optimizer of two checkpoints are bit-identical (h5diff exits
+# 0 for no differences, 1 for differences, 2 for trouble).
+same_model() {
+    for group in /params /optimizer; do
+        h5diff -q "$1" "$2" "$group" "$group" || fail "$1 and $2 differ in $group (h5diff exit $?): $(h5diff -r "$1" "$2" "$group" "$group" 2>&1 | grep -v '^0 differences' | head -5)"
+    done
+}
+
+# ckpt_iteration FILE: the checkpoint's /train/iteration, read by metatrain info.
+ckpt_iteration() {
+    "$METATRAIN" info "$1" --json | sed -n 's/.*"iteration": \([0-9]*\).*/\1/p'
+}
+
+pass() {
+    echo "1 passed, 0 failed"
+}
