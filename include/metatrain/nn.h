@@ -80,6 +80,10 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what);
 /* Index of the tensor called `name`, or -1. */
 int mt_nn_find_tensor(const mt_nn_net *net, const char *name);
 
+/* Floating-point operations done by the layers' matrix products so far (2·M·N·K each), for the
+ * benchmarks' GFLOP/s. One process, one thread: a plain counter. */
+extern double mt_nn_gemm_flops;
+
 /* Elementwise mask of the parameters of the last layer holding parameters (the "head"). */
 void mt_nn_head_range(const mt_nn_net *net, size_t *begin, size_t *end);
 

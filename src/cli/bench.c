@@ -4,15 +4,23 @@
 #include "metatrain/rng.h"
 
 #include <cblas.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char *bench_usage =
     "usage: metatrain bench engine [--json] [--seconds S]\n"
+    "       metatrain bench meta WORKLOAD [--json] [--seconds S]\n"
+    "       metatrain bench sgemm [--json] [--seconds S]\n"
     "\n"
-    "Measures gradients/s and HVPs/s of the sinusoid MLP on 10 samples and the 4-conv network on\n"
-    "5 and 80 images of 1x28x28, on one OpenBLAS thread. hvp_over_grad near 3 means the HVP\n"
-    "wastes nothing (a gradient is three GEMMs per layer, an HVP about nine).\n";
+    "engine: gradients/s and HVPs/s of the sinusoid MLP on 10 samples and the 4-conv network on\n"
+    "5 and 80 images of 1x28x28. hvp_over_grad near 3 means the HVP wastes nothing (a gradient is\n"
+    "three GEMMs per layer, an HVP about nine).\n"
+    "meta: tasks/s of whole meta-gradients and outer steps on one workload (sinusoid-maml-1,\n"
+    "sinusoid-maml-5, sinusoid-metasgd-1, omniglot-5w1s-maml-1, omniglot-20w1s-maml-5), with peak\n"
+    "RSS and the GEMM GFLOP/s reached; scripts/bench runs each in its own process beside PyTorch.\n"
+    "sgemm: the single-thread OpenBLAS sgemm ceiling (1024x1024x1024).\n"
+    "All on one thread.\n";
 
 typedef struct {
     const char *name, *spec;
@@ -80,11 +88,145 @@ fail:
     return st;
 }
 
+/* ---- meta workloads: the same work as scripts/reference/torch_maml.py ---- */
+
+#define CONV4(ways) "input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, " \
+                    "conv 64 s2, bn, relu, flatten, linear " #ways ", xent"
+#define SINE_MLP "input 1, linear 40, relu, linear 40, relu, linear 1, mse"
+
+typedef struct {
+    const char *name, *spec;
+    mt_algorithm algorithm;
+    int steps, meta_batch, ways, shots, queries; /* ways 0: regression */
+    double inner_lr;
+} meta_workload;
+
+static const meta_workload meta_workloads[] = {
+    {"sinusoid-maml-1", SINE_MLP, MT_ALGO_MAML, 1, 25, 0, 10, 10, 0.01},
+    {"sinusoid-maml-5", SINE_MLP, MT_ALGO_MAML, 5, 25, 0, 10, 10, 0.01},
+    {"sinusoid-metasgd-1", SINE_MLP, MT_ALGO_METASGD, 1, 25, 0, 10, 10, 0.01},
+    {"omniglot-5w1s-maml-1", CONV4(5), MT_ALGO_MAML, 1, 32, 5, 1, 15, 0.4},
+    {"omniglot-20w1s-maml-5", CONV4(20), MT_ALGO_MAML, 5, 16, 20, 1, 15, 0.1},
+};
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0; /* KiB on Linux */
+}
+
+static mt_status bench_meta(const char *name, double seconds, int json) {
+    mt_status st = MT_OK;
+    const meta_workload *w = NULL;
+    static mt_nn_net net;
+    static mt_config cfg;
+    mt_meta_layout layout;
+    mt_task_family fam;
+    mt_meta_optim opt = {0};
+    mt_meta_ctx *ctx = NULL;
+    mt_task task = {0};
+    float *meta = NULL, *vec = NULL, *grad = NULL;
+    for (size_t i = 0; i < sizeof meta_workloads / sizeof *meta_workloads; i++)
+        if (strcmp(meta_workloads[i].name, name) == 0) w = &meta_workloads[i];
+    if (!w) MT_THROW(MT_ERR_ARG, "bench meta: unknown workload '%s' (see metatrain bench --help)", name);
+    MT_TRY(mt_nn_parse(&net, w->spec, w->name));
+    mt_cli_config_defaults(&cfg);
+    cfg.algorithm = w->algorithm;
+    cfg.inner_steps = w->steps;
+    cfg.inner_lr = w->inner_lr;
+    mt_meta_layout_init(&layout, &net, w->algorithm, w->steps);
+
+    /* Task buffers by hand: the data's values do not change the work. */
+    memset(&fam, 0, sizeof fam);
+    fam.kind = w->ways ? MT_TASK_EPISODES : MT_TASK_SINUSOID;
+    fam.classification = w->ways > 0;
+    fam.ways = w->ways ? w->ways : 1, fam.shots = w->shots, fam.queries = w->queries;
+    fam.in_size = net.in_size, fam.out_size = net.out_size;
+    MT_TRY(mt_task_alloc(&task, &fam));
+    int max_batch = task.support.n > task.query.n ? task.support.n : task.query.n;
+    MT_TRY(mt_meta_ctx_create(&ctx, &layout, max_batch));
+    MT_TRY(mt_meta_optim_init(&opt, &cfg, layout.n_meta));
+    meta = malloc(layout.n_meta * sizeof *meta);
+    vec = malloc(layout.n_meta * sizeof *vec);
+    grad = malloc(layout.n_meta * sizeof *grad);
+    if (!meta || !vec || !grad) MT_THROW(MT_ERR_NOMEM, "out of memory");
+    mt_meta_init_params(&layout, 1, w->inner_lr, meta);
+    mt_rng rng;
+    mt_rng_init(&rng, 1, 0, 0, MT_RNG_STREAM_TEST);
+    if (w->ways) {
+        for (int i = 0; i < task.support.n * (int)net.in_size; i++) task.x_support[i] = (float)mt_rng_uniform(&rng);
+        for (int i = 0; i < task.query.n * (int)net.in_size; i++) task.x_query[i] = (float)mt_rng_uniform(&rng);
+        for (int i = 0; i < task.support.n; i++) task.label_support[i] = i % w->ways;
+        for (int i = 0; i < task.query.n; i++) task.label_query[i] = i % w->ways;
+    }
+    mt_meta_step_config sc;
+    mt_meta_step_config_at(&sc, &cfg, 0);
+
+    long iterations = 0;
+    double flops_before = 0, start = 0, now = 0;
+    for (int phase = 0; phase < 2; phase++) { /* a short warm-up, then the timed run */
+        double limit = phase == 0 ? seconds / 10 : seconds;
+        iterations = 0;
+        flops_before = mt_nn_gemm_flops;
+        start = now = MPI_Wtime();
+        while (now - start < limit || iterations == 0) {
+            memset(grad, 0, layout.n_meta * sizeof *grad);
+            for (int t = 0; t < w->meta_batch; t++) {
+                if (!w->ways) mt_task_sample(&fam, 1, (uint32_t)iterations, (uint32_t)t, &task);
+                mt_meta_task_grad(ctx, &sc, meta, &task, vec);
+                for (size_t i = 0; i < layout.n_meta; i++) grad[i] += vec[i] / (float)w->meta_batch;
+            }
+            mt_meta_optim_step(&opt, meta, grad, cfg.outer_lr);
+            iterations++;
+            now = MPI_Wtime();
+        }
+    }
+    double elapsed = now - start, tasks_per_s = iterations * w->meta_batch / elapsed;
+    double gflops = (mt_nn_gemm_flops - flops_before) / elapsed / 1e9;
+    if (json)
+        printf("{\"workload\": \"%s\", \"metatrain_tasks_per_s\": %.6g, \"metatrain_rss_mb\": %.1f, "
+               "\"gflops\": %.4g, \"iterations\": %ld, \"seconds\": %.3f, \"meta_parameters\": %zu}\n",
+               w->name, tasks_per_s, peak_rss_mb(), gflops, iterations, elapsed, layout.n_meta);
+    else
+        printf("%s: %.1f tasks/s, %.2f GFLOP/s in GEMMs, peak RSS %.1f MB (%ld iterations in %.2f s)\n", w->name,
+               tasks_per_s, gflops, peak_rss_mb(), iterations, elapsed);
+fail:
+    mt_meta_ctx_free(ctx);
+    mt_task_free(&task);
+    mt_meta_optim_free(&opt);
+    free(meta), free(vec), free(grad);
+    return st;
+}
+
+/* The single-thread sgemm ceiling on square 1024 products. */
+static mt_status bench_sgemm(double seconds, int json) {
+    const int n = 1024;
+    float *a = malloc((size_t)n * n * sizeof *a), *b = malloc((size_t)n * n * sizeof *b), *c = malloc((size_t)n * n * sizeof *c);
+    if (!a || !b || !c) {
+        free(a), free(b), free(c);
+        return MT_RAISE(MT_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < (size_t)n * n; i++) a[i] = b[i] = 1.0f / (float)(1 + i % 7);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+    long reps = 0;
+    double start = MPI_Wtime(), now = start;
+    while (now - start < seconds || reps == 0) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        reps++;
+        now = MPI_Wtime();
+    }
+    double gflops = 2.0 * n * n * (double)n * reps / (now - start) / 1e9;
+    if (json) printf("{\"sgemm_ceiling_gflops\": %.4g, \"n\": %d}\n", gflops, n);
+    else printf("sgemm %dx%dx%d, one thread: %.2f GFLOP/s\n", n, n, n, gflops);
+    free(a), free(b), free(c);
+    return MT_OK;
+}
+
 int mt_cli_bench(const mt_dist *d, int argc, char **argv) {
     mt_status st = MT_OK;
     int json = 0;
     double seconds = 1.0;
-    const char *what = NULL;
+    const char *what = NULL, *workload_name = NULL;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0) json = 1;
         else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) seconds = atof(argv[++i]);
@@ -92,12 +234,23 @@ int mt_cli_bench(const mt_dist *d, int argc, char **argv) {
             if (d->rank == 0) fputs(bench_usage, stdout);
             return MT_EXIT_OK;
         } else if (!what && argv[i][0] != '-') what = argv[i];
+        else if (!workload_name && argv[i][0] != '-') workload_name = argv[i];
         else MT_THROW(MT_ERR_ARG, "bench: unexpected argument '%s' (see metatrain bench --help)", argv[i]);
     }
-    if (!what || strcmp(what, "engine") != 0) MT_THROW(MT_ERR_ARG, "bench: say what to measure: metatrain bench engine");
+    if (!what || (strcmp(what, "engine") != 0 && strcmp(what, "meta") != 0 && strcmp(what, "sgemm") != 0))
+        MT_THROW(MT_ERR_ARG, "bench: say what to measure: engine, meta WORKLOAD or sgemm");
     if (!(seconds > 0)) MT_THROW(MT_ERR_ARG, "bench: --seconds must be positive");
     if (d->rank != 0) return MT_EXIT_OK; /* a single-process benchmark */
     openblas_set_num_threads(1);
+    if (strcmp(what, "meta") == 0) {
+        if (!workload_name) MT_THROW(MT_ERR_ARG, "bench meta: name a workload (see metatrain bench --help)");
+        MT_TRY(bench_meta(workload_name, seconds, json));
+        return MT_EXIT_OK;
+    }
+    if (strcmp(what, "sgemm") == 0) {
+        MT_TRY(bench_sgemm(seconds, json));
+        return MT_EXIT_OK;
+    }
     if (!json) printf("%-18s %6s %10s %14s %14s %14s\n", "workload", "batch", "params", "grad/s", "hvp/s", "hvp/grad");
     for (size_t i = 0; i < sizeof workloads / sizeof *workloads; i++) MT_TRY(bench_workload(&workloads[i], seconds, json));
     return MT_EXIT_OK;

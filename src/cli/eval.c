@@ -74,16 +74,30 @@ fail:
     return st;
 }
 
+/* A JSON number, or null where the value is not finite (a diverged adaptation): JSON has no NaN. */
+static void print_json_number(const char *key, double value) {
+    if (isfinite(value)) printf("\"%s\": %.9g", key, value);
+    else printf("\"%s\": null", key);
+}
+
 static void print_result(const mt_cli_model *m, const mt_task_family *fam, const mt_cli_eval_result *r, int json) {
     const char *metric = r->classification ? "accuracy" : "mse";
     int S = r->steps;
     if (json) {
-        printf("{\"metric\": \"%s\", \"mean\": %.9g, \"ci95\": %.9g, \"tasks\": %d, \"steps\": %d, "
-               "\"shots\": %d, \"ways\": %d, \"queries\": %d, \"algorithm\": \"%s\", \"per_step\": [",
-               metric, r->mean[S], r->ci95[S], r->tasks, S, fam->shots, fam->ways, fam->queries,
-               mt_cli_algorithm_name(m->cfg.algorithm));
-        for (int s = 0; s <= S; s++)
-            printf("%s{\"step\": %d, \"mean\": %.9g, \"ci95\": %.9g}", s ? ", " : "", s, r->mean[s], r->ci95[s]);
+        printf("{\"metric\": \"%s\", ", metric);
+        print_json_number("mean", r->mean[S]);
+        printf(", ");
+        print_json_number("ci95", r->ci95[S]);
+        printf(", \"tasks\": %d, \"steps\": %d, \"shots\": %d, \"ways\": %d, \"queries\": %d, "
+               "\"algorithm\": \"%s\", \"per_step\": [",
+               r->tasks, S, fam->shots, fam->ways, fam->queries, mt_cli_algorithm_name(m->cfg.algorithm));
+        for (int s = 0; s <= S; s++) {
+            printf("%s{\"step\": %d, ", s ? ", " : "", s);
+            print_json_number("mean", r->mean[s]);
+            printf(", ");
+            print_json_number("ci95", r->ci95[s]);
+            printf("}");
+        }
         printf("]}\n");
         return;
     }

@@ -2,12 +2,25 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+
+/* A live line only on a terminal we can trust: Open MPI's mpirun hands ranks a pseudo-terminal
+ * even when its own output goes to a file, so under mpirun (or srun) plain lines are the
+ * default. METATRAIN_PROGRESS=live or =lines overrides. */
+static int live_line_wanted(void) {
+    const char *choice = getenv("METATRAIN_PROGRESS");
+    if (choice && strcmp(choice, "live") == 0) return 1;
+    if (choice && strcmp(choice, "lines") == 0) return 0;
+    if (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("SLURM_STEP_ID")) return 0;
+    return isatty(STDOUT_FILENO);
+}
 
 void mt_cli_progress_init(mt_cli_progress *p, int enabled, int64_t total, int64_t log_every,
                           int tasks_per_iteration) {
     p->enabled = enabled;
-    p->tty = enabled && isatty(STDOUT_FILENO);
+    p->tty = enabled && live_line_wanted();
     p->total = total;
     p->log_every = log_every;
     p->tasks_per_iteration = tasks_per_iteration;

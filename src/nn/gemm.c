@@ -72,6 +72,7 @@ static void gemm_tt(int M, int N, int K, mt_real alpha, const mt_real *A, const 
 void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A,
                        const mt_real *B, mt_real beta, mt_real *C) {
     double mnk = (double)M * N * K;
+    mt_nn_gemm_flops += 2 * mnk;
     int small = mnk <= SMALL_MNK || (ta && !tb && (double)M * N <= 1200);
     if (!small) {
         mt_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
