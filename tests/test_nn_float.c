@@ -130,7 +130,7 @@ static void test_conv_forward_matches_reference(void **state) {
         conv_shape s = CONV_SHAPES[k];
         int Ho = (s.H - 1) / s.stride + 1, Wo = (s.W - 1) / s.stride + 1;
         size_t nx = (size_t)s.B * s.C * s.H * s.W, nw = (size_t)s.O * s.C * 9, ny = (size_t)s.B * s.O * Ho * Wo;
-        size_t ncol = (size_t)s.C * 9 * Ho * Wo;
+        size_t ncol = (size_t)s.B * s.C * 9 * Ho * Wo + ny; /* col (C·9, B·P), then (O, B·P) scratch */
         double *x = xcalloc(nx, sizeof(double)), *w = xcalloc(nw, sizeof(double));
         double *b = xcalloc((size_t)s.O, sizeof(double)), *col = xcalloc(ncol, sizeof(double));
         double *y = xcalloc(ny, sizeof(double)), *yr = xcalloc(ny, sizeof(double));
@@ -146,9 +146,9 @@ static void test_conv_forward_matches_reference(void **state) {
         /* NaN-fill the outputs: every entry must be written. */
         for (size_t i = 0; i < ny; i++) y[i] = yf[i] = NAN;
 
-        mt_nn_conv_forward_f64(y, x, w, b, col, s.B, s.C, s.H, s.W, s.O, s.stride);
+        mt_nn_conv_forward_f64(y, col, col + (ncol - ny), x, w, b, s.B, s.C, s.H, s.W, s.O, s.stride);
         mt_nn_conv_forward_reference_f64(yr, x, w, b, s.B, s.C, s.H, s.W, s.O, s.stride);
-        mt_nn_conv_forward(yf, xf, wf, bf, colf, s.B, s.C, s.H, s.W, s.O, s.stride);
+        mt_nn_conv_forward(yf, colf, colf + (ncol - ny), xf, wf, bf, s.B, s.C, s.H, s.W, s.O, s.stride);
         mt_nn_conv_forward_reference(yrf, xf, wf, bf, s.B, s.C, s.H, s.W, s.O, s.stride);
         double e64 = fd_rel_err(y, yr, ny), e32 = 0, n32 = 0;
         for (size_t i = 0; i < ny; i++) e32 += ((double)yf[i] - yrf[i]) * ((double)yf[i] - yrf[i]), n32 += (double)yrf[i] * yrf[i];

@@ -17,7 +17,8 @@ typedef struct {
     MT_REAL *act[MT_NN_MAX_LAYERS + 1];  /* act[l+1] (B, out_size of l); act[0] is the batch's x */
     MT_REAL *ract[MT_NN_MAX_LAYERS + 1]; /* R-forward of act; ract[0] is NULL (x ignores θ) */
     MT_REAL *delta[2], *rdelta[2];       /* ping-pong gradients w.r.t. activations */
-    MT_REAL *col, *rcol, *dcol;          /* im2col scratch for one sample */
+    MT_REAL *col[MT_NN_MAX_LAYERS], *rcol[MT_NN_MAX_LAYERS]; /* per conv layer, (C·9, B·P) */
+    MT_REAL *dcol, *tmp, *tmp2;          /* conv scratch: (C·9, B·P) and 2 × (O, B·P) at the widest */
     MT_REAL *bn_stats;                   /* per BN layer: mean, inv_std, r_shift (3 C each) */
     size_t bn_stats_offset[MT_NN_MAX_LAYERS];
     int32_t *pool_argmax;                /* per max-pool layer: input index of each output */
@@ -69,19 +70,21 @@ void MT_(mt_nn_linear_rbackward)(MT_REAL *rdx, MT_REAL *rdW, MT_REAL *rdb, const
 void MT_(mt_nn_relu_forward)(MT_REAL *y, const MT_REAL *x, size_t n);
 void MT_(mt_nn_relu_backward)(MT_REAL *dx, const MT_REAL *dy, const MT_REAL *y, size_t n);
 
-/* Conv 3x3, padding 1: y (B,O,Ho,Wo) = W (O,C,3,3) * x (B,C,H,W) + b (O) */
-void MT_(mt_nn_conv_forward)(MT_REAL *y, const MT_REAL *x, const MT_REAL *W, const MT_REAL *b,
-                             MT_REAL *col, int B, int C, int H, int Wd, int O, int stride);
+/* Conv 3x3, padding 1: y (B,O,Ho,Wo) = W (O,C,3,3) * x (B,C,H,W) + b (O), one GEMM per pass over
+ * the batch. col (C·9, B·Ho·Wo) receives the receptive fields, which the backward passes reuse;
+ * rcol likewise for Rx. dcol is (C·9, B·Ho·Wo) scratch; tmp and tmp2 are (O, B·Ho·Wo) scratch. */
+void MT_(mt_nn_conv_forward)(MT_REAL *y, MT_REAL *col, MT_REAL *tmp, const MT_REAL *x, const MT_REAL *W,
+                             const MT_REAL *b, int B, int C, int H, int Wd, int O, int stride);
 void MT_(mt_nn_conv_backward)(MT_REAL *dx, MT_REAL *dW, MT_REAL *db, const MT_REAL *dy,
-                              const MT_REAL *x, const MT_REAL *W, MT_REAL *col, MT_REAL *dcol,
+                              const MT_REAL *col, const MT_REAL *W, MT_REAL *dcol, MT_REAL *tmp,
                               int B, int C, int H, int Wd, int O, int stride);
-void MT_(mt_nn_conv_rforward)(MT_REAL *ry, const MT_REAL *x, const MT_REAL *rx, const MT_REAL *W,
-                              const MT_REAL *U, const MT_REAL *c, MT_REAL *col, MT_REAL *rcol,
+void MT_(mt_nn_conv_rforward)(MT_REAL *ry, MT_REAL *rcol, MT_REAL *tmp, const MT_REAL *col,
+                              const MT_REAL *rx, const MT_REAL *W, const MT_REAL *U, const MT_REAL *c,
                               int B, int C, int H, int Wd, int O, int stride);
 void MT_(mt_nn_conv_rbackward)(MT_REAL *rdx, MT_REAL *rdW, MT_REAL *rdb, const MT_REAL *dy,
-                               const MT_REAL *rdy, const MT_REAL *x, const MT_REAL *rx,
-                               const MT_REAL *W, const MT_REAL *U, MT_REAL *col, MT_REAL *rcol,
-                               MT_REAL *dcol, int B, int C, int H, int Wd, int O, int stride);
+                               const MT_REAL *rdy, const MT_REAL *col, const MT_REAL *rcol,
+                               const MT_REAL *W, const MT_REAL *U, MT_REAL *dcol, MT_REAL *tmp,
+                               MT_REAL *tmp2, int B, int C, int H, int Wd, int O, int stride);
 /* The slow, obvious convolution the fast one is tested against. */
 void MT_(mt_nn_conv_forward_reference)(MT_REAL *y, const MT_REAL *x, const MT_REAL *W,
                                        const MT_REAL *b, int B, int C, int H, int Wd, int O,

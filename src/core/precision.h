@@ -21,6 +21,11 @@
 
 typedef MT_REAL mt_real;
 
+/* Hot loops are compiled three times and the best the CPU supports is picked at load time, so a
+ * portable binary still vectorizes with AVX-512 or AVX2 and FMA. Feature tests, not CPU names:
+ * "arch=" clones would match only Intel parts. */
+#define MT_KERNEL __attribute__((target_clones("avx512f", "fma", "default")))
+
 /* Row-major C (M,N) = alpha · op(A) · op(B) + beta · C; ta/tb: transpose A/B (src/nn/gemm.c). */
 #define mt_matmul MT_(mt_nn_matmul)
 void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A,

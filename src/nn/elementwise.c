@@ -7,12 +7,12 @@
 
 #include <string.h>
 
-void MT_(mt_nn_relu_forward)(mt_real *y, const mt_real *x, size_t n) {
+MT_KERNEL void MT_(mt_nn_relu_forward)(mt_real *y, const mt_real *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : 0;
 }
 
 /* dx = dy · 1[y > 0]; also R(dx) from R(dy), and Ry from Rx. dx may alias dy. */
-void MT_(mt_nn_relu_backward)(mt_real *dx, const mt_real *dy, const mt_real *y, size_t n) {
+MT_KERNEL void MT_(mt_nn_relu_backward)(mt_real *dx, const mt_real *dy, const mt_real *y, size_t n) {
     for (size_t i = 0; i < n; i++) dx[i] = y[i] > 0 ? dy[i] : 0;
 }
 

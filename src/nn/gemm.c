@@ -1,8 +1,7 @@
 /* Matrix products for the layers. Large products go to OpenBLAS. Small ones run here: OpenBLAS's
  * small-matrix kernels (0.3.21, AVX-512 cores) take a malloc'ed scratch buffer on every call,
  * which would break the engine's promise that forward, backward and HVP never allocate, and
- * for the tiny products of the MLPs a plain loop beats the call overhead anyway. The kernels
- * are cloned per instruction set, so a portable binary still runs them with AVX2 or AVX-512. */
+ * for the tiny products of the MLPs a plain loop beats the call overhead anyway. */
 #include "metatrain/nn.h"
 #include "core/precision.h"
 
@@ -12,10 +11,8 @@
  * small kernels: keep every such product here. */
 #define SMALL_MNK 1.0e6
 
-#define KERNEL __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-
 /* C (M,N) += alpha · A (M,K) · B (K,N) */
-KERNEL static void gemm_nn(int M, int N, int K, mt_real alpha, const mt_real *restrict A,
+MT_KERNEL static void gemm_nn(int M, int N, int K, mt_real alpha, const mt_real *restrict A,
                            const mt_real *restrict B, mt_real *restrict C) {
     for (int i = 0; i < M; i++) {
         mt_real *restrict c = C + (size_t)i * N;
@@ -28,7 +25,7 @@ KERNEL static void gemm_nn(int M, int N, int K, mt_real alpha, const mt_real *re
 }
 
 /* C (M,N) += alpha · Aᵀ · B, A (K,M) */
-KERNEL static void gemm_tn(int M, int N, int K, mt_real alpha, const mt_real *restrict A,
+MT_KERNEL static void gemm_tn(int M, int N, int K, mt_real alpha, const mt_real *restrict A,
                            const mt_real *restrict B, mt_real *restrict C) {
     for (int k = 0; k < K; k++) {
         const mt_real *restrict b = B + (size_t)k * N;
@@ -42,7 +39,7 @@ KERNEL static void gemm_tn(int M, int N, int K, mt_real alpha, const mt_real *re
 
 /* C (M,N) += alpha · A · Bᵀ, B (N,K): dot products with eight partial sums, so they vectorize
  * without reassociating one sum. */
-KERNEL static void gemm_nt(int M, int N, int K, mt_real alpha, const mt_real *restrict A,
+MT_KERNEL static void gemm_nt(int M, int N, int K, mt_real alpha, const mt_real *restrict A,
                            const mt_real *restrict B, mt_real *restrict C) {
     for (int i = 0; i < M; i++) {
         const mt_real *restrict a = A + (size_t)i * K;

@@ -23,34 +23,42 @@ mt_status MT_(mt_nn_ws_create)(ws_t **out, const mt_nn_net *net, int max_batch) 
     ws->max_batch = max_batch;
 
     /* Plan: count every buffer's size, make one allocation, then point into it. */
-    size_t B = (size_t)max_batch, total = 0, widest = net->in_size, col = 0, stats = 0, ints = 0;
+    size_t B = (size_t)max_batch, total = 0, widest = net->in_size, col = 0, conv_out = 0, stats = 0, ints = 0;
     for (int l = 0; l < net->n_layers; l++) {
         const mt_nn_layer *L = &net->layers[l];
         total += 2 * B * layer_out_size(L); /* act and ract */
         if (layer_out_size(L) > widest) widest = layer_out_size(L);
         if (L->kind == MT_NN_CONV3X3) {
-            size_t c = (size_t)L->in_c * 9 * L->out_h * L->out_w;
+            size_t c = B * L->in_c * 9 * L->out_h * L->out_w;
+            total += 2 * c; /* this layer's col and rcol */
             if (c > col) col = c;
+            if (B * layer_out_size(L) > conv_out) conv_out = B * layer_out_size(L);
         }
         if (L->kind == MT_NN_BATCHNORM) ws->bn_stats_offset[l] = stats, stats += 3 * (size_t)L->in_c;
         if (L->kind == MT_NN_MAXPOOL2) ws->pool_offset[l] = ints, ints += B * layer_out_size(L);
     }
-    total += 4 * B * widest + 3 * col + stats;
+    total += 4 * B * widest + col + 2 * conv_out + stats;
     mt_real *p = ws->arena = malloc(total * sizeof(mt_real));
     ws->int_arena = malloc((ints ? ints : 1) * sizeof(int32_t));
     if (!ws->arena || !ws->int_arena) MT_THROW(MT_ERR_NOMEM, "out of memory planning a workspace");
     for (int l = 0; l < net->n_layers; l++) {
-        size_t n = B * layer_out_size(&net->layers[l]);
+        const mt_nn_layer *L = &net->layers[l];
+        size_t n = B * layer_out_size(L);
         ws->act[l + 1] = p, p += n;
         ws->ract[l + 1] = p, p += n;
+        if (L->kind == MT_NN_CONV3X3) {
+            size_t c = B * L->in_c * 9 * L->out_h * L->out_w;
+            ws->col[l] = p, p += c;
+            ws->rcol[l] = p, p += c;
+        }
     }
     for (int i = 0; i < 2; i++) {
         ws->delta[i] = p, p += B * widest;
         ws->rdelta[i] = p, p += B * widest;
     }
-    ws->col = p, p += col;
-    ws->rcol = p, p += col;
     ws->dcol = p, p += col;
+    ws->tmp = p, p += conv_out;
+    ws->tmp2 = p, p += conv_out;
     ws->bn_stats = p;
     ws->pool_argmax = ws->int_arena;
     *out = ws;
@@ -106,10 +114,11 @@ static void forward(ws_t *ws, const mt_real *params, const batch_t *batch, const
             break;
         }
         case MT_NN_CONV3X3:
-            MT_(mt_nn_conv_forward)(y, x, W, b, ws->col, B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
+            MT_(mt_nn_conv_forward)(y, ws->col[l], ws->tmp, x, W, b, B, L->in_c, L->in_h, L->in_w, L->out_c,
+                                    L->stride);
             if (dir)
-                MT_(mt_nn_conv_rforward)(ry, x, rx, W, U, c, ws->col, ws->rcol, B, L->in_c, L->in_h,
-                                         L->in_w, L->out_c, L->stride);
+                MT_(mt_nn_conv_rforward)(ry, ws->rcol[l], ws->tmp, ws->col[l], rx, W, U, c, B, L->in_c,
+                                         L->in_h, L->in_w, L->out_c, L->stride);
             break;
         case MT_NN_BATCHNORM: {
             mt_real *stats = ws->bn_stats + ws->bn_stats_offset[l];
@@ -185,9 +194,10 @@ static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, cons
         }
         case MT_NN_CONV3X3:
             if (dir)
-                MT_(mt_nn_conv_rbackward)(rdx, rdW, rdb, dy, rdy, x, rx, W, U, ws->col, ws->rcol,
-                                          ws->dcol, B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
-            MT_(mt_nn_conv_backward)(dx, dW, db, dy, x, W, ws->col, ws->dcol, B, L->in_c, L->in_h,
+                MT_(mt_nn_conv_rbackward)(rdx, rdW, rdb, dy, rdy, ws->col[l], rx ? ws->rcol[l] : NULL, W, U,
+                                          ws->dcol, ws->tmp, ws->tmp2, B, L->in_c, L->in_h, L->in_w,
+                                          L->out_c, L->stride);
+            MT_(mt_nn_conv_backward)(dx, dW, db, dy, ws->col[l], W, ws->dcol, ws->tmp, B, L->in_c, L->in_h,
                                      L->in_w, L->out_c, L->stride);
             break;
         case MT_NN_BATCHNORM: {

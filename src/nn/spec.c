@@ -2,6 +2,7 @@
 #include "metatrain/nn.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,6 +163,11 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
                             "%s: unknown item '%s' (expected input, linear, conv, bn, relu, maxpool, "
                             "avgpool, flatten, mse or xent)", what, original);
         }
+        /* Shapes are ints and linear and flatten multiply them out: a shape past INT_MAX values
+         * would overflow there, and no workspace could hold it anyway. */
+        if ((size_t)c * h * w > INT_MAX)
+            return MT_RAISE(MT_ERR_CONFIG, "%s: '%s' gives a shape of %zu values per sample, more than %d", what,
+                            original, (size_t)c * h * w, INT_MAX);
         if (net->n_layers > layers_before) net->n_params += net->layers[net->n_layers - 1].param_count;
     }
     if (!have_input) return MT_RAISE(MT_ERR_CONFIG, "%s: empty spec", what);
