@@ -21,6 +21,8 @@
 #include <mpi.h>
 
 #include "metatrain/dataset.h"
+#include "metatrain/nn.h"
+#include "metatrain/task.h"
 
 static mt_dist dist;
 static char tmpdir[128];
@@ -788,12 +790,144 @@ static int teardown(void **state) {
     return 0;
 }
 
+/* ---- tasks built from datasets (the samplers of src/task/episodes.c) ---- */
+
+/* A family over `ds` for a model that fits it. */
+static void family_for(mt_task_family *fam, mt_nn_net *net, const char *spec, const mt_task_dataset *ds,
+                       mt_task_kind kind, int ways, int shots, int queries, mt_split split) {
+    mt_config cfg;
+    mt_cli_config_defaults(&cfg);
+    cfg.task_kind = kind, cfg.ways = ways, cfg.shots = shots, cfg.queries = queries;
+    assert_int_equal(mt_nn_parse(net, spec, "test"), MT_OK);
+    if (mt_task_family_init(fam, &cfg, net, ds, split, 0) != MT_OK) fail_msg("family: %s", mt_error_message());
+}
+
+static void assert_image(const mt_task_dataset *ds, const float *x, int index) {
+    for (int i = 0; i < PIX; i++)
+        assert_float_equal(x[i], (float)(sample_images[index * PIX + i] * ds->pixel_scale + ds->pixel_offset), 1e-6);
+}
+
+/* Evaluation on a fixed-episode file uses exactly the file's support and query images and labels. */
+static void test_fixed_episode_tasks(void **state) {
+    ON_RANK0(write_images("fixed.h5", (flaws){0}); write_episodes_file("fixed-ep.h5", 0, 0));
+    mt_task_dataset *ds = load_ok("fixed.h5", MT_TASK_EPISODES, "fixed-ep.h5");
+    mt_task_family fam;
+    mt_nn_net net;
+    mt_task task;
+    family_for(&fam, &net, "input 2x3x4, linear 2, xent", ds, MT_TASK_EPISODES, 5, 1, 1, MT_SPLIT_TEST);
+    assert_true(fam.fixed_episodes);
+    assert_int_equal(mt_task_support_size(&fam), ES);
+    assert_int_equal(mt_task_query_size(&fam), EQ);
+    assert_int_equal(mt_task_alloc(&task, &fam), MT_OK);
+    for (int e = 0; e < E; e++) {
+        mt_task_sample(&fam, 1, 7, (uint32_t)e, &task);
+        for (int i = 0; i < ES; i++) {
+            assert_image(ds, task.x_support + i * PIX, ep_support[e * ES + i]);
+            assert_int_equal(task.label_support[i], ep_support_label[e * ES + i]);
+        }
+        for (int i = 0; i < EQ; i++) {
+            assert_image(ds, task.x_query + i * PIX, ep_query[e * EQ + i]);
+            assert_int_equal(task.label_query[i], ep_query_label[e * EQ + i]);
+        }
+    }
+    mt_task_free(&task);
+    mt_task_family_free(&fam);
+    mt_task_dataset_free(ds);
+}
+
+/* Which image of the file holds these pixels. */
+static int find_image(const mt_task_dataset *ds, const float *x) {
+    for (int n = 0; n < N; n++) {
+        int same = 1;
+        for (int i = 0; i < PIX && same; i++)
+            same = fabs(x[i] - (sample_images[n * PIX + i] * ds->pixel_scale + ds->pixel_offset)) < 1e-6;
+        if (same) return n;
+    }
+    return -1;
+}
+
+/* Sampled episodes: distinct classes of the split, labels 0..N-1 shuffled per episode, distinct
+ * images within a class, support and query from the same class per label, reproducible. */
+static void test_sampled_episode_tasks(void **state) {
+    ON_RANK0(write_images("sampled.h5", (flaws){0}));
+    mt_task_dataset *ds = load_ok("sampled.h5", MT_TASK_EPISODES, NULL);
+    mt_task_family fam;
+    mt_nn_net net;
+    mt_task task, again;
+    enum { WAYS = 3, SHOTS = 1, QUERIES = 1 };
+    family_for(&fam, &net, "input 2x3x4, linear 3, xent", ds, MT_TASK_EPISODES, WAYS, SHOTS, QUERIES, MT_SPLIT_TRAIN);
+    assert_int_equal(mt_task_alloc(&task, &fam), MT_OK);
+    assert_int_equal(mt_task_alloc(&again, &fam), MT_OK);
+    int first_label_class[64], differs = 0;
+    for (int t = 0; t < 64; t++) {
+        mt_task_sample(&fam, 3, 11, (uint32_t)t, &task);
+        int class_of_label[WAYS];
+        for (int i = 0; i < WAYS * SHOTS; i++) {
+            int img = find_image(ds, task.x_support + i * PIX);
+            assert_true(img >= 0);
+            assert_int_equal(sample_split[sample_labels[img]], 0); /* train split only */
+            class_of_label[task.label_support[i]] = sample_labels[img];
+            assert_int_equal(task.label_support[i], i / SHOTS);
+        }
+        for (int a = 0; a < WAYS; a++)
+            for (int b = a + 1; b < WAYS; b++) assert_int_not_equal(class_of_label[a], class_of_label[b]);
+        for (int i = 0; i < WAYS * QUERIES; i++) {
+            int img = find_image(ds, task.x_query + i * PIX);
+            assert_int_equal(sample_labels[img], class_of_label[task.label_query[i]]);
+            for (int j = 0; j < WAYS * SHOTS; j++) assert_int_not_equal(img, find_image(ds, task.x_support + j * PIX));
+        }
+        first_label_class[t] = class_of_label[0];
+        differs |= t > 0 && first_label_class[t] != first_label_class[0];
+        mt_task_sample(&fam, 3, 11, (uint32_t)t, &again); /* the same key gives the same task */
+        assert_memory_equal(task.x_support, again.x_support, (size_t)WAYS * SHOTS * PIX * sizeof(float));
+        assert_memory_equal(task.x_query, again.x_query, (size_t)WAYS * QUERIES * PIX * sizeof(float));
+    }
+    assert_true(differs); /* labels are shuffled per episode */
+    mt_task_free(&task);
+    mt_task_free(&again);
+    mt_task_family_free(&fam);
+    mt_task_dataset_free(ds);
+}
+
+/* Grouped tasks: one group of the split, its rows split into support and query without overlap. */
+static void test_grouped_tasks(void **state) {
+    ON_RANK0(write_grouped("tasks-grouped.h5", (gflaws){.classification = 1}));
+    mt_task_dataset *ds = load_ok("tasks-grouped.h5", MT_TASK_GROUPED, NULL);
+    mt_task_family fam;
+    mt_nn_net net;
+    mt_task task;
+    family_for(&fam, &net, "input 3, linear 3, xent", ds, MT_TASK_GROUPED, 1, 1, 2, MT_SPLIT_TRAIN);
+    assert_int_equal(mt_task_alloc(&task, &fam), MT_OK);
+    for (int t = 0; t < 32; t++) {
+        mt_task_sample(&fam, 5, 0, (uint32_t)t, &task);
+        int rows[3], group = -1;
+        for (int i = 0; i < 3; i++) {
+            const float *x = i == 0 ? task.x_support : task.x_query + (i - 1) * D;
+            rows[i] = -1;
+            for (int r = 0; r < R; r++)
+                if (memcmp(x, ds->features + r * D, D * sizeof(float)) == 0) rows[i] = r;
+            assert_true(rows[i] >= 0);
+            if (group < 0) group = sample_group[rows[i]];
+            assert_int_equal(sample_group[rows[i]], group);
+            assert_int_equal(sample_group_split[group], 0);
+            assert_int_equal(i == 0 ? task.label_support[0] : task.label_query[i - 1], ds->target_class[rows[i]]);
+        }
+        assert_true(rows[0] != rows[1] && rows[0] != rows[2] && rows[1] != rows[2]);
+    }
+    mt_task_free(&task);
+    mt_task_family_free(&fam);
+    mt_task_dataset_free(ds);
+}
+
 int main(int argc, char **argv) {
     if (mt_dist_init(&dist, &argc, &argv) != MT_OK) return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_images),
         cmocka_unit_test(test_images_defaults),
         cmocka_unit_test(test_episodes),
+        cmocka_unit_test(test_fixed_episode_tasks),
+        cmocka_unit_test(test_sampled_episode_tasks),
+        cmocka_unit_test(test_grouped_tasks),
         cmocka_unit_test(test_grouped_regression),
         cmocka_unit_test(test_grouped_classification),
         cmocka_unit_test(test_missing_file),

@@ -45,6 +45,7 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv);
 int mt_cli_eval(const mt_dist *d, int argc, char **argv);
 int mt_cli_info(const mt_dist *d, int argc, char **argv);
 int mt_cli_bench(const mt_dist *d, int argc, char **argv);
+int mt_cli_config_verb(const mt_dist *d, int argc, char **argv);
 
 /* Prints the recorded error once (rank 0) and returns the exit code for `st`. Local. */
 int mt_cli_report(const mt_dist *d, mt_status st);

@@ -13,7 +13,8 @@ static const char *usage =
     "  train [CONFIG] [--set section.key=value]... [--resume CKPT] [--quiet]\n"
     "  eval CKPT [--set section.key=value]... [--json]\n"
     "  info CKPT [--json]\n"
-    "  bench engine [--json]\n"
+    "  bench engine|meta WORKLOAD|sgemm [--json]\n"
+    "  config [CONFIG] [--set section.key=value]... | --reference\n"
     "\n"
     "Run under mpirun or srun to spread tasks over ranks; results do not depend on the rank count.\n"
     "metatrain VERB --help describes a verb; README.md lists every configuration key.\n";
@@ -30,7 +31,8 @@ int main(int argc, char **argv) {
     static const struct {
         const char *name;
         int (*run)(const mt_dist *, int, char **);
-    } verbs[] = {{"train", mt_cli_train}, {"eval", mt_cli_eval}, {"info", mt_cli_info}, {"bench", mt_cli_bench}};
+    } verbs[] = {{"train", mt_cli_train}, {"eval", mt_cli_eval}, {"info", mt_cli_info}, {"bench", mt_cli_bench},
+                 {"config", mt_cli_config_verb}};
     int (*run)(const mt_dist *, int, char **) = NULL;
     for (size_t i = 0; i < sizeof verbs / sizeof *verbs; i++)
         if (strcmp(argv[1], verbs[i].name) == 0) run = verbs[i].run;

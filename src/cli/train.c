@@ -12,6 +12,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -145,6 +148,32 @@ static void plan_free(const mt_dist *d, train_plan *p) {
     free(p->meta), free(p->vectors), free(p->sum);
 }
 
+/* Rank 0 holds an flock on output.dir/lock for the whole run, so a second run pointed at the same
+ * directory refuses to start instead of interleaving checkpoints. The kernel drops the lock when
+ * the process dies, even by kill -9, so a stale lock file never blocks the next run. */
+static mt_status lock_output_dir(const char *dir, int *fd_out) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return MT_RAISE(MT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int err = errno;
+        char holder[32] = "";
+        ssize_t n = pread(fd, holder, sizeof holder - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        close(fd);
+        if (err == EWOULDBLOCK)
+            return MT_RAISE(MT_ERR_IO, "output.dir %s is in use by another run (pid %s); wait for it or choose "
+                            "another output.dir", dir, holder[0] ? strtok(holder, "\n") : "?");
+        return MT_RAISE(MT_ERR_IO, "%s: cannot lock: %s", path, strerror(err));
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) { /* informative only */ }
+    *fd_out = fd;
+    return MT_OK;
+}
+
 /* Rank 0 writes checkpoint.h5 (and a numbered copy, and metrics.csv); every rank learns how it went. */
 static mt_status save(const mt_dist *d, const mt_cli_model *m, train_plan *p, int64_t next_iteration) {
     mt_status st = MT_OK;
@@ -155,6 +184,17 @@ static mt_status save(const mt_dist *d, const mt_cli_model *m, train_plan *p, in
         st = mt_cli_state_save(path, m, p->meta, &p->opt, next_iteration, &p->history);
         if (!st) st = mt_ckpt_keep_copy(path, m->cfg.output_dir, (int)next_iteration, m->cfg.keep_checkpoints);
         if (!st) st = mt_cli_history_write_csv(&p->history, csv);
+    }
+    return mt_dist_share_status(d, st);
+}
+
+/* Rank 0 keeps output.dir/best.h5, the state with the best validation metric so far. */
+static mt_status save_best(const mt_dist *d, const mt_cli_model *m, train_plan *p, int64_t next_iteration) {
+    mt_status st = MT_OK;
+    if (d->rank == 0) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/best.h5", m->cfg.output_dir);
+        st = mt_cli_state_save(path, m, p->meta, &p->opt, next_iteration, &p->history);
     }
     return mt_dist_share_status(d, st);
 }
@@ -174,7 +214,7 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
     mt_meta_step_config sc;
     mt_cli_progress prog;
     double t0 = MPI_Wtime(), elapsed_before = p->history.n ? p->history.elapsed_s[p->history.n - 1] : 0;
-    double last_val = p->history.n ? p->history.val_metric[p->history.n - 1] : NAN;
+    double last_val = p->history.n ? p->history.val_metric[p->history.n - 1] : NAN, best_val = NAN;
     mt_cli_progress_init(&prog, d->rank == 0 && !quiet, cfg->iterations, cfg->log_every, cfg->meta_batch);
     int begin, end;
     mt_dist_shard(cfg->meta_batch, d->rank, d->size, &begin, &end);
@@ -205,6 +245,10 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         if (val_now) {
             last_val = validate(d, m, p, &st);
             if (st) goto fail;
+            /* Accuracy rises, MSE falls; every rank computes the same value. */
+            int better = isnan(best_val) || (p->fam.classification ? last_val > best_val : last_val < best_val);
+            if (better) best_val = last_val;
+            if (better && cfg->eval_keep_best) MT_TRY(save_best(d, m, p, done));
         }
         double elapsed = elapsed_before + MPI_Wtime() - t0;
         if (done % cfg->log_every == 0 || last || val_now)
@@ -241,7 +285,7 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     static char auto_path[4200];
     train_args a;
     train_plan p;
-    int help = 0, exit_code = MT_EXIT_OK;
+    int help = 0, exit_code = MT_EXIT_OK, lock_fd = -1;
     const char *resume_path = NULL;
     int64_t start = 0;
     memset(&p, 0, sizeof p);
@@ -264,7 +308,11 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     } else {
         mt_meta_init_params(&m.layout, m.cfg.seed, m.cfg.inner_lr, p.meta);
     }
-    MT_TRY(mt_dist_share_status(d, d->rank == 0 ? mt_cli_make_dirs(m.cfg.output_dir) : MT_OK));
+    if (d->rank == 0) {
+        st = mt_cli_make_dirs(m.cfg.output_dir);
+        if (!st) st = lock_output_dir(m.cfg.output_dir, &lock_fd);
+    }
+    MT_TRY(mt_dist_share_status(d, st));
     if (d->rank == 0 && !a.quiet) {
         printf("metatrain %s: %s on %s, %zu meta-parameters, %d rank%s%s\n", METATRAIN_VERSION,
                mt_cli_algorithm_name(m.cfg.algorithm), mt_cli_task_kind_name(m.cfg.task_kind),
@@ -276,9 +324,11 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     MT_TRY(run_loop(d, &m, &p, start, a.quiet, &exit_code));
     if (d->rank == 0 && !a.quiet) printf("checkpoint: %s/checkpoint.h5\n", m.cfg.output_dir);
     plan_free(d, &p);
+    if (lock_fd >= 0) close(lock_fd);
     return exit_code;
 fail:
     mt_ckpt_free(&ck);
     plan_free(d, &p);
+    if (lock_fd >= 0) close(lock_fd);
     return mt_cli_report(d, st);
 }
