@@ -78,17 +78,8 @@ void mt_meta_optim_step(mt_meta_optim *opt, float *params, const float *grad, do
 /* Scales grad to global norm clip when it exceeds it (clip <= 0: no-op). Returns the norm. */
 double mt_meta_clip_grad(float *grad, size_t n, double clip);
 
-#define MT_REAL float
-#define MT_(name) name
-#include "metatrain/meta_tmpl.h"
-#undef MT_REAL
-#undef MT_
-
-#define MT_REAL double
-#define MT_(name) name##_f64
-#include "metatrain/meta_tmpl.h"
-#undef MT_REAL
-#undef MT_
+#define MT_TEMPLATE "metatrain/meta_tmpl.h"
+#include "metatrain/both_precisions.h"
 
 /* The meta-batch driver (float, the training path): for tasks [begin, end) of `iteration`, each
  * task's vector [meta-gradient (n_meta) | meta-objective] into vectors ((end − begin) × (n_meta + 1)).

@@ -87,16 +87,7 @@ extern double mt_nn_gemm_flops;
 /* Elementwise mask of the parameters of the last layer holding parameters (the "head"). */
 void mt_nn_head_range(const mt_nn_net *net, size_t *begin, size_t *end);
 
-#define MT_REAL float
-#define MT_(name) name
-#include "metatrain/nn_tmpl.h"
-#undef MT_REAL
-#undef MT_
-
-#define MT_REAL double
-#define MT_(name) name##_f64
-#include "metatrain/nn_tmpl.h"
-#undef MT_REAL
-#undef MT_
+#define MT_TEMPLATE "metatrain/nn_tmpl.h"
+#include "metatrain/both_precisions.h"
 
 #endif

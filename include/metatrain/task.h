@@ -38,16 +38,7 @@ void mt_task_family_free(mt_task_family *fam);
 int mt_task_support_size(const mt_task_family *fam);
 int mt_task_query_size(const mt_task_family *fam);
 
-#define MT_REAL float
-#define MT_(name) name
-#include "metatrain/task_tmpl.h"
-#undef MT_REAL
-#undef MT_
-
-#define MT_REAL double
-#define MT_(name) name##_f64
-#include "metatrain/task_tmpl.h"
-#undef MT_REAL
-#undef MT_
+#define MT_TEMPLATE "metatrain/task_tmpl.h"
+#include "metatrain/both_precisions.h"
 
 #endif

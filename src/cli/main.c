@@ -1,6 +1,7 @@
 /* metatrain: the command-line entry point. Starts MPI and dispatches to a verb. */
 #include "cli/cli.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -40,6 +41,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "metatrain: unknown verb '%s'\n%s", argv[1], usage);
         return MT_EXIT_USAGE;
     }
+    /* A file-size limit (ulimit -f) then makes writes fail with EFBIG, which we report and survive,
+     * instead of killing the process halfway through a checkpoint. */
+    signal(SIGXFSZ, SIG_IGN);
     mt_dist d;
     if (mt_dist_init(&d, &argc, &argv) != MT_OK) {
         mt_dist_finalize(&d);

@@ -95,9 +95,14 @@ fail:
     return st;
 }
 
-/* Local: every rank plans the same buffers; failures are agreed on by the caller. */
+/* Local: every rank plans the same buffers; failures are agreed on by the caller.
+ * METATRAIN_FAULT_RANK=R makes rank R alone fail here, so the tests can prove that a failure
+ * on one rank ends the whole job (MPI_Abort) instead of leaving the others waiting. */
 static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
     mt_status st = MT_OK;
+    const char *fault = getenv("METATRAIN_FAULT_RANK");
+    if (fault && atoi(fault) == d->rank)
+        MT_THROW(MT_ERR_IO, "failure injected on this rank (METATRAIN_FAULT_RANK=%s)", fault);
     const mt_config *cfg = &m->cfg;
     const mt_meta_layout *lay = &m->layout;
     static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
@@ -215,6 +220,8 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
     mt_cli_progress prog;
     double t0 = MPI_Wtime(), elapsed_before = p->history.n ? p->history.elapsed_s[p->history.n - 1] : 0;
     double last_val = p->history.n ? p->history.val_metric[p->history.n - 1] : NAN, best_val = NAN;
+    double window_loss = 0;
+    int window_n = 0;
     mt_cli_progress_init(&prog, d->rank == 0 && !quiet, cfg->iterations, cfg->log_every, cfg->meta_batch);
     int begin, end;
     mt_dist_shard(cfg->meta_batch, d->rank, d->size, &begin, &end);
@@ -251,9 +258,14 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
             if (better && cfg->eval_keep_best) MT_TRY(save_best(d, m, p, done));
         }
         double elapsed = elapsed_before + MPI_Wtime() - t0;
-        if (done % cfg->log_every == 0 || last || val_now)
-            mt_cli_history_add(&p->history, done, meta_loss, val_now ? last_val : NAN, elapsed);
-        mt_cli_progress_update(&prog, done, meta_loss, last_val, MPI_Wtime() - t0, done - start);
+        /* Logged meta-loss: the mean over the iterations since the last log line, not one noisy batch. */
+        window_loss += meta_loss, window_n++;
+        if (done % cfg->log_every == 0 || last || val_now) {
+            mt_cli_history_add(&p->history, done, window_loss / window_n, val_now ? last_val : NAN, elapsed);
+            window_loss = 0, window_n = 0;
+        }
+        mt_cli_progress_update(&prog, done, p->history.n ? p->history.meta_loss[p->history.n - 1] : meta_loss,
+                               last_val, MPI_Wtime() - t0, done - start);
         if ((cfg->checkpoint_every > 0 && done % cfg->checkpoint_every == 0) || last) MT_TRY(save(d, m, p, done));
         if (stop_here && !out.stop) {
             mt_cli_progress_finish(&prog);
