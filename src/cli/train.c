@@ -308,9 +308,10 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
         if (d->rank == 0) fputs(train_usage, stdout);
         return MT_EXIT_OK;
     }
+    /* Before anything slow: a stop request during set-up is honoured at the first iteration. */
+    mt_dist_install_stop_handlers();
     MT_TRY(setup(d, &a, &m, &ck, &resume_path, auto_path, sizeof auto_path));
     openblas_set_num_threads(m.cfg.threads);
-    mt_dist_install_stop_handlers();
     if (m.cfg.task_kind == MT_TASK_EPISODES || m.cfg.task_kind == MT_TASK_GROUPED)
         MT_TRY(mt_task_dataset_load(&p.data, d, m.cfg.task_path, m.cfg.task_kind, NULL));
     MT_TRY(mt_dist_agree(d, plan(&p, d, &m)));
