@@ -59,6 +59,7 @@ typedef struct {
     char task_path[MT_CONFIG_STR]; /* task.path: HDF5 dataset for episodes and grouped */
     /* [model] */
     char model_spec[MT_CONFIG_STR]; /* model.spec: see mt_nn_parse */
+    char model_spec_origin[640];    /* "file.ini:12:" or "--set" where model.spec was set, or "" */
     /* [eval] */
     int eval_tasks;           /* eval.tasks */
     int eval_steps;           /* eval.steps: inner steps at evaluation; 0 = meta.inner_steps */

@@ -44,7 +44,9 @@ mt_status mt_cli_model_build(mt_cli_model *m, const mt_cli_sets *sets) {
     mt_status st = MT_OK;
     for (int i = 0; sets && i < sets->n; i++) MT_TRY(mt_cli_config_set(&m->cfg, sets->items[i], "--set"));
     MT_TRY(mt_cli_config_validate(&m->cfg));
-    MT_TRY(mt_nn_parse(&m->net, m->cfg.model_spec, "model.spec"));
+    char what[sizeof m->cfg.model_spec_origin + 16];
+    snprintf(what, sizeof what, "%s%smodel.spec", m->cfg.model_spec_origin, m->cfg.model_spec_origin[0] ? " " : "");
+    MT_TRY(mt_nn_parse(&m->net, m->cfg.model_spec, what));
     mt_meta_layout_init(&m->layout, &m->net, m->cfg.algorithm, m->cfg.inner_steps);
     if (mt_cli_config_format(&m->cfg, m->config_text, sizeof m->config_text) >= sizeof m->config_text)
         MT_THROW(MT_ERR_CONFIG, "the effective configuration is longer than %zu bytes", sizeof m->config_text);

@@ -457,7 +457,12 @@ static void value_text(const mt_config *cfg, const mt_cli_key *k, char *out, siz
 /* Parses and stores, or raises "WHERE section.key: reason". */
 static mt_status assign(mt_config *cfg, const mt_cli_key *k, const char *text, const char *where) {
     char reason[512];
-    if (parse_value(cfg, k, text, reason, sizeof reason)) return MT_OK;
+    if (parse_value(cfg, k, text, reason, sizeof reason)) {
+        /* model.spec is parsed later, by the engine: keep where it came from for its messages. */
+        if (k->offset == offsetof(mt_config, model_spec))
+            snprintf(cfg->model_spec_origin, sizeof cfg->model_spec_origin, "%s", where);
+        return MT_OK;
+    }
     return MT_RAISE(MT_ERR_CONFIG, "%s %s.%s: %s", where, k->section, k->name, reason);
 }
 

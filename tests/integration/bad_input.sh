@@ -12,6 +12,8 @@ expect_config_error() {
     [ "$(grep -c 'error' err.txt)" = 1 ] || fail "expected one error line at $1 ranks, got: $(cat err.txt)"
     grep -q "$3" err.txt || fail "message lacks '$3': $(cat err.txt)"
     [ ! -e never ] || fail "work started despite the bad config"
+    [ "$1" = 3 ] && report "config: $(printf '%b' "$2" | tr '\n' ' ' | sed 's/ *$//') (3 ranks)" "exit 2, printed once: \`$(message err.txt)\`"
+    return 0
 }
 
 for ranks in 1 3; do

@@ -59,6 +59,7 @@ expect_refused() { # FILE PATTERN [extra --set...]
         [ "$(grep -c 'error' err.txt)" = 1 ] || fail "$file at $r ranks: expected one error line: $(cat err.txt)"
         grep -q "$file" err.txt && grep -q -- "$pattern" err.txt || fail "$file: message lacks '$pattern': $(cat err.txt)"
     done
+    report "dataset: $file (1 and 3 ranks)" "exit $code, one line: \`$(message err.txt)\`"
 }
 expect_refused no-such.h5 "no-such.h5"
 expect_refused text.h5 "text.h5"

@@ -12,11 +12,13 @@ for _ in $(seq 100); do [ -s shared/lock ] && break; sleep 0.1; done
 code=0
 "$METATRAIN" train "${quick[@]}" --set train.iterations=10 --set output.dir=shared 2> err.txt || code=$?
 [ "$code" = 1 ] && grep -q "in use by another run" err.txt || fail "second run on a busy output.dir: exit $code, $(cat err.txt)"
+report "a second run on a busy output.dir" "refused, exit 1: \`$(message err.txt)\`"
 # kill -9 leaves the lock file behind, but flock dies with its holder: the next run proceeds.
 kill -9 $first
 wait $first 2> /dev/null || true
 [ -e shared/lock ] || fail "expected the lock file to remain after kill -9"
 "$METATRAIN" train "${quick[@]}" --set train.iterations=10 --set output.dir=shared || fail "a stale lock blocked the next run"
+report "the lock of a run killed with kill -9" "left behind but not held (flock): the next run starts"
 
 # An output.dir that cannot be created: one clear line, exit 1, at 1 and 3 ranks.
 echo "a file" > not-a-dir
@@ -26,6 +28,7 @@ for r in 1 3; do
     [ "$code" = 1 ] && [ "$(grep -c error err.txt)" = 1 ] && grep -q "not-a-dir" err.txt \
         || fail "unwritable output.dir at $r ranks: exit $code, $(cat err.txt)"
 done
+report "output.dir that cannot be created (1 and 3 ranks)" "exit 1, one line: \`$(message err.txt)\`"
 
 # Disk full (a file-size limit) while writing a checkpoint: clear error, previous checkpoint intact.
 # MPI's own start-up needs files of a few MB, so the limit is 5 MB and the checkpoint ~6 MB.
@@ -40,6 +43,7 @@ code=0
 [ "$(md5sum < full/checkpoint.h5)" = "$before" ] || fail "disk full: the previous checkpoint changed"
 "$METATRAIN" info full/checkpoint.h5 > /dev/null || fail "disk full: the previous checkpoint does not verify"
 ls full | grep -q tmp && fail "disk full: a temporary file was left behind: $(ls full)"
+report "disk full while writing a checkpoint (ulimit -f)" "exit 1: \`$(message err.txt)\`; previous checkpoint byte-identical and verified, no temporary left"
 
 # Divergence: the run stops naming the iteration; the last good checkpoint stays and verifies.
 code=0
@@ -49,6 +53,7 @@ code=0
 it=$(sed -n 's/.*iteration \([0-9]*\): the meta-gradient or meta-loss is not finite.*/\1/p' err.txt)
 [ -n "$it" ] || fail "divergence: the message does not name the iteration: $(cat err.txt)"
 [ "$(ckpt_iteration diverged/checkpoint.h5)" = "$it" ] || fail "divergence: checkpoint is not the last good one"
+report "divergence (SGD at outer lr 0.5)" "exit 1: \`$(message err.txt)\`; checkpoint of iteration $it kept"
 
 # A failure on one rank only: the whole job ends within 30 s, non-zero, naming the rank.
 start=$(date +%s)
@@ -59,4 +64,5 @@ METATRAIN_FAULT_RANK=2 timeout 60 mpirun -n 4 --oversubscribe -x METATRAIN_FAULT
 [ $(( $(date +%s) - start )) -le 30 ] || fail "one-rank failure: took more than 30 s"
 grep -q "rank 2" err.txt || fail "one-rank failure: the message does not name rank 2: $(cat err.txt)"
 pgrep -f "output.dir=onerank" && fail "one-rank failure: ranks outlived the job"
+report "a failure on rank 2 of 4 only" "MPI_Abort within $(( $(date +%s) - start )) s, exit $code: \`$(grep 'rank 2' err.txt | head -1)\`"
 pass

@@ -22,4 +22,5 @@ pgrep -f "output.dir=k9" && fail "ranks outlived the job"
 it=$(ckpt_iteration k9/checkpoint.h5)
 "$METATRAIN" train --resume k9/checkpoint.h5 --set train.iterations=$((it + 10)) --quiet || fail "resume"
 [ "$(ckpt_iteration k9/checkpoint.h5)" = $((it + 10)) ] || fail "resume did not reach $((it + 10))"
+report "kill -9 of one rank mid-run" "job ended in $elapsed s (exit $code); last checkpoint (iteration $it) verified and resumed"
 pass

@@ -46,6 +46,17 @@ ckpt_iteration() {
     "$METATRAIN" info "$1" --json | sed -n 's/.*"iteration": \([0-9]*\).*/\1/p'
 }
 
+# report SCENARIO OUTCOME: one row of the README's table of hostile conditions, collected by
+# scripts/hostile-report (which sets HOSTILE_REPORT); a no-op otherwise.
+report() {
+    if [ -n "${HOSTILE_REPORT:-}" ]; then printf '| %s | %s |\n' "$1" "$2" >> "$HOSTILE_REPORT"; fi
+}
+
+# message FILE: metatrain's own error line in a captured stderr (mpirun adds its banners).
+message() {
+    grep -m1 "metatrain" "$1" || head -1 "$1"
+}
+
 pass() {
     echo "1 passed, 0 failed"
 }

@@ -25,6 +25,7 @@ wait $job || code=$?
 [ $(( $(date +%s) - start )) -le 10 ] || fail "SIGTERM: took more than 10 s to stop"
 iteration=$(ckpt_iteration term/checkpoint.h5)
 [ -n "$iteration" ] && [ "$iteration" -gt 0 ] || fail "SIGTERM: no checkpoint of the current iteration"
+report "SIGTERM to every rank (as Slurm does)" "checkpoint of iteration $iteration written, exit 0"
 
 # SIGUSR1 to mpirun.
 mpi_exec 2 train "$CONFIGS/sinusoid-maml.ini" "${long[@]}" --set output.dir=usr1 &
@@ -36,6 +37,7 @@ code=0
 wait $job || code=$?
 [ "$code" = 3 ] || fail "SIGUSR1: exit $code, expected 3"
 [ "$(ckpt_iteration usr1/checkpoint.h5)" -gt 0 ] || fail "SIGUSR1: no checkpoint"
+report "SIGUSR1 to mpirun" "checkpoint of iteration $(ckpt_iteration usr1/checkpoint.h5) written, exit 3 (requeue)"
 
 # The stopped run resumes.
 "$METATRAIN" train --resume usr1/checkpoint.h5 --set train.iterations=$(( $(ckpt_iteration usr1/checkpoint.h5) + 5 )) --quiet \
