@@ -1,6 +1,8 @@
 #define _GNU_SOURCE /* nftw */
-/* HDF5 checkpoints: round trip, readability by the HDF5 tools, reproducible bytes, detection of
- * corrupted data and metadata, truncation, atomic replacement on failure, numbered copies. */
+/* HDF5 checkpoints: round trip, the checksum header, readability by the HDF5 tools and h5py,
+ * reproducible bytes, detection of any corrupted byte (by the whole-file checksum, and by the
+ * checks inside when a file's outer checksum is valid), truncation, atomic replacement on
+ * failure, numbered copies. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +23,7 @@
 #include <cmocka.h>
 #include <hdf5.h>
 
+#include "ckpt/ckpt_h5.h"
 #include "metatrain/ckpt.h"
 
 static char tmpdir[64];
@@ -133,6 +136,32 @@ static void spit(const char *path, const void *buf, size_t n) {
     assert_non_null(f);
     assert_int_equal(fwrite(buf, 1, n, f), n);
     assert_int_equal(fclose(f), 0);
+}
+
+/* CRC-32 as zlib and Python's zlib.crc32 compute it (reflected, polynomial 0xedb88320), bit by
+ * bit: a reference written independently of the one the library calls. */
+static uint32_t reference_crc32(const unsigned char *p, size_t n) {
+    uint32_t crc = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= p[i];
+        for (int k = 0; k < 8; k++) crc = crc >> 1 ^ (0xedb88320u & (0u - (crc & 1)));
+    }
+    return ~crc;
+}
+
+static uint64_t get_le(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+/* Rewrites the checksum header to match the bytes after it, as other software (or a hostile
+ * file's author) could: what is left to refuse the file is the checks inside. */
+static void reseal(const char *path) {
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(ckpt_seal_fd(fd, path), MT_OK);
+    assert_int_equal(close(fd), 0);
 }
 
 static int count_temp_files(const char *dir) {
@@ -260,17 +289,86 @@ static void test_bad_arguments(void **state) {
     free(ck);
 }
 
+/* The header as documented in ckpt_h5.h, checked with the reference CRC-32: anyone can verify a
+ * checkpoint with Python's zlib.crc32. */
+static void test_checksum_header(void **state) {
+    char path[256], bad[256];
+    mt_ckpt *ck = calloc(1, sizeof *ck);
+    build_sample(ck, 1, "now");
+    assert_int_equal(mt_ckpt_write(path_in(path, "header.h5"), ck), MT_OK);
+    size_t n;
+    unsigned char *b = slurp(path, &n);
+    assert_true(n > CKPT_HEADER_SIZE);
+    assert_memory_equal(b, "metatrain-ckpt\0\0", 16);
+    assert_int_equal(get_le(b + 16, 4), CKPT_HEADER_FORMAT);
+    assert_int_equal(get_le(b + 20, 8), n - CKPT_HEADER_SIZE);
+    assert_int_equal(get_le(b + 28, 4), reference_crc32(b + CKPT_HEADER_SIZE, n - CKPT_HEADER_SIZE));
+    assert_int_equal(get_le(b + 32, 4), reference_crc32(b, 32));
+    for (size_t i = 36; i < CKPT_HEADER_SIZE; i++) assert_int_equal(b[i], 0);
+    assert_memory_equal(b + CKPT_HEADER_SIZE, "\x89HDF\r\n\x1a\n", 8); /* HDF5's superblock follows */
+    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), fcpl = H5Fget_create_plist(file);
+    hsize_t userblock = 0;
+    assert_true(H5Pget_userblock(fcpl, &userblock) >= 0);
+    assert_int_equal(userblock, CKPT_HEADER_SIZE);
+    H5Pclose(fcpl);
+    H5Fclose(file);
+    /* a later header format, consistent in itself, is named as such */
+    b[16] = 2;
+    uint32_t crc = reference_crc32(b, 32);
+    for (int i = 0; i < 4; i++) b[32 + i] = (unsigned char)(crc >> 8 * i);
+    spit(path_in(bad, "header_v2.h5"), b, n);
+    expect_read_failure(bad, MT_ERR_FORMAT, "checksum header format 2 not supported");
+    free(b);
+    free(ck);
+}
+
+/* Compares what h5py sees in two files: the checkpoint (user block 512) and its HDF5 part alone. */
+static const char *h5py_compare =
+    "import sys, h5py\n"
+    "def content(name):\n"
+    "    out = {}\n"
+    "    def visit(key, obj):\n"
+    "        out[key] = (obj.dtype.str, obj.shape, obj.chunks, obj.fletcher32, obj[()].tobytes())"
+    " if isinstance(obj, h5py.Dataset) else 'group'\n"
+    "    with h5py.File(name, 'r') as f:\n"
+    "        f.visititems(visit)\n"
+    "        out['/'] = sorted((k, str(v)) for k, v in f.attrs.items())\n"
+    "        return f.userblock_size, out\n"
+    "(ua, a), (ub, b) = content(sys.argv[1]), content(sys.argv[2])\n"
+    "sys.exit(0 if ua == 512 and ub == 0 and a == b and len(a) > 10 else 1)\n";
+
+/* The header is invisible to HDF5 readers: h5dump and h5py see exactly what they see in the same
+ * file with the header cut off (HDF5 finds its superblock wherever the data start). */
 static void test_hdf5_tools_read_it(void **state) {
-    char path[256], cmd[600];
+    char path[256], bare[256], script[256], cmd[1200];
     mt_ckpt *ck = calloc(1, sizeof *ck);
     build_sample(ck, 0, "now");
     assert_int_equal(mt_ckpt_write(path_in(path, "tools.h5"), ck), MT_OK);
+    size_t n;
+    unsigned char *bytes = slurp(path, &n);
+    spit(path_in(bare, "tools_bare.h5"), bytes + CKPT_HEADER_SIZE, n - CKPT_HEADER_SIZE);
     if (access("/usr/bin/h5dump", X_OK) == 0) {
         snprintf(cmd, sizeof cmd, "/usr/bin/h5dump -H %s > /dev/null 2>&1", path);
         assert_int_equal(system(cmd), 0);
         snprintf(cmd, sizeof cmd, "/usr/bin/h5dump -d /params/head/w %s > /dev/null 2>&1", path);
         assert_int_equal(system(cmd), 0);
+        snprintf(cmd, sizeof cmd, "/usr/bin/h5dump -B %s | grep -q 'USERBLOCK_SIZE 512'", path);
+        assert_int_equal(system(cmd), 0);
+        /* all but the first line, which names the file */
+        snprintf(cmd, sizeof cmd,
+                 "cd %s && /usr/bin/h5dump -p tools.h5 | tail -n +2 > dump.txt && /usr/bin/h5dump -p tools_bare.h5 | "
+                 "tail -n +2 > dump_bare.txt && [ -s dump.txt ] && cmp -s dump.txt dump_bare.txt",
+                 tmpdir);
+        assert_int_equal(system(cmd), 0);
     }
+    if (system("/usr/bin/python3 -c 'import h5py' > /dev/null 2>&1") == 0) {
+        spit(path_in(script, "h5py_compare.py"), h5py_compare, strlen(h5py_compare));
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s %s", script, path, bare);
+        assert_int_equal(system(cmd), 0);
+    } else {
+        print_message("h5py not installed: the h5py comparison is skipped\n");
+    }
+    free(bytes);
     free(ck);
 }
 
@@ -323,7 +421,18 @@ typedef struct {
 typedef struct {
     chunk_list *list;
     int n;
+    const unsigned char *bytes; /* the file */
+    size_t n_bytes;
 } chunk_walk;
+
+/* Where the chunk's stored bytes `raw` sit in the file: at the address HDF5 gives or, with HDF5
+ * versions that give it relative to the base address (1.10 does), one user block later. */
+static haddr_t locate(const chunk_walk *cw, haddr_t addr, const void *raw, hsize_t size) {
+    haddr_t tries[2] = {addr, addr + CKPT_HEADER_SIZE};
+    for (int i = 0; i < 2; i++)
+        if (tries[i] + size <= cw->n_bytes && memcmp(cw->bytes + tries[i], raw, size) == 0) return tries[i];
+    return HADDR_UNDEF;
+}
 
 static herr_t collect_chunks(hid_t root, const char *rel, const H5L_info_t *info, void *op) {
     chunk_walk *cw = op;
@@ -332,21 +441,30 @@ static herr_t collect_chunks(hid_t root, const char *rel, const H5L_info_t *info
     if (H5Iget_type(obj) == H5I_DATASET) {
         chunk_list *c = &cw->list[cw->n++];
         hid_t space = H5Dget_space(obj);
-        hsize_t n = 0;
+        hsize_t n = 0, offset[4];
         snprintf(c->name, sizeof c->name, "/%s", rel);
         if (H5Dget_num_chunks(obj, space, &n) < 0 || n > 4) return -1;
         c->n = (int)n;
-        for (hsize_t i = 0; i < n; i++)
-            if (H5Dget_chunk_info(obj, space, i, NULL, NULL, &c->addr[i], &c->size[i]) < 0) return -1;
+        for (hsize_t i = 0; i < n; i++) {
+            haddr_t addr;
+            uint32_t filters;
+            if (H5Dget_chunk_info(obj, space, i, offset, NULL, &addr, &c->size[i]) < 0) return -1;
+            unsigned char *raw = malloc(c->size[i]);
+            if (!raw || H5Dread_chunk(obj, H5P_DEFAULT, offset, &filters, raw) < 0) return -1;
+            c->addr[i] = locate(cw, addr, raw, c->size[i]);
+            free(raw);
+            if (c->addr[i] == HADDR_UNDEF) return -1;
+        }
         H5Sclose(space);
     }
     H5Oclose(obj);
     return 0;
 }
 
-/* Every chunk of every dataset, with its file address, read straight from HDF5. */
-static int list_chunks(const char *path, chunk_list *list) {
-    chunk_walk cw = {list, 0};
+/* Every chunk of every dataset, with its place in the file, from HDF5 and checked against the
+ * chunk's stored bytes. */
+static int list_chunks(const char *path, const unsigned char *bytes, size_t n_bytes, chunk_list *list) {
+    chunk_walk cw = {list, 0, bytes, n_bytes};
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     assert_true(file >= 0);
     assert_true(H5Lvisit(file, H5_INDEX_NAME, H5_ITER_INC, collect_chunks, &cw) >= 0);
@@ -354,8 +472,8 @@ static int list_chunks(const char *path, chunk_list *list) {
     return cw.n;
 }
 
-/* One byte changed inside any chunk (data or its stored checksum) fails the read, naming the
- * dataset. */
+/* One byte changed inside any chunk (data or its stored checksum) fails the whole-file checksum;
+ * with that checksum made to match, the chunk's Fletcher32 fails the read, naming the dataset. */
 static void test_corrupt_data(void **state) {
     char path[256], bad[256];
     mt_ckpt *ck = calloc(1, sizeof *ck);
@@ -364,7 +482,7 @@ static void test_corrupt_data(void **state) {
     size_t n;
     unsigned char *bytes = slurp(path, &n);
     chunk_list list[32];
-    int n_dsets = list_chunks(path, list), flipped = 0;
+    int n_dsets = list_chunks(path, bytes, n, list), flipped = 0;
     assert_int_equal(n_dsets, ck->n_arrays);
     for (int d = 0; d < n_dsets; d++) {
         if (strcmp(list[d].name, "/metrics/loss") == 0) assert_int_equal(list[d].n, 0); /* empty: no chunk */
@@ -376,6 +494,8 @@ static void test_corrupt_data(void **state) {
                 bytes[at] ^= 0x5a;
                 spit(path_in(bad, "data_bad.h5"), bytes, n);
                 bytes[at] ^= 0x5a;
+                expect_read_failure(bad, MT_ERR_FORMAT, "whole-file checksum mismatch");
+                reseal(bad);
                 expect_read_failure(bad, MT_ERR_FORMAT, list[d].name);
                 flipped++;
             }
@@ -393,59 +513,74 @@ static uint64_t xorshift(uint64_t *s) {
     return *s;
 }
 
-/* A byte changed anywhere (superblock, object headers, heaps, B-trees, chunk indexes, padding):
- * the read fails cleanly, or, where the byte was unused, returns exactly the original content.
- * METATRAIN_CKPT_EXHAUSTIVE=1 tries every offset instead of a sample. */
+/* Reads `bytes`, a corrupted checkpoint, from the file `bad`. As it is (sealed = 0) it must be
+ * refused. With its checksum header made to match (sealed = 1) the checks inside must refuse it
+ * cleanly or, where HDF5 does not use the byte, return exactly the original content. Either way a
+ * refusal is a one-line format error naming the file. Returns 1 when refused. */
+static int read_corrupted(const char *bad, const unsigned char *bytes, size_t n, int sealed, const mt_ckpt *want,
+                          mt_ckpt *got, const char *what) {
+    spit(bad, bytes, n);
+    if (sealed) reseal(bad);
+    mt_error_clear();
+    mt_status st = mt_ckpt_read(bad, got);
+    if (st == MT_OK) {
+        if (!sealed) fail_msg("%s: accepted", what);
+        if (!same_content(want, got)) fail_msg("%s, outer checksum made to match: wrong data returned without error", what);
+        mt_ckpt_free(got);
+    } else if (st != MT_ERR_FORMAT || !strstr(mt_error_message(), bad) || strchr(mt_error_message(), '\n')) {
+        fail_msg("%s%s: %s: %s", what, sealed ? ", outer checksum made to match" : "", mt_status_name(st), mt_error_message());
+    }
+    assert_int_equal(got->n_arrays + got->n_attrs, 0);
+    mt_error_clear();
+    assert_nothing_open();
+    return st != MT_OK;
+}
+
+/* A byte changed anywhere: the header, the superblock, object headers, heaps, B-trees, chunk
+ * indexes, free space, padding. As it is, the file is refused, every time. With its outer
+ * checksum made to match (a file from other software, or a hostile one), the checks inside hold
+ * as they did before the header existed. METATRAIN_CKPT_EXHAUSTIVE=1 tries every offset instead
+ * of a sample. */
 static void test_corrupt_anywhere(void **state) {
-    char path[256], bad[256];
+    char path[256], bad[256], what[64];
     mt_ckpt *ck = calloc(1, sizeof *ck), *got = calloc(1, sizeof *got);
     build_sample(ck, 0, "now");
     assert_int_equal(mt_ckpt_write(path_in(path, "meta.h5"), ck), MT_OK);
+    path_in(bad, "meta_bad.h5");
     size_t n;
     unsigned char *bytes = slurp(path, &n);
     int exhaustive = getenv("METATRAIN_CKPT_EXHAUSTIVE") != NULL, tries = exhaustive ? (int)n : 400;
-    int failed = 0, identical = 0;
+    int inner_refused = 0, inner_identical = 0;
     uint64_t rng = 0x9e3779b97f4a7c15ull;
     for (int t = 0; t < tries; t++) {
-        /* half the sample in the first 4 KiB, where superblock and root header live */
+        /* half the sample in the first 4 KiB, where header, superblock and root group live */
         size_t at = exhaustive ? (size_t)t : (size_t)(xorshift(&rng) % (t % 2 ? n : (n < 4096 ? n : 4096)));
         unsigned char flip = (unsigned char)(xorshift(&rng) % 255 + 1);
+        snprintf(what, sizeof what, "byte %zu ^ 0x%02x", at, flip);
         bytes[at] ^= flip;
-        spit(path_in(bad, "meta_bad.h5"), bytes, n);
-        bytes[at] ^= flip;
-        mt_error_clear();
-        mt_status st = mt_ckpt_read(bad, got);
-        if (st == MT_OK) {
-            if (!same_content(ck, got)) fail_msg("byte %zu ^ 0x%02x: wrong data returned without error", at, flip);
-            identical++;
-            mt_ckpt_free(got);
-        } else {
-            if (st != MT_ERR_FORMAT || !strstr(mt_error_message(), bad) || strchr(mt_error_message(), '\n'))
-                fail_msg("byte %zu ^ 0x%02x: %s: %s", at, flip, mt_status_name(st), mt_error_message());
-            assert_int_equal(got->n_arrays + got->n_attrs, 0);
-            failed++;
+        read_corrupted(bad, bytes, n, 0, ck, got, what);
+        if (at >= CKPT_HEADER_SIZE) {
+            int refused = read_corrupted(bad, bytes, n, 1, ck, got, what);
+            inner_refused += refused;
+            inner_identical += !refused;
         }
-        assert_nothing_open();
+        bytes[at] ^= flip;
     }
-    print_message("%zu-byte file, %d flipped bytes: %d refused, %d unused (read back identical)\n", n, tries, failed,
-                  identical);
+    print_message("%zu-byte file, %d flipped bytes: all refused; with the outer checksum made to match, %d refused "
+                  "inside, %d unused by HDF5 (read back identical)\n", n, tries, inner_refused, inner_identical);
     /* a lost sector: 512 bytes of zeros (or 0xff), at every sector of the file */
     unsigned char *lost = malloc(n);
     for (size_t at = 0; at < n; at += 512) {
         for (int fill = 0; fill <= 0xff; fill += 0xff) {
             memcpy(lost, bytes, n);
             memset(lost + at, fill, at + 512 < n ? 512 : n - at);
-            spit(bad, lost, n);
-            mt_error_clear();
-            mt_status st = mt_ckpt_read(bad, got);
-            if (st == MT_OK && !same_content(ck, got)) fail_msg("sector at %zu = 0x%02x: wrong data returned", at, fill);
-            if (st != MT_OK && st != MT_ERR_FORMAT) fail_msg("sector at %zu: %s", at, mt_error_message());
-            mt_ckpt_free(got);
-            assert_nothing_open();
+            if (memcmp(lost, bytes, n) == 0) continue; /* the sector held just that */
+            snprintf(what, sizeof what, "sector at %zu = 0x%02x", at, fill);
+            read_corrupted(bad, lost, n, 0, ck, got, what);
+            if (at >= CKPT_HEADER_SIZE) read_corrupted(bad, lost, n, 1, ck, got, what);
         }
     }
     free(lost);
-    mt_error_clear();
     free(bytes);
     free(got);
     free(ck);
@@ -458,20 +593,36 @@ static void test_truncated(void **state) {
     assert_int_equal(mt_ckpt_write(path_in(path, "trunc.h5"), ck), MT_OK);
     size_t n;
     unsigned char *bytes = slurp(path, &n);
-    size_t lengths[] = {4, 8, 47, 100, 512, 2048, n / 3, n / 2, n - 4096, n - 100, n - 1};
+    size_t lengths[] = {4, 8, 47, 100, 511, 512, 2048, n / 3, n / 2, n - 4096, n - 100, n - 1};
+    char want[128];
     for (size_t i = 0; i < sizeof lengths / sizeof *lengths; i++) {
         spit(path_in(bad, "trunc_bad.h5"), bytes, lengths[i]);
-        expect_read_failure(bad, MT_ERR_FORMAT, lengths[i] < 8 ? "not an HDF5 file" : "");
+        if (lengths[i] < CKPT_HEADER_SIZE)
+            snprintf(want, sizeof want, "truncated (%zu bytes, shorter than the 512-byte checksum header)", lengths[i]);
+        else
+            snprintf(want, sizeof want, "truncated (expected %zu bytes after the header, found %zu)", n - CKPT_HEADER_SIZE,
+                     lengths[i] - CKPT_HEADER_SIZE);
+        expect_read_failure(bad, MT_ERR_FORMAT, want);
     }
     spit(bad, bytes, 0);
     expect_read_failure(bad, MT_ERR_FORMAT, "empty file");
+    /* and a byte too many */
+    unsigned char *longer = malloc(n + 1);
+    memcpy(longer, bytes, n);
+    longer[n] = 0;
+    spit(bad, longer, n + 1);
+    snprintf(want, sizeof want, "%zu bytes after the header, expected %zu", n + 1 - CKPT_HEADER_SIZE, n - CKPT_HEADER_SIZE);
+    expect_read_failure(bad, MT_ERR_FORMAT, want);
+    free(longer);
     free(bytes);
     free(ck);
 }
 
-/* Builds an HDF5 file that is not quite ours; `kind` says how. */
-static void write_foreign(const char *path, int kind) {
+/* Builds an HDF5 file that is not quite ours, with a user block of `userblock` bytes (no header
+ * in it); `kind` says how. */
+static void write_foreign(const char *path, int kind, hsize_t userblock) {
     hid_t fcpl = H5Pcreate(H5P_FILE_CREATE), fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (userblock) H5Pset_userblock(fcpl, userblock);
     H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST);
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, fcpl, fapl), scalar = H5Screate(H5S_SCALAR);
     hid_t str = H5Tcopy(H5T_C_S1);
@@ -526,12 +677,22 @@ static void test_refuses_other_files(void **state) {
     expect_read_failure(tmpdir, MT_ERR_IO, "is a directory");
     assert_int_equal(mkfifo(path_in(path, "fifo.h5"), 0600), 0); /* must not block */
     expect_read_failure(path, MT_ERR_IO, "not a regular file");
+    char loop[256];
+    assert_int_equal(symlink(path_in(loop, "loop.h5"), loop), 0);
+    expect_read_failure(loop, MT_ERR_IO, "Too many levels of symbolic links");
     spit(path_in(path, "text.h5"), "hello, world\n", 13);
-    expect_read_failure(path, MT_ERR_FORMAT, "not an HDF5 file");
+    expect_read_failure(path, MT_ERR_FORMAT, "not a metatrain checkpoint (no checksum header)");
+    /* HDF5 without the header: another program's, or an older metatrain's */
+    write_foreign(path_in(path, "plain.h5"), 3, 0);
+    expect_read_failure(path, MT_ERR_FORMAT, "not a metatrain checkpoint (no checksum header): an HDF5 file");
+    write_foreign(path, 3, CKPT_HEADER_SIZE);
+    expect_read_failure(path, MT_ERR_FORMAT, "not a metatrain checkpoint (no checksum header)");
+    /* with a valid header (other software could write one), the checks inside name what is wrong */
     const char *why[] = {"no \"format\" attribute", "not a metatrain checkpoint", "version 2 not supported",
                          "/w: data type", "/x: not chunked", "dense storage", "/link: a soft", "/y: chunks missing"};
     for (int kind = 0; kind < 8; kind++) {
-        write_foreign(path_in(path, "foreign.h5"), kind);
+        write_foreign(path_in(path, "foreign.h5"), kind, CKPT_HEADER_SIZE);
+        reseal(path);
         expect_read_failure(path, MT_ERR_FORMAT, why[kind]);
     }
 }
@@ -632,6 +793,7 @@ static void test_keep_copy(void **state) {
         unsigned char *copy = slurp(p, &n_copy);
         assert_int_equal(n_copy, n_src);
         assert_memory_equal(copy, src, n_src);
+        assert_old_file_intact(p, ck); /* byte for byte: its checksum holds */
         free(copy);
         snprintf(p, sizeof p, "%s/checkpoint-%08d.h5", dir, gone[i]);
         assert_int_equal(access(p, F_OK), -1);
@@ -652,6 +814,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_checksum_header),
         cmocka_unit_test(test_hdf5_tools_read_it),
         cmocka_unit_test(test_reproducible),
         cmocka_unit_test(test_corrupt_data),

@@ -10,6 +10,12 @@
  * 1-element arrays). Strings are fixed-length attributes: variable-length strings would live in
  * the global heap, which has no checksum. Nothing run-specific is written inside /params or
  * /optimizer, so equal models compare equal with h5diff.
+ * HDF5's checksums leave free space and unused index entries uncovered, so the file also starts
+ * with a 512-byte HDF5 user block (h5dump and h5py read past it) holding a checksum header: the
+ * magic "metatrain-ckpt", the length and CRC-32 of every byte after the block, and a CRC-32 of
+ * the header itself (layout in src/ckpt/ckpt_h5.h). A change to any byte of the file is refused
+ * before HDF5 opens it; the inner checksums still name the object for a file whose outer
+ * checksum holds but whose content does not (written by other software).
  *
  * Not collective: only rank 0 calls the writer; any rank may read. */
 #ifndef METATRAIN_CKPT_H
@@ -66,8 +72,9 @@ mt_status mt_ckpt_add_attr(mt_ckpt *ck, const char *name, const char *value);
  * intact and removes the temporary. Also writes root attributes "format" and "format_version". */
 mt_status mt_ckpt_write(const char *path, const mt_ckpt *ck);
 
-/* Reads every array and attribute, verifying every checksum. A file that is missing, truncated,
- * corrupted, or of another format fails with a one-line message naming the file and the object.
+/* Reads every array and attribute, verifying the whole-file checksum and then every checksum
+ * inside. A file that is missing, truncated, corrupted, without the checksum header (another
+ * format, an older metatrain) fails with a one-line message naming the file and the object.
  * `ck` is overwritten; on failure it is left empty. Arrays come in path order. */
 mt_status mt_ckpt_read(const char *path, mt_ckpt *ck);
 /* Frees what mt_ckpt_read allocated (only for a checkpoint filled by it) and empties `ck`. */
@@ -78,8 +85,9 @@ const mt_ckpt_array *mt_ckpt_find(const mt_ckpt *ck, const char *path);
 /* The root attribute `name`, or NULL. */
 const char *mt_ckpt_attr_value(const mt_ckpt *ck, const char *name);
 
-/* Copies the file at `path` to "<dir>/checkpoint-<iteration, 8 digits>.h5" (atomically) and
- * deletes the lowest-numbered copies beyond `keep`. keep <= 0 makes no copy and deletes none. */
+/* Copies the file at `path` byte for byte (its checksum stays valid) to
+ * "<dir>/checkpoint-<iteration, 8 digits>.h5" (atomically) and deletes the lowest-numbered copies
+ * beyond `keep`. keep <= 0 makes no copy and deletes none. */
 mt_status mt_ckpt_keep_copy(const char *path, const char *dir, int iteration, int keep);
 
 #endif

@@ -22,8 +22,10 @@
  * MT_TASK_DATASET_MAX_BYTES.
  *
  * Loading is collective: on each node, one rank reads the file into an MPI shared-memory window
- * and the node's other ranks map it, so memory per node does not grow with ranks per node. Every
- * check names the file and the dataset that failed. */
+ * and the node's other ranks map it, so memory per node does not grow with ranks per node. That
+ * rank first checks the file's metadata and index arrays in a child process (metatrain/isolate.h),
+ * so that a crash of libhdf5 on a hostile file becomes an error. Every check names the file and
+ * the dataset that failed. */
 #ifndef METATRAIN_DATASET_H
 #define METATRAIN_DATASET_H
 

@@ -13,6 +13,25 @@
 #define CKPT_ATTR_FORMAT "format"
 #define CKPT_ATTR_VERSION "format_version"
 
+/* The whole-file checksum header fills the HDF5 user block, which HDF5 skips (its data start at
+ * byte 512). All integers little-endian:
+ *   bytes  0-15   "metatrain-ckpt", NUL-padded
+ *         16-19   header format, CKPT_HEADER_FORMAT
+ *         20-27   length: the bytes after the header, that is the file size - 512
+ *         28-31   CRC-32 of those bytes (zlib's crc32, the same as Python's zlib.crc32)
+ *         32-35   CRC-32 of bytes 0-31
+ *         36-511  zero
+ * A change to any single byte of the file fails one of these checks. */
+#define CKPT_HEADER_SIZE 512
+#define CKPT_HEADER_FORMAT 1
+
+/* Writes the header into the file open read-write as `fd`, after HDF5 has closed it, from the
+ * bytes now after the header. `path` names the file in messages. */
+mt_status ckpt_seal_fd(int fd, const char *path);
+/* Verifies the header and the checksum of the file open as `fd`, of `size` bytes (from fstat),
+ * before HDF5 opens it. */
+mt_status ckpt_verify_fd(int fd, uint64_t size, const char *path);
+
 static inline size_t ckpt_dtype_size(mt_ckpt_dtype dtype) { return dtype == MT_CKPT_F32 ? 4 : 8; }
 
 static inline hid_t ckpt_file_type(mt_ckpt_dtype dtype) {

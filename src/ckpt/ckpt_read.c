@@ -1,6 +1,7 @@
-/* Checkpoint reader: opens read-only, checks the format, then reads every dataset in full (so
- * HDF5 verifies every chunk's Fletcher32 checksum) and every root attribute. Anything that is
- * not exactly what the writer makes is refused with a message naming the file and object. */
+/* Checkpoint reader: verifies the whole-file checksum (ckpt_sum.c) before HDF5 opens the file,
+ * then opens it read-only, checks the format and reads every dataset in full (so HDF5 verifies
+ * every chunk's Fletcher32 checksum) and every root attribute. Anything that is not exactly what
+ * the writer makes is refused with a message naming the file and object. */
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -18,23 +19,29 @@ typedef struct {
     mt_status st;
 } walk;
 
-/* Refuses what is not a regular, non-empty file starting with the HDF5 signature (our writer
- * never adds a user block), before HDF5 sees it: clearer messages than the library's. */
-static mt_status check_file(const char *path) {
-    static const unsigned char signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-    unsigned char head[8];
-    struct stat sb;
+/* Refuses, before HDF5 sees it, what is not a regular, non-empty file whose checksum header
+ * and whole-file checksum verify: a corrupted byte anywhere, a truncation, another format.
+ * `sb` identifies the file verified. */
+static mt_status check_file(const char *path, struct stat *sb) {
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block us */
     if (fd < 0) return MT_RAISE(MT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     mt_status st = MT_OK;
-    if (fstat(fd, &sb) != 0) st = MT_RAISE(MT_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
-    else if (S_ISDIR(sb.st_mode)) st = MT_RAISE(MT_ERR_IO, "%s: is a directory, not a checkpoint file", path);
-    else if (!S_ISREG(sb.st_mode)) st = MT_RAISE(MT_ERR_IO, "%s: not a regular file", path);
-    else if (sb.st_size == 0) st = MT_RAISE(MT_ERR_FORMAT, "%s: empty file", path);
-    else if (pread(fd, head, sizeof head, 0) != (ssize_t)sizeof head || memcmp(head, signature, sizeof head) != 0)
-        st = MT_RAISE(MT_ERR_FORMAT, "%s: not an HDF5 file", path);
+    if (fstat(fd, sb) != 0) st = MT_RAISE(MT_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    else if (S_ISDIR(sb->st_mode)) st = MT_RAISE(MT_ERR_IO, "%s: is a directory, not a checkpoint file", path);
+    else if (!S_ISREG(sb->st_mode)) st = MT_RAISE(MT_ERR_IO, "%s: not a regular file", path);
+    else if (sb->st_size == 0) st = MT_RAISE(MT_ERR_FORMAT, "%s: empty file", path);
+    else st = ckpt_verify_fd(fd, (uint64_t)sb->st_size, path);
     close(fd);
     return st;
+}
+
+/* HDF5 opens the file again by name: it must be the one verified, not a newer checkpoint
+ * renamed over it in between. */
+static int same_file(hid_t file, hid_t fapl, const struct stat *verified) {
+    void *handle = NULL;
+    struct stat sb;
+    return H5Fget_vfd_handle(file, fapl, &handle) >= 0 && handle && fstat(*(int *)handle, &sb) == 0 &&
+           sb.st_dev == verified->st_dev && sb.st_ino == verified->st_ino;
 }
 
 /* A fixed-length string attribute holding one value, as a malloc'ed C string. */
@@ -238,16 +245,19 @@ mt_status mt_ckpt_read(const char *path, mt_ckpt *ck) {
     if (!path || !ck) return MT_RAISE(MT_ERR_ARG, "mt_ckpt_read: NULL argument");
     ck->n_arrays = ck->n_attrs = ck->format_version = 0;
     walk w = {.path = path, .ck = ck};
-    MT_TRY(check_file(path));
+    struct stat verified;
+    MT_TRY(check_file(path, &verified));
     ckpt_h5_quiet();
     /* STRONG: closing the file closes anything still open in it, so nothing keeps it cached.
      * No locking: files are replaced by rename, never changed in place, and some cluster file
-     * systems refuse locks. */
-    if ((fapl = H5Pcreate(H5P_FILE_ACCESS)) < 0 || H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG) < 0 ||
-        H5Pset_file_locking(fapl, 0, 1) < 0)
+     * systems refuse locks. sec2, the default driver, named so that same_file finds its fd. */
+    if ((fapl = H5Pcreate(H5P_FILE_ACCESS)) < 0 || H5Pset_fapl_sec2(fapl) < 0 ||
+        H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG) < 0 || H5Pset_file_locking(fapl, 0, 1) < 0)
         MT_THROW(MT_ERR_IO, "%s: cannot set up HDF5 file access", path);
     if ((file = H5Fopen(path, H5F_ACC_RDONLY, fapl)) < 0)
         MT_THROW(MT_ERR_FORMAT, "%s: cannot open: corrupted or truncated HDF5 file (%s)", path, ckpt_h5_cause(cause));
+    if (!same_file(file, fapl, &verified))
+        MT_THROW(MT_ERR_IO, "%s: replaced while being read (by a newer checkpoint?): try again", path);
     if ((root = H5Gopen2(file, "/", H5P_DEFAULT)) < 0)
         MT_THROW(MT_ERR_FORMAT, "%s: root group unreadable (corrupted file)", path);
     MT_TRY(check_format(root, path, ck));

@@ -10,6 +10,10 @@
 #include <unistd.h>
 
 #include "ckpt/ckpt_h5.h"
+#include "metatrain/isolate.h"
+
+/* Writing a checkpoint of up to a few GB to a slow shared file system. */
+#define MT_CKPT_WRITE_TIMEOUT_S 3600
 
 #define CHUNK_BYTES (1u << 20)
 
@@ -211,8 +215,10 @@ static mt_status write_hdf5(const char *tmp, const mt_ckpt *ck, const char *path
     mt_status st = MT_OK;
     hid_t fcpl = H5I_INVALID_HID, fapl = H5I_INVALID_HID, gcpl = H5I_INVALID_HID, file = H5I_INVALID_HID;
     /* The root group's attributes stay in its (checksummed) object header: past the default 8
-     * they would move to dense storage, where values over 4 KiB have no checksum at all. */
+     * they would move to dense storage, where values over 4 KiB have no checksum at all. The user
+     * block is left for the whole-file checksum header (seal_and_sync). */
     if ((fcpl = H5Pcreate(H5P_FILE_CREATE)) < 0 || H5Pset_obj_track_times(fcpl, 0) < 0 ||
+        H5Pset_userblock(fcpl, CKPT_HEADER_SIZE) < 0 ||
         H5Pset_attr_phase_change(fcpl, MT_CKPT_MAX_ATTRS + 2, 0) < 0 || (fapl = H5Pcreate(H5P_FILE_ACCESS)) < 0 ||
         H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST) < 0 ||
         H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG) < 0 || H5Pset_file_locking(fapl, 0, 1) < 0 ||
@@ -248,16 +254,26 @@ fail:
     return st;
 }
 
-static mt_status sync_file(const char *file, const char *path) {
-    int fd = open(file, O_RDONLY | O_CLOEXEC);
+/* Writes the checksum header over the file HDF5 has closed (the bytes it covers are final now),
+ * then flushes the file to disk. */
+typedef struct {
+    const char *tmp;
+    const mt_ckpt *ck;
+    const char *path;
+} write_job;
+
+static mt_status write_hdf5_job(void *arg) {
+    const write_job *job = arg;
+    return write_hdf5(job->tmp, job->ck, job->path);
+}
+
+static mt_status seal_and_sync(const char *file, const char *path) {
+    int fd = open(file, O_RDWR | O_CLOEXEC);
     if (fd < 0) return MT_RAISE(MT_ERR_IO, "%s: cannot reopen temporary file: %s", path, strerror(errno));
-    if (fsync(fd) != 0) {
-        int err = errno;
-        close(fd);
-        return MT_RAISE(MT_ERR_IO, "%s: fsync failed: %s", path, strerror(err));
-    }
-    close(fd);
-    return MT_OK;
+    mt_status st = ckpt_seal_fd(fd, path);
+    if (st == MT_OK && fsync(fd) != 0) st = MT_RAISE(MT_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+    if (close(fd) != 0 && st == MT_OK) st = MT_RAISE(MT_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    return st;
 }
 
 /* Makes the rename durable. Some file systems cannot fsync a directory (EINVAL): nothing to do. */
@@ -295,8 +311,12 @@ mt_status mt_ckpt_write(const char *path, const mt_ckpt *ck) {
     if (fd < 0) MT_THROW(MT_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(errno));
     close(fd);
     created = 1;
-    MT_TRY(write_hdf5(tmp, ck, path));
-    MT_TRY(sync_file(tmp, path));
+    /* HDF5 writes in a child process. After a failed write (a full disk) HDF5 1.10 keeps the
+     * half-closed file and crashes when the library shuts down (H5F__close_cb, reached from
+     * MPI_Finalize); a child that leaves with _exit takes that state with it. */
+    write_job job = {tmp, ck, path};
+    MT_TRY(mt_isolate_run(write_hdf5_job, &job, path, MT_CKPT_WRITE_TIMEOUT_S));
+    MT_TRY(seal_and_sync(tmp, path));
     if (rename(tmp, path) != 0) MT_THROW(MT_ERR_IO, "%s: cannot replace: %s", path, strerror(errno));
     created = 0;
     MT_TRY(sync_dir(path));

@@ -68,7 +68,8 @@ mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float
  * checkpoint whose layout must match m's. Returns the next iteration in *next_iteration. */
 mt_status mt_cli_state_restore(const mt_ckpt *ck, const char *path, const mt_cli_model *m, float *meta,
                                mt_meta_optim *opt, mt_cli_history *h, int64_t *next_iteration);
-/* Reads a checkpoint and the config stored in it (cfg). */
+/* Reads a checkpoint and the config stored in it (cfg), once a child process has read it whole
+ * without crashing (mt_isolate_run). Local. */
 mt_status mt_cli_state_read(const char *path, mt_ckpt *ck, mt_config *cfg);
 /* Writes metrics.csv from the history, atomically. */
 mt_status mt_cli_history_write_csv(const mt_cli_history *h, const char *path);

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "metatrain/isolate.h"
+
 #ifndef METATRAIN_VERSION
 #define METATRAIN_VERSION "unknown"
 #endif
@@ -165,8 +167,18 @@ fail:
     return st;
 }
 
+/* In the child of mt_isolate_run: the whole read, checksums first; what it reads is dropped
+ * (_exit frees it). */
+static mt_status read_in_child(void *path) {
+    mt_ckpt *ck = calloc(1, sizeof *ck);
+    if (!ck) return MT_RAISE(MT_ERR_NOMEM, "%s: out of memory", (const char *)path);
+    return mt_ckpt_read(path, ck);
+}
+
 mt_status mt_cli_state_read(const char *path, mt_ckpt *ck, mt_config *cfg) {
     mt_status st = MT_OK;
+    /* An untrusted file: should libhdf5 crash or hang on it, only a child process goes down. */
+    MT_TRY(mt_isolate_run(read_in_child, (void *)path, path, MT_ISOLATE_TIMEOUT_S));
     MT_TRY(mt_ckpt_read(path, ck));
     const char *text = mt_ckpt_attr_value(ck, "config");
     if (!text) MT_THROW(MT_ERR_FORMAT, "%s: root attribute 'config' missing", path);

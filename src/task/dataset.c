@@ -2,9 +2,12 @@
  * checks the file (phase 1: shapes, dtypes and every integer array, which it keeps in ordinary
  * memory), plans one layout of all arrays, and the node allocates one MPI shared-memory window of
  * that size. Node rank 0 then reads the bulk arrays straight into the window, copies in the rest
- * and builds the per-class (or per-group) index (phase 2). Its status and message reach the
- * node's ranks by broadcast, and mt_dist_agree settles the outcome over every node. */
+ * and builds the per-class (or per-group) index (phase 2). Phase 1 runs once in a child process
+ * first (mt_isolate_run), so that a crash of libhdf5 on a hostile file ends only the child. Node
+ * rank 0's status and message reach the node's ranks by broadcast, and mt_dist_agree settles the
+ * outcome over every node. */
 #include "metatrain/dataset.h"
+#include "metatrain/isolate.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -536,6 +539,18 @@ fail:
     return st;
 }
 
+typedef struct {
+    reader *r;
+    layout *L;
+} plan_args;
+
+/* Phase 1 in the child of mt_isolate_run, on the child's own copies of the reader and layout;
+ * _exit releases what it opens and reads. */
+static mt_status plan_in_child(void *arg) {
+    plan_args *a = arg;
+    return plan(a->r, a->L);
+}
+
 static void reader_close(reader *r) {
     hid_t *dsets[] = {&r->images, &r->features, &r->targets};
     for (int i = 0; i < 3; i++)
@@ -716,7 +731,14 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* our one-line messages replace HDF5's stack dumps */
         r.path = path;
         r.episodes_path = has_episodes ? episodes_path : NULL;
-        record(L, plan(&r, L));
+        /* Phase 1 runs first in a child process: should libhdf5 crash or hang on a hostile file,
+         * only the child goes down. Then here, for real. */
+        char what[2 * sizeof ds->path + 16];
+        if (has_episodes && strcmp(episodes_path, path) != 0) snprintf(what, sizeof what, "%s (or %s)", path, episodes_path);
+        else snprintf(what, sizeof what, "%s", path);
+        plan_args args = {&r, L};
+        mt_status checked = mt_isolate_run(plan_in_child, &args, what, MT_ISOLATE_TIMEOUT_S);
+        record(L, checked == MT_OK ? plan(&r, L) : checked);
         H5Eset_auto2(H5E_DEFAULT, old_func, old_data);
     }
     bcast_layout(d, L, ds->node_comm);
