@@ -17,6 +17,10 @@
 #include "metatrain/nn.h"
 #include "metatrain/task.h"
 
+/* The most inner steps a task may take (meta.inner_steps): second-order memory is one copy of the
+ * parameters per step. */
+#define MT_META_MAX_STEPS 256
+
 typedef struct {
     const mt_nn_net *net;
     mt_algorithm algorithm;
@@ -47,7 +51,7 @@ typedef struct {
     double inner_lr;     /* fixed rate where rates are not learned */
     int second_order;    /* 0: drop the Hessian terms (FOMAML; MAML++ early iterations) */
     int multi_step_loss; /* MAML++: Σ_k w_k L_q(θ_k) */
-    double step_weights[64]; /* w_1..w_K, index k-1, when multi_step_loss */
+    double step_weights[MT_META_MAX_STEPS]; /* w_1..w_K, index k-1, when multi_step_loss */
     double imaml_lambda;
     int cg_steps;
     double cg_tol;

@@ -101,7 +101,7 @@ static const mt_cli_key mt_cli_keys[] = {
                "directory for checkpoints, logs and the effective config"),
 
     ENUM_KEY("meta", "algorithm", algorithm, "maml", algorithm_names, FIXED, "meta-learning algorithm"),
-    INT_KEY("meta", "inner_steps", inner_steps, "1", GE(1), LE(64), FIXED,
+    INT_KEY("meta", "inner_steps", inner_steps, "1", GE(1), LE(256), FIXED,
             "inner-loop adaptation steps per task"),
     DOUBLE_KEY("meta", "inner_lr", inner_lr, "0.01", GT(0), UNBOUNDED, FIXED,
                "inner-loop learning rate (the initial value where the rates are learned)"),
