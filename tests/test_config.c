@@ -195,7 +195,7 @@ static void test_file_errors(void **state) {
     expect_file_error("[train]\nseed = -1\n", 2, "train.seed");
     expect_file_error("[train]\nseed = 18446744073709551616\n", 2, "train.seed");
     expect_file_error("[train]\nresume = maybe\n", 2, "train.resume");
-    expect_file_error("[meta]\ninner_steps = 65\n", 2, "meta.inner_steps");
+    expect_file_error("[meta]\ninner_steps = 257\n", 2, "meta.inner_steps");
     expect_file_error("[meta]\n\ninner_lr = -0.1\n", 3, "meta.inner_lr: must be > 0, got -0.1");
     expect_file_error("[meta]\ninner_lr = 0\n", 2, "meta.inner_lr");
     expect_file_error("[meta]\ninner_lr = 0.1abc\n", 2, "meta.inner_lr");
