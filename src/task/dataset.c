@@ -544,11 +544,16 @@ typedef struct {
     layout *L;
 } plan_args;
 
-/* Phase 1 in the child of mt_isolate_run, on the child's own copies of the reader and layout;
- * _exit releases what it opens and reads. */
+static void reader_close(reader *r);
+
+/* Phase 1 in the child of mt_isolate_run, on the child's own copies of the reader and layout.
+ * It closes what it opened: with METATRAIN_ISOLATE=0 it runs in this process, before the real
+ * phase 1 fills the same reader again. */
 static mt_status plan_in_child(void *arg) {
     plan_args *a = arg;
-    return plan(a->r, a->L);
+    mt_status st = plan(a->r, a->L);
+    reader_close(a->r);
+    return st;
 }
 
 static void reader_close(reader *r) {
