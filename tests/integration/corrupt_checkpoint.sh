@@ -91,4 +91,5 @@ ln -s loop.h5 loop.h5
 refused loop.h5 "a symlink loop"
 mkdir dir.h5
 refused dir.h5 "a directory"
+report "checkpoint: a flipped byte in every dataset, 100 random single-byte flips, truncations, header fields, empty, text, symlink loop, directory" "each refused by info and --resume with one line and exit 1 or 2, never a crash"
 pass
