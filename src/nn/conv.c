@@ -11,31 +11,41 @@
 
 static inline int out_size(int n, int stride) { return (n - 1) / stride + 1; }
 
+/* The output columns ox whose input column ox·stride + kx − 1 lies inside [0, W): [*lo, *hi). */
+static void valid_columns(int Wd, int Wo, int kx, int stride, int *lo, int *hi) {
+    *lo = kx == 0 ? 1 : 0; /* only kx = 0 reaches column −1, at ox = 0 */
+    int last = (Wd - kx) / stride; /* largest ox with ox·stride + kx − 1 <= W − 1 */
+    *hi = last + 1 < Wo ? last + 1 : Wo;
+}
+
 /* col (C·9, B·P): sample n's fields in columns n·P … (n+1)·P − 1 */
 static void im2col(mt_real *col, const mt_real *x, int B, int C, int H, int Wd, int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t BP = (size_t)B * P;
-    for (int n = 0; n < B; n++)
-        for (int c = 0; c < C; c++) {
-            const mt_real *xc = x + ((size_t)n * C + c) * H * Wd;
-            for (int ky = 0; ky < 3; ky++)
-                for (int kx = 0; kx < 3; kx++) {
-                    mt_real *row = col + (size_t)((c * 3 + ky) * 3 + kx) * BP + (size_t)n * P;
+    for (int c = 0; c < C; c++)
+        for (int ky = 0; ky < 3; ky++)
+            for (int kx = 0; kx < 3; kx++) {
+                int lo, hi;
+                valid_columns(Wd, Wo, kx, stride, &lo, &hi);
+                mt_real *row = col + (size_t)((c * 3 + ky) * 3 + kx) * BP;
+                for (int n = 0; n < B; n++) {
+                    const mt_real *xc = x + ((size_t)n * C + c) * H * Wd;
                     for (int oy = 0; oy < Ho; oy++) {
                         int iy = oy * stride + ky - 1;
-                        mt_real *out = row + oy * Wo;
+                        mt_real *out = row + (size_t)n * P + oy * Wo;
                         if (iy < 0 || iy >= H) {
                             memset(out, 0, (size_t)Wo * sizeof *out);
                             continue;
                         }
-                        const mt_real *xr = xc + iy * Wd;
-                        for (int ox = 0; ox < Wo; ox++) {
-                            int ix = ox * stride + kx - 1;
-                            out[ox] = (ix >= 0 && ix < Wd) ? xr[ix] : 0;
-                        }
+                        const mt_real *xr = xc + iy * Wd + kx - 1;
+                        for (int ox = 0; ox < lo; ox++) out[ox] = 0;
+                        if (stride == 1) memcpy(out + lo, xr + lo, (size_t)(hi - lo) * sizeof *out);
+                        else
+                            for (int ox = lo; ox < hi; ox++) out[ox] = xr[ox * stride];
+                        for (int ox = hi; ox < Wo; ox++) out[ox] = 0;
                     }
                 }
-        }
+            }
 }
 
 /* x (B,C,H,W) = the adjoint of im2col applied to col */
@@ -43,24 +53,23 @@ static void col2im(mt_real *x, const mt_real *col, int B, int C, int H, int Wd, 
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t BP = (size_t)B * P;
     memset(x, 0, (size_t)B * C * H * Wd * sizeof *x);
-    for (int n = 0; n < B; n++)
-        for (int c = 0; c < C; c++) {
-            mt_real *xc = x + ((size_t)n * C + c) * H * Wd;
-            for (int ky = 0; ky < 3; ky++)
-                for (int kx = 0; kx < 3; kx++) {
-                    const mt_real *row = col + (size_t)((c * 3 + ky) * 3 + kx) * BP + (size_t)n * P;
+    for (int c = 0; c < C; c++)
+        for (int ky = 0; ky < 3; ky++)
+            for (int kx = 0; kx < 3; kx++) {
+                int lo, hi;
+                valid_columns(Wd, Wo, kx, stride, &lo, &hi);
+                const mt_real *row = col + (size_t)((c * 3 + ky) * 3 + kx) * BP;
+                for (int n = 0; n < B; n++) {
+                    mt_real *xc = x + ((size_t)n * C + c) * H * Wd;
                     for (int oy = 0; oy < Ho; oy++) {
                         int iy = oy * stride + ky - 1;
                         if (iy < 0 || iy >= H) continue;
-                        mt_real *xr = xc + iy * Wd;
-                        const mt_real *in = row + oy * Wo;
-                        for (int ox = 0; ox < Wo; ox++) {
-                            int ix = ox * stride + kx - 1;
-                            if (ix >= 0 && ix < Wd) xr[ix] += in[ox];
-                        }
+                        mt_real *xr = xc + iy * Wd + kx - 1;
+                        const mt_real *in = row + (size_t)n * P + oy * Wo;
+                        for (int ox = lo; ox < hi; ox++) xr[ox * stride] += in[ox];
                     }
                 }
-        }
+            }
 }
 
 /* y (B,O,P) = Y (O, B·P) per sample, plus b (O) */

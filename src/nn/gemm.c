@@ -1,7 +1,11 @@
 /* Matrix products for the layers. Large products go to OpenBLAS. Small ones run here: OpenBLAS's
  * small-matrix kernels (0.3.21, AVX-512 cores) take a malloc'ed scratch buffer on every call,
  * which would break the engine's promise that forward, backward and HVP never allocate, and
- * for the tiny products of the MLPs a plain loop beats the call overhead anyway. */
+ * for the tiny products of the MLPs (10x40x40) its call and packing overhead is most of the work.
+ *
+ * The small kernel keeps a tile of C (4 rows, one vector wide) in registers over the whole K
+ * loop, reading A through strides so that A and Aᵀ share it. Bᵀ is first transposed into a
+ * stack buffer. */
 #include "metatrain/nn.h"
 #include "core/precision.h"
 
@@ -10,37 +14,74 @@
 /* OpenBLAS routes products up to M·N·K = 10^6 (and transposed-A ones with M·N <= 1200) to its
  * small kernels: keep every such product here. */
 #define SMALL_MNK 1.0e6
+/* Largest Bᵀ (in elements) transposed on the stack: 32 KiB of floats, 64 KiB of doubles. */
+#define TRANSPOSE_MAX 8192
 
-/* C (M,N) += alpha · A (M,K) · B (K,N) */
-MT_KERNEL static void gemm_nn(int M, int N, int K, mt_real alpha, const mt_real *restrict A,
-                           const mt_real *restrict B, mt_real *restrict C) {
-    for (int i = 0; i < M; i++) {
-        mt_real *restrict c = C + (size_t)i * N;
-        for (int k = 0; k < K; k++) {
-            mt_real a = alpha * A[(size_t)i * K + k];
-            const mt_real *restrict b = B + (size_t)k * N;
-            for (int j = 0; j < N; j++) c[j] += a * b[j];
+/* Vectors of 64 and 32 bytes (GCC vector extensions): one AVX-512 register, two AVX2 or four SSE
+ * registers, whichever the target_clones version compiles for. Loads and stores are unaligned. */
+typedef mt_real vec_full __attribute__((vector_size(64)));
+typedef mt_real vec_half __attribute__((vector_size(32)));
+#define FULL ((int)(sizeof(vec_full) / sizeof(mt_real)))
+#define HALF ((int)(sizeof(vec_half) / sizeof(mt_real)))
+
+/* C (MR, one vector) += alpha · A (MR,K) · B (K, one vector); A's (i,k) at A[i·ai + k·ak], B's
+ * (k,j) at B[k·ldb + j]. The MR accumulators stay in registers for the whole K loop. */
+#define DEFINE_TILE(NAME, VEC, MR_)                                                                   \
+    MT_KERNEL static void NAME(int K, mt_real alpha, const mt_real *restrict A, size_t ai, size_t ak,  \
+                               const mt_real *restrict B, size_t ldb, mt_real *restrict C, size_t ldc) { \
+        VEC acc[MR_], b, c;                                                                           \
+        for (int r = 0; r < MR_; r++) acc[r] = (VEC){0};                                              \
+        for (int k = 0; k < K; k++) {                                                                 \
+            memcpy(&b, B + (size_t)k * ldb, sizeof b);                                                \
+            for (int r = 0; r < MR_; r++) acc[r] += A[r * ai + (size_t)k * ak] * b;                   \
+        }                                                                                             \
+        for (int r = 0; r < MR_; r++) {                                                               \
+            memcpy(&c, C + r * ldc, sizeof c);                                                        \
+            c += alpha * acc[r];                                                                      \
+            memcpy(C + r * ldc, &c, sizeof c);                                                        \
+        }                                                                                             \
+    }
+DEFINE_TILE(tile_4_full, vec_full, 4)
+DEFINE_TILE(tile_1_full, vec_full, 1)
+DEFINE_TILE(tile_4_half, vec_half, 4)
+DEFINE_TILE(tile_1_half, vec_half, 1)
+
+/* Any tile narrower than half a vector: the ragged right edge (and products with small N). */
+static void tile_edge(int mr, int nr, int K, mt_real alpha, const mt_real *A, size_t ai, size_t ak,
+                      const mt_real *B, size_t ldb, mt_real *C, size_t ldc) {
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < nr; j++) {
+            mt_real sum = 0;
+            for (int k = 0; k < K; k++) sum += A[r * ai + (size_t)k * ak] * B[(size_t)k * ldb + j];
+            C[r * ldc + j] += alpha * sum;
         }
+}
+
+/* C (M,N) += alpha · A · B with A's (i,k) at A[i·ai + k·ak] and B (K,N) row-major. */
+static void small_gemm(int M, int N, int K, mt_real alpha, const mt_real *A, size_t ai, size_t ak,
+                       const mt_real *B, mt_real *C) {
+    size_t ldb = (size_t)N, ldc = (size_t)N;
+    for (int j = 0; j < N;) {
+        int nr = N - j >= FULL ? FULL : N - j >= HALF ? HALF : N - j;
+        for (int i = 0; i < M;) {
+            int mr = M - i >= 4 ? 4 : 1;
+            const mt_real *a = A + (size_t)i * ai;
+            mt_real *c = C + (size_t)i * ldc + j;
+            if (nr == FULL) mr == 4 ? tile_4_full(K, alpha, a, ai, ak, B + j, ldb, c, ldc)
+                                    : tile_1_full(K, alpha, a, ai, ak, B + j, ldb, c, ldc);
+            else if (nr == HALF) mr == 4 ? tile_4_half(K, alpha, a, ai, ak, B + j, ldb, c, ldc)
+                                         : tile_1_half(K, alpha, a, ai, ak, B + j, ldb, c, ldc);
+            else tile_edge(mr, nr, K, alpha, a, ai, ak, B + j, ldb, c, ldc);
+            i += mr;
+        }
+        j += nr;
     }
 }
 
-/* C (M,N) += alpha · Aᵀ · B, A (K,M) */
-MT_KERNEL static void gemm_tn(int M, int N, int K, mt_real alpha, const mt_real *restrict A,
-                           const mt_real *restrict B, mt_real *restrict C) {
-    for (int k = 0; k < K; k++) {
-        const mt_real *restrict b = B + (size_t)k * N;
-        for (int i = 0; i < M; i++) {
-            mt_real a = alpha * A[(size_t)k * M + i];
-            mt_real *restrict c = C + (size_t)i * N;
-            for (int j = 0; j < N; j++) c[j] += a * b[j];
-        }
-    }
-}
-
-/* C (M,N) += alpha · A · Bᵀ, B (N,K): dot products with eight partial sums, so they vectorize
- * without reassociating one sum. */
-MT_KERNEL static void gemm_nt(int M, int N, int K, mt_real alpha, const mt_real *restrict A,
-                           const mt_real *restrict B, mt_real *restrict C) {
+/* C (M,N) += alpha · A · Bᵀ, B (N,K), when Bᵀ is too big for the stack: dot products with eight
+ * partial sums, so they vectorize without reassociating one sum. */
+MT_KERNEL static void gemm_nt_dots(int M, int N, int K, mt_real alpha, const mt_real *restrict A,
+                                   const mt_real *restrict B, mt_real *restrict C) {
     for (int i = 0; i < M; i++) {
         const mt_real *restrict a = A + (size_t)i * K;
         for (int j = 0; j < N; j++) {
@@ -56,7 +97,7 @@ MT_KERNEL static void gemm_nt(int M, int N, int K, mt_real alpha, const mt_real 
     }
 }
 
-/* C (M,N) += alpha · Aᵀ · Bᵀ, A (K,M), B (N,K) */
+/* C (M,N) += alpha · Aᵀ · Bᵀ, A (K,M), B (N,K) (no layer needs it; kept for completeness) */
 static void gemm_tt(int M, int N, int K, mt_real alpha, const mt_real *A, const mt_real *B, mt_real *C) {
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
@@ -80,8 +121,22 @@ void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const
     if (beta == 0) memset(C, 0, n * sizeof *C);
     else if (beta != 1)
         for (size_t i = 0; i < n; i++) C[i] *= beta;
-    if (!ta && !tb) gemm_nn(M, N, K, alpha, A, B, C);
-    else if (ta && !tb) gemm_tn(M, N, K, alpha, A, B, C);
-    else if (!ta && tb) gemm_nt(M, N, K, alpha, A, B, C);
-    else gemm_tt(M, N, K, alpha, A, B, C);
+    /* A's (i,k) is A[i·K + k], or A[k·M + i] when transposed */
+    size_t ai = ta ? 1 : (size_t)K, ak = ta ? (size_t)M : 1;
+    if (!tb) {
+        small_gemm(M, N, K, alpha, A, ai, ak, B, C);
+    } else if (!ta && N < HALF) { /* a few long dot products: no transpose */
+        gemm_nt_dots(M, N, K, alpha, A, B, C);
+    } else if (N == 1 || K == 1) { /* B (N,K) and Bᵀ (K,N) are the same array */
+        small_gemm(M, N, K, alpha, A, ai, ak, B, C);
+    } else if ((size_t)N * K <= TRANSPOSE_MAX) {
+        mt_real bt[TRANSPOSE_MAX];
+        for (int j = 0; j < N; j++)
+            for (int k = 0; k < K; k++) bt[(size_t)k * N + j] = B[(size_t)j * K + k];
+        small_gemm(M, N, K, alpha, A, ai, ak, bt, C);
+    } else if (!ta) {
+        gemm_nt_dots(M, N, K, alpha, A, B, C);
+    } else {
+        gemm_tt(M, N, K, alpha, A, B, C);
+    }
 }
