@@ -101,6 +101,8 @@ static void test_float_agrees_with_double_on_layers(void **state) {
     check_precisions("input 2x5x7, conv 3, maxpool, conv 2, flatten, linear 2, mse", 2);
     check_precisions("input 2x5x5, conv 3 s2, bn, relu, maxpool, flatten, linear 3, xent", 3);
     check_precisions("input 2x4x4, conv 3, relu, avgpool, linear 2, mse", 1);
+    check_precisions("input 3x4x4, bn, conv 2, avgpool, bn, linear 2, mse", 3);
+    check_precisions("input 2x3x4, conv 3 s2, flatten, bn, relu, linear 2, xent", 4);
 }
 
 static void test_float_agrees_with_double_on_networks(void **state) {
@@ -123,6 +125,8 @@ typedef struct {
 static const conv_shape CONV_SHAPES[] = {
     {2, 3, 5, 4, 2, 1}, {2, 3, 5, 4, 2, 2}, {1, 1, 1, 1, 3, 1}, {1, 2, 1, 5, 2, 2}, {3, 4, 7, 5, 3, 2},
     {2, 1, 28, 28, 8, 2}, {2, 16, 7, 7, 16, 2}, {1, 5, 6, 9, 7, 1},
+    /* planes above src/nn/conv.c's TAP_TABLE_MAX outputs take the row-by-row path */
+    {2, 2, 40, 33, 3, 1}, {2, 2, 70, 66, 3, 2}, {1, 1, 65, 63, 2, 2},
 };
 
 static void test_conv_forward_matches_reference(void **state) {
@@ -130,7 +134,7 @@ static void test_conv_forward_matches_reference(void **state) {
         conv_shape s = CONV_SHAPES[k];
         int Ho = (s.H - 1) / s.stride + 1, Wo = (s.W - 1) / s.stride + 1;
         size_t nx = (size_t)s.B * s.C * s.H * s.W, nw = (size_t)s.O * s.C * 9, ny = (size_t)s.B * s.O * Ho * Wo;
-        size_t ncol = (size_t)s.B * s.C * 9 * Ho * Wo + ny; /* col (C·9, B·P), then (O, B·P) scratch */
+        size_t ncol = (size_t)s.B * s.C * 9 * Ho * Wo; /* col (C·9, B·P) */
         double *x = xcalloc(nx, sizeof(double)), *w = xcalloc(nw, sizeof(double));
         double *b = xcalloc((size_t)s.O, sizeof(double)), *col = xcalloc(ncol, sizeof(double));
         double *y = xcalloc(ny, sizeof(double)), *yr = xcalloc(ny, sizeof(double));
@@ -146,9 +150,9 @@ static void test_conv_forward_matches_reference(void **state) {
         /* NaN-fill the outputs: every entry must be written. */
         for (size_t i = 0; i < ny; i++) y[i] = yf[i] = NAN;
 
-        mt_nn_conv_forward_f64(y, col, col + (ncol - ny), x, w, b, s.B, s.C, s.H, s.W, s.O, s.stride);
+        mt_nn_conv_forward_f64(y, col, x, w, b, s.B, s.C, s.H, s.W, s.O, s.stride);
         mt_nn_conv_forward_reference_f64(yr, x, w, b, s.B, s.C, s.H, s.W, s.O, s.stride);
-        mt_nn_conv_forward(yf, colf, colf + (ncol - ny), xf, wf, bf, s.B, s.C, s.H, s.W, s.O, s.stride);
+        mt_nn_conv_forward(yf, colf, xf, wf, bf, s.B, s.C, s.H, s.W, s.O, s.stride);
         mt_nn_conv_forward_reference(yrf, xf, wf, bf, s.B, s.C, s.H, s.W, s.O, s.stride);
         double e64 = fd_rel_err(y, yr, ny), e32 = 0, n32 = 0;
         for (size_t i = 0; i < ny; i++) e32 += ((double)yf[i] - yrf[i]) * ((double)yf[i] - yrf[i]), n32 += (double)yrf[i] * yrf[i];
@@ -177,6 +181,72 @@ static void test_conv_reference_by_hand(void **state) {
     assert_true(y[1] == 2 + 3 + 5 + 6 + 0.5);
     assert_true(y[2] == 4 + 5 + 7 + 8 + 0.5);
     assert_true(y[3] == 5 + 6 + 8 + 9 + 0.5);
+}
+
+/* ---- Batch layouts ----
+ * Gradient checks cannot see a layout mix-up (a consistently wrong network has consistent
+ * derivatives), so the layouts are checked by what they must preserve. Without batch norm each
+ * sample's output depends on that sample alone: a batch's loss, gradient and HVP are the means
+ * of the per-sample ones, computed at batch 1 where every layout is the same. With batch norm
+ * the samples couple, but reordering the batch must change nothing. */
+
+/* Loss, gradient and HVP of samples [first, first + n) of (x, y, labels), in double. */
+static double pass(mt_nn_ws_f64 *ws, const mt_nn_net *net, const double *params, const double *dir,
+                   const double *x, const double *y, const int32_t *labels, int first, int n,
+                   double *grad, double *hv) {
+    mt_nn_batch_f64 b = {.x = x + (size_t)first * net->in_size, .y = y + (size_t)first * net->out_size,
+                         .labels = labels + first, .n = n};
+    return mt_nn_hvp_f64(ws, params, &b, dir, grad, hv);
+}
+
+static void check_layout(const char *spec, int n, int coupled) {
+    mt_nn_net net;
+    if (mt_nn_parse(&net, spec, "test") != MT_OK) fail_msg("%s: %s", spec, mt_error_message());
+    size_t np = net.n_params, nx = (size_t)n * net.in_size, ny = (size_t)n * net.out_size;
+    mt_nn_ws_f64 *ws;
+    assert_int_equal(mt_nn_ws_create_f64(&ws, &net, n), MT_OK);
+    double *p = xcalloc(np, sizeof(double)), *d = xcalloc(np, sizeof(double));
+    double *g = xcalloc(np, sizeof(double)), *h = xcalloc(np, sizeof(double));
+    double *g1 = xcalloc(np, sizeof(double)), *h1 = xcalloc(np, sizeof(double));
+    double *gsum = xcalloc(np, sizeof(double)), *hsum = xcalloc(np, sizeof(double));
+    double *x = xcalloc(nx, sizeof(double)), *y = xcalloc(ny, sizeof(double));
+    double *xr = xcalloc(nx, sizeof(double)), *yr = xcalloc(ny, sizeof(double));
+    int32_t *labels = xcalloc((size_t)n, sizeof(int32_t)), *lr = xcalloc((size_t)n, sizeof(int32_t));
+    fd_random_params(&net, 3, p);
+    fd_random_batch(&net, n, 3, x, y, labels);
+    fd_fill_direction(d, np, 3, 9);
+    double loss = pass(ws, &net, p, d, x, y, labels, 0, n, g, h), want = 0;
+    if (!coupled) { /* the mean of the per-sample passes */
+        for (int i = 0; i < n; i++) {
+            want += pass(ws, &net, p, d, x, y, labels, i, 1, g1, h1) / n;
+            for (size_t j = 0; j < np; j++) gsum[j] += g1[j] / n, hsum[j] += h1[j] / n;
+        }
+    } else { /* the same batch rotated by one (a reversal can map a wrong stride onto itself) */
+        for (int i = 0; i < n; i++) {
+            memcpy(xr + (size_t)i * net.in_size, x + (size_t)((i + 1) % n) * net.in_size, net.in_size * sizeof *x);
+            memcpy(yr + (size_t)i * net.out_size, y + (size_t)((i + 1) % n) * net.out_size, net.out_size * sizeof *y);
+            lr[i] = labels[(i + 1) % n];
+        }
+        want = pass(ws, &net, p, d, xr, yr, lr, 0, n, gsum, hsum);
+    }
+    double e_loss = fd_rel_err_scalar(loss, want), e_grad = fd_rel_err(g, gsum, np), e_hvp = fd_rel_err(h, hsum, np);
+    if (!(e_loss <= 1e-12 && e_grad <= 1e-12 && e_hvp <= 1e-12))
+        fail_msg("%s (batch %d, %s): loss %.3e, gradient %.3e, HVP %.3e", spec, n,
+                 coupled ? "rotated batch" : "per-sample passes", e_loss, e_grad, e_hvp);
+    mt_nn_ws_free_f64(ws);
+    void *buffers[] = {p, d, g, h, g1, h1, gsum, hsum, x, y, xr, yr, labels, lr};
+    for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) free(buffers[i]);
+}
+
+static void test_batch_layouts_keep_samples_apart(void **state) {
+    check_layout("input 3x5x4, conv 2, relu, conv 3 s2, flatten, linear 3, xent", 4, 0);
+    check_layout("input 2x4x4, relu, conv 2, maxpool, mse", 3, 0);
+    check_layout("input 2x5x3, conv 3, avgpool, linear 2, xent", 3, 0);
+    check_layout("input 3x3x3, conv 4 s2, mse", 2, 0);
+    check_layout("input 1x28x28, conv 8 s2, relu, conv 8 s2, relu, flatten, linear 5, xent", 5, 0);
+    check_layout("input 3x4x4, bn, conv 2, avgpool, bn, linear 2, mse", 3, 1);
+    check_layout("input 2x3x4, conv 3 s2, flatten, bn, relu, linear 2, xent", 4, 1);
+    check_layout("input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, flatten, linear 5, xent", 5, 1);
 }
 
 /* ---- Spec parser ---- */
@@ -293,6 +363,7 @@ int main(void) {
         cmocka_unit_test(test_float_agrees_with_double_on_layers),
         cmocka_unit_test(test_float_agrees_with_double_on_networks),
         cmocka_unit_test(test_conv_forward_matches_reference),
+        cmocka_unit_test(test_batch_layouts_keep_samples_apart),
         cmocka_unit_test(test_conv_reference_by_hand),
         cmocka_unit_test(test_parse_rejects_bad_specs),
         cmocka_unit_test(test_parse_fourconv_layout),

@@ -294,6 +294,19 @@ static void test_conv_matches_fd(void **state) {
     check_net("input 3x5x4, conv 2, relu, conv 3 s2, mse", 1, &FULL);
     check_net("input 2x7x5, conv 3 s2, conv 2 s1, flatten, linear 3, xent", 3, &FULL);
     check_net("input 1x4x6, conv 2 s2, relu, conv 2 s2, flatten, linear 2, xent", 1, &FULL);
+    /* planes of more than 1,024 outputs: im2col and its adjoint row by row (src/nn/conv.c) */
+    check_net("input 1x33x34, conv 2, relu, conv 2, avgpool, linear 2, mse", 2, &FULL);
+    check_net("input 2x66x65, conv 2 s2, relu, conv 2, avgpool, linear 2, mse", 1, &FULL);
+}
+
+/* Image layers run channel-major, feature layers batch-major (src/nn/net.c): every crossing. A
+ * multi-channel input is reordered on the way in; batch norm right on the input, after flatten
+ * (features, strided), after avgpool (channels, S = 1); a net whose loss reads an image layer. */
+static void test_layout_crossings_match_fd(void **state) {
+    check_net("input 3x4x4, bn, conv 2, avgpool, bn, linear 2, mse", 3, &FULL);
+    check_net("input 2x3x4, conv 3 s2, flatten, bn, relu, linear 2, xent", 4, &FULL);
+    check_net("input 2x4x4, relu, conv 2, maxpool, mse", 3, &FULL);
+    check_net("input 3x2x2, conv 2, flatten, linear 3, bn, linear 2, mse", 2, &FULL);
 }
 
 /* Batch statistics couple the samples: the R-backward has true second-order terms here. Batch 1
@@ -401,6 +414,7 @@ int main(void) {
         cmocka_unit_test(test_linear_matches_fd),
         cmocka_unit_test(test_relu_matches_fd),
         cmocka_unit_test(test_conv_matches_fd),
+        cmocka_unit_test(test_layout_crossings_match_fd),
         cmocka_unit_test(test_batchnorm_matches_fd),
         cmocka_unit_test(test_maxpool_matches_fd),
         cmocka_unit_test(test_avgpool_matches_fd),

@@ -67,6 +67,8 @@ typedef struct {
     size_t n_params;
     int n_batchnorm, n_maxpool;
     int n_param_layers; /* layers that hold parameters */
+    int n_image_layers; /* layers 0 … n−1 take images, held channel-major (C,B,H,W) so that a
+                           convolution is one GEMM; the layers after take features (B,D) */
     char spec[512];
 } mt_nn_net;
 

@@ -14,11 +14,13 @@ typedef struct {
 typedef struct {
     const mt_nn_net *net;
     int max_batch;
-    MT_REAL *act[MT_NN_MAX_LAYERS + 1];  /* act[l+1] (B, out_size of l); act[0] is the batch's x */
+    MT_REAL *act[MT_NN_MAX_LAYERS + 1];  /* act[l+1]: layer l's output (layouts: net.c); act[0] the input */
     MT_REAL *ract[MT_NN_MAX_LAYERS + 1]; /* R-forward of act; ract[0] is NULL (x ignores θ) */
     MT_REAL *delta[2], *rdelta[2];       /* ping-pong gradients w.r.t. activations */
     MT_REAL *col[MT_NN_MAX_LAYERS], *rcol[MT_NN_MAX_LAYERS]; /* per conv layer, (C·9, B·P) */
-    MT_REAL *dcol, *tmp, *tmp2;          /* conv scratch: (C·9, B·P) and 2 × (O, B·P) at the widest */
+    MT_REAL *dcol;                       /* conv scratch: (C·9, B·P) at the widest */
+    MT_REAL *input_cm;                   /* the batch's x channel-major, when images have C > 1 */
+    MT_REAL *flat, *rflat;               /* the last image layer's output and R-output, batch-major */
     MT_REAL *bn_stats;                   /* per BN layer: mean, inv_std, r_shift (3 C each) */
     size_t bn_stats_offset[MT_NN_MAX_LAYERS];
     int32_t *pool_argmax;                /* per max-pool layer: input index of each output */
@@ -33,7 +35,7 @@ void MT_(mt_nn_ws_free)(MT_(mt_nn_ws) *ws);
  * counter-based RNG keyed by seed: every rank builds the same parameters. */
 void MT_(mt_nn_init_params)(const mt_nn_net *net, uint64_t seed, MT_REAL *params);
 
-/* Forward pass and loss. The outputs stay in ws->act[net->n_layers]. */
+/* Forward pass and loss. */
 double MT_(mt_nn_loss)(MT_(mt_nn_ws) *ws, const MT_REAL *params, const MT_(mt_nn_batch) *batch);
 
 /* Loss and its gradient: grad (n_params) is overwritten. */
@@ -70,40 +72,42 @@ void MT_(mt_nn_linear_rbackward)(MT_REAL *rdx, MT_REAL *rdW, MT_REAL *rdb, const
 void MT_(mt_nn_relu_forward)(MT_REAL *y, const MT_REAL *x, size_t n);
 void MT_(mt_nn_relu_backward)(MT_REAL *dx, const MT_REAL *dy, const MT_REAL *y, size_t n);
 
-/* Conv 3x3, padding 1: y (B,O,Ho,Wo) = W (O,C,3,3) * x (B,C,H,W) + b (O), one GEMM per pass over
- * the batch. col (C·9, B·Ho·Wo) receives the receptive fields, which the backward passes reuse;
- * rcol likewise for Rx. dcol is (C·9, B·Ho·Wo) scratch; tmp and tmp2 are (O, B·Ho·Wo) scratch. */
-void MT_(mt_nn_conv_forward)(MT_REAL *y, MT_REAL *col, MT_REAL *tmp, const MT_REAL *x, const MT_REAL *W,
+/* Conv 3x3, padding 1, on channel-major activations: y (O,B,Ho,Wo) = W (O,C,3,3) * x (C,B,H,W)
+ * + b (O), one GEMM per pass over the batch. col (C·9, B·Ho·Wo) receives the receptive fields,
+ * which the backward passes reuse; rcol likewise for Rx. dcol is (C·9, B·Ho·Wo) scratch. */
+void MT_(mt_nn_conv_forward)(MT_REAL *y, MT_REAL *col, const MT_REAL *x, const MT_REAL *W,
                              const MT_REAL *b, int B, int C, int H, int Wd, int O, int stride);
 void MT_(mt_nn_conv_backward)(MT_REAL *dx, MT_REAL *dW, MT_REAL *db, const MT_REAL *dy,
-                              const MT_REAL *col, const MT_REAL *W, MT_REAL *dcol, MT_REAL *tmp,
-                              int B, int C, int H, int Wd, int O, int stride);
-void MT_(mt_nn_conv_rforward)(MT_REAL *ry, MT_REAL *rcol, MT_REAL *tmp, const MT_REAL *col,
-                              const MT_REAL *rx, const MT_REAL *W, const MT_REAL *U, const MT_REAL *c,
-                              int B, int C, int H, int Wd, int O, int stride);
+                              const MT_REAL *col, const MT_REAL *W, MT_REAL *dcol, int B, int C,
+                              int H, int Wd, int O, int stride);
+void MT_(mt_nn_conv_rforward)(MT_REAL *ry, MT_REAL *rcol, const MT_REAL *col, const MT_REAL *rx,
+                              const MT_REAL *W, const MT_REAL *U, const MT_REAL *c, int B, int C,
+                              int H, int Wd, int O, int stride);
 void MT_(mt_nn_conv_rbackward)(MT_REAL *rdx, MT_REAL *rdW, MT_REAL *rdb, const MT_REAL *dy,
                                const MT_REAL *rdy, const MT_REAL *col, const MT_REAL *rcol,
-                               const MT_REAL *W, const MT_REAL *U, MT_REAL *dcol, MT_REAL *tmp,
-                               MT_REAL *tmp2, int B, int C, int H, int Wd, int O, int stride);
-/* The slow, obvious convolution the fast one is tested against. */
+                               const MT_REAL *W, const MT_REAL *U, MT_REAL *dcol, int B, int C,
+                               int H, int Wd, int O, int stride);
+/* The slow, obvious convolution the fast one is tested against (same layouts). */
 void MT_(mt_nn_conv_forward_reference)(MT_REAL *y, const MT_REAL *x, const MT_REAL *W,
                                        const MT_REAL *b, int B, int C, int H, int Wd, int O,
                                        int stride);
 
-/* Batch norm over (B, S) per channel, S = H·W: y = γ x̂ + β with batch mean and variance.
+/* Batch norm per channel over its M entries: y = γ x̂ + β with batch mean and variance.
+ * Channel c's entry m is at c·cs + m·ms: (cs, ms) = (M, 1) for channel-major activations
+ * (C, B·S), (1, C) for features (B, C) after a linear layer.
  * stats (3C) receives mean, 1/σ and, after R-forward, s = mean(x̂ · (Rx − Rμ)/σ) = Rσ/σ. */
 void MT_(mt_nn_bn_forward)(MT_REAL *y, MT_REAL *stats, const MT_REAL *x, const MT_REAL *gamma,
-                           const MT_REAL *beta, int B, int C, int S);
+                           const MT_REAL *beta, int C, int M, size_t cs, size_t ms);
 void MT_(mt_nn_bn_backward)(MT_REAL *dx, MT_REAL *dgamma, MT_REAL *dbeta, const MT_REAL *dy,
-                            const MT_REAL *x, const MT_REAL *stats, const MT_REAL *gamma, int B,
-                            int C, int S);
+                            const MT_REAL *x, const MT_REAL *stats, const MT_REAL *gamma, int C,
+                            int M, size_t cs, size_t ms);
 void MT_(mt_nn_bn_rforward)(MT_REAL *ry, MT_REAL *stats, const MT_REAL *x, const MT_REAL *rx,
                             const MT_REAL *gamma, const MT_REAL *rgamma, const MT_REAL *rbeta,
-                            int B, int C, int S);
+                            int C, int M, size_t cs, size_t ms);
 void MT_(mt_nn_bn_rbackward)(MT_REAL *rdx, MT_REAL *rdgamma, MT_REAL *rdbeta, const MT_REAL *dy,
                              const MT_REAL *rdy, const MT_REAL *x, const MT_REAL *rx,
                              const MT_REAL *stats, const MT_REAL *gamma, const MT_REAL *rgamma,
-                             int B, int C, int S);
+                             int C, int M, size_t cs, size_t ms);
 
 /* 2x2 max-pool, stride 2: y (B,C,H/2,W/2); argmax holds each output's input index. */
 void MT_(mt_nn_maxpool_forward)(MT_REAL *y, int32_t *argmax, const MT_REAL *x, int B, int C, int H,

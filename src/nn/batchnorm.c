@@ -1,5 +1,5 @@
 /* Batch norm with the batch's own statistics (as MAML uses it: no running averages).
- * Per channel c over the M = B·S entries x of that channel:
+ * Per channel c over its M entries x:
  *   μ = mean(x), σ = sqrt(var(x) + ε), x̂ = (x − μ)/σ, y = γ x̂ + β.
  * R-forward (directional derivative along (Rγ, Rβ) and input Rx):
  *   z = (Rx − mean(Rx))/σ,  s = mean(x̂ z) = Rσ/σ,  Rx̂ = z − x̂ s,  Ry = Rγ x̂ + γ Rx̂ + Rβ.
@@ -8,124 +8,162 @@
  * R-backward differentiates each factor:
  *   Rg = (Rγ − γ s)/σ,  Ra = mean(Rdy),  Rb = mean(Rdy x̂ + dy Rx̂),
  *   Rdx = Rg (dy − a − x̂ b) + g (Rdy − Ra − Rx̂ b − x̂ Rb),  Rdγ = M Rb,  Rdβ = M Ra.
- * stats (3C) = [μ, 1/σ, s]. Sums run in double: M can reach tens of thousands. */
+ * stats (3C) = [μ, 1/σ, s].
+ *
+ * Channel c's entry m is at c·cs + m·ms (nn_tmpl.h). Elementwise work runs in the working
+ * precision; the sums run in double (M reaches tens of thousands) with eight partial sums, so
+ * they vectorize. Each routine is written once as an inline body and instantiated for ms = 1
+ * (channel-major activations, contiguous: the hot case) and any ms. */
 #include "metatrain/nn.h"
 #include "core/precision.h"
 
 #include <math.h>
 
-#define AT(arr, n, c, s) (arr)[((size_t)(n) * C + (c)) * S + (s)]
+#define AT(arr, m) (arr)[(size_t)(m) * ms]
 
-void MT_(mt_nn_bn_forward)(mt_real *y, mt_real *stats, const mt_real *x, const mt_real *gamma,
-                           const mt_real *beta, int B, int C, int S) {
-    double M = (double)B * S;
+/* result = Σ_m expr, where expr may use m. */
+#define SUM(result, expr)                                                                        \
+    do {                                                                                         \
+        double part_[8] = {0}, total_;                                                           \
+        int m0_ = 0;                                                                             \
+        for (; m0_ + 8 <= M; m0_ += 8)                                                           \
+            for (int l_ = 0; l_ < 8; l_++) {                                                     \
+                int m = m0_ + l_;                                                                \
+                part_[l_] += (double)(expr);                                                     \
+            }                                                                                    \
+        total_ = ((part_[0] + part_[1]) + (part_[2] + part_[3])) + ((part_[4] + part_[5]) + (part_[6] + part_[7])); \
+        for (int m = m0_; m < M; m++) total_ += (double)(expr);                                 \
+        (result) = total_;                                                                       \
+    } while (0)
+
+/* Instantiates the contiguous and the strided version of body(…, ms). */
+#define BOTH_STRIDES(call_contiguous, call_strided) \
+    do {                                            \
+        if (ms == 1) call_contiguous;               \
+        else call_strided;                          \
+    } while (0)
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE void bn_forward_body(mt_real *y, mt_real *stats, const mt_real *x, const mt_real *gamma,
+                            const mt_real *beta, int C, int M, size_t cs, size_t ms) {
     for (int c = 0; c < C; c++) {
-        double sum = 0, sq = 0;
-        for (int n = 0; n < B; n++)
-            for (int s = 0; s < S; s++) sum += AT(x, n, c, s);
+        const mt_real *xc = x + (size_t)c * cs;
+        mt_real *yc = y + (size_t)c * cs;
+        double sum, sq;
+        SUM(sum, AT(xc, m));
         double mean = sum / M;
-        for (int n = 0; n < B; n++)
-            for (int s = 0; s < S; s++) {
-                double d = AT(x, n, c, s) - mean;
-                sq += d * d;
-            }
+        SUM(sq, (AT(xc, m) - mean) * (AT(xc, m) - mean));
         double inv = 1.0 / sqrt(sq / M + MT_NN_BN_EPS);
         stats[c] = (mt_real)mean;
         stats[C + c] = (mt_real)inv;
-        for (int n = 0; n < B; n++)
-            for (int s = 0; s < S; s++)
-                AT(y, n, c, s) = (mt_real)(gamma[c] * (AT(x, n, c, s) - mean) * inv + beta[c]);
+        mt_real scale = (mt_real)(gamma[c] * inv), shift = (mt_real)(beta[c] - gamma[c] * inv * mean);
+        for (int m = 0; m < M; m++) AT(yc, m) = AT(xc, m) * scale + shift;
     }
 }
 
-void MT_(mt_nn_bn_backward)(mt_real *dx, mt_real *dgamma, mt_real *dbeta, const mt_real *dy,
-                            const mt_real *x, const mt_real *stats, const mt_real *gamma, int B,
-                            int C, int S) {
-    double M = (double)B * S;
+MT_KERNEL void MT_(mt_nn_bn_forward)(mt_real *y, mt_real *stats, const mt_real *x, const mt_real *gamma,
+                                     const mt_real *beta, int C, int M, size_t cs, size_t ms) {
+    BOTH_STRIDES(bn_forward_body(y, stats, x, gamma, beta, C, M, cs, 1),
+                 bn_forward_body(y, stats, x, gamma, beta, C, M, cs, ms));
+}
+
+INLINE void bn_backward_body(mt_real *dx, mt_real *dgamma, mt_real *dbeta, const mt_real *dy,
+                             const mt_real *x, const mt_real *stats, const mt_real *gamma, int C, int M,
+                             size_t cs, size_t ms) {
     for (int c = 0; c < C; c++) {
-        double mean = stats[c], inv = stats[C + c], sum_dy = 0, sum_dy_xhat = 0;
-        for (int n = 0; n < B; n++)
-            for (int s = 0; s < S; s++) {
-                double xhat = (AT(x, n, c, s) - mean) * inv;
-                sum_dy += AT(dy, n, c, s);
-                sum_dy_xhat += AT(dy, n, c, s) * xhat;
-            }
+        const mt_real *xc = x + (size_t)c * cs, *dyc = dy + (size_t)c * cs;
+        mt_real mean = stats[c], inv = stats[C + c];
+        double sum_dy, sum_dy_xhat;
+        SUM(sum_dy, AT(dyc, m));
+        SUM(sum_dy_xhat, AT(dyc, m) * ((AT(xc, m) - mean) * inv));
         dgamma[c] += (mt_real)sum_dy_xhat;
         dbeta[c] += (mt_real)sum_dy;
         if (!dx) continue;
-        double a = sum_dy / M, b = sum_dy_xhat / M, g = gamma[c] * inv;
-        for (int n = 0; n < B; n++)
-            for (int s = 0; s < S; s++) {
-                double xhat = (AT(x, n, c, s) - mean) * inv;
-                AT(dx, n, c, s) = (mt_real)(g * (AT(dy, n, c, s) - a - xhat * b));
-            }
+        mt_real *dxc = dx + (size_t)c * cs;
+        mt_real a = (mt_real)(sum_dy / M), b = (mt_real)(sum_dy_xhat / M), g = gamma[c] * inv;
+        for (int m = 0; m < M; m++) AT(dxc, m) = g * (AT(dyc, m) - a - (AT(xc, m) - mean) * inv * b);
     }
 }
 
-static double channel_mean(const mt_real *v, int c, int B, int C, int S) {
-    double sum = 0;
-    for (int n = 0; n < B; n++)
-        for (int s = 0; s < S; s++) sum += AT(v, n, c, s);
-    return sum / ((double)B * S);
+MT_KERNEL void MT_(mt_nn_bn_backward)(mt_real *dx, mt_real *dgamma, mt_real *dbeta, const mt_real *dy,
+                                      const mt_real *x, const mt_real *stats, const mt_real *gamma, int C,
+                                      int M, size_t cs, size_t ms) {
+    BOTH_STRIDES(bn_backward_body(dx, dgamma, dbeta, dy, x, stats, gamma, C, M, cs, 1),
+                 bn_backward_body(dx, dgamma, dbeta, dy, x, stats, gamma, C, M, cs, ms));
 }
 
-void MT_(mt_nn_bn_rforward)(mt_real *ry, mt_real *stats, const mt_real *x, const mt_real *rx,
-                            const mt_real *gamma, const mt_real *rgamma, const mt_real *rbeta,
-                            int B, int C, int S) {
+INLINE void bn_rforward_body(mt_real *ry, mt_real *stats, const mt_real *x, const mt_real *rx,
+                             const mt_real *gamma, const mt_real *rgamma, const mt_real *rbeta, int C,
+                             int M, size_t cs, size_t ms) {
     for (int c = 0; c < C; c++) {
-        double mean = stats[c], inv = stats[C + c], s_c = 0;
-        if (rx) {
-            double rmean = channel_mean(rx, c, B, C, S), sum = 0;
-            for (int n = 0; n < B; n++)
-                for (int s = 0; s < S; s++)
-                    sum += (AT(x, n, c, s) - mean) * inv * (AT(rx, n, c, s) - rmean) * inv;
-            s_c = sum / ((double)B * S);
+        const mt_real *xc = x + (size_t)c * cs, *rxc = rx ? rx + (size_t)c * cs : NULL;
+        mt_real *ryc = ry + (size_t)c * cs;
+        mt_real mean = stats[c], inv = stats[C + c], rg = rgamma[c], gm = gamma[c], rb = rbeta[c];
+        if (!rxc) { /* Rx̂ = 0 */
+            stats[2 * C + c] = 0;
+            for (int m = 0; m < M; m++) AT(ryc, m) = rg * ((AT(xc, m) - mean) * inv) + rb;
+            continue;
         }
-        stats[2 * C + c] = (mt_real)s_c;
-        double rmean = rx ? channel_mean(rx, c, B, C, S) : 0;
-        for (int n = 0; n < B; n++)
-            for (int s = 0; s < S; s++) {
-                double xhat = (AT(x, n, c, s) - mean) * inv;
-                double z = rx ? (AT(rx, n, c, s) - rmean) * inv : 0;
-                double rxhat = z - xhat * s_c;
-                AT(ry, n, c, s) = (mt_real)(rgamma[c] * xhat + gamma[c] * rxhat + rbeta[c]);
-            }
+        double rsum, cross;
+        SUM(rsum, AT(rxc, m));
+        mt_real rmean = (mt_real)(rsum / M);
+        SUM(cross, ((AT(xc, m) - mean) * inv) * ((AT(rxc, m) - rmean) * inv));
+        mt_real s_c = (mt_real)(cross / M);
+        stats[2 * C + c] = s_c;
+        for (int m = 0; m < M; m++) {
+            mt_real xhat = (AT(xc, m) - mean) * inv, z = (AT(rxc, m) - rmean) * inv;
+            AT(ryc, m) = rg * xhat + gm * (z - xhat * s_c) + rb;
+        }
     }
 }
 
-void MT_(mt_nn_bn_rbackward)(mt_real *rdx, mt_real *rdgamma, mt_real *rdbeta, const mt_real *dy,
-                             const mt_real *rdy, const mt_real *x, const mt_real *rx,
-                             const mt_real *stats, const mt_real *gamma, const mt_real *rgamma,
-                             int B, int C, int S) {
-    double M = (double)B * S;
+MT_KERNEL void MT_(mt_nn_bn_rforward)(mt_real *ry, mt_real *stats, const mt_real *x, const mt_real *rx,
+                                      const mt_real *gamma, const mt_real *rgamma, const mt_real *rbeta,
+                                      int C, int M, size_t cs, size_t ms) {
+    BOTH_STRIDES(bn_rforward_body(ry, stats, x, rx, gamma, rgamma, rbeta, C, M, cs, 1),
+                 bn_rforward_body(ry, stats, x, rx, gamma, rgamma, rbeta, C, M, cs, ms));
+}
+
+INLINE void bn_rbackward_body(mt_real *rdx, mt_real *rdgamma, mt_real *rdbeta, const mt_real *dy,
+                              const mt_real *rdy, const mt_real *x, const mt_real *rx, const mt_real *stats,
+                              const mt_real *gamma, const mt_real *rgamma, int C, int M, size_t cs,
+                              size_t ms) {
     for (int c = 0; c < C; c++) {
-        double mean = stats[c], inv = stats[C + c], s_c = stats[2 * C + c];
-        double rmean = rx ? channel_mean(rx, c, B, C, S) : 0;
-        double sum_dy = 0, sum_dy_xhat = 0, sum_rdy = 0, sum_rb = 0;
-        for (int n = 0; n < B; n++)
-            for (int s = 0; s < S; s++) {
-                double xhat = (AT(x, n, c, s) - mean) * inv;
-                double z = rx ? (AT(rx, n, c, s) - rmean) * inv : 0;
-                double rxhat = z - xhat * s_c;
-                double d = AT(dy, n, c, s), rd = AT(rdy, n, c, s);
-                sum_dy += d;
-                sum_dy_xhat += d * xhat;
-                sum_rdy += rd;
-                sum_rb += rd * xhat + d * rxhat;
-            }
+        size_t off = (size_t)c * cs;
+        const mt_real *xc = x + off, *dyc = dy + off, *rdyc = rdy + off;
+        mt_real mean = stats[c], inv = stats[C + c], s_c = stats[2 * C + c], rmean = 0;
+        if (rx) {
+            double rsum;
+            SUM(rsum, AT(rx + off, m));
+            rmean = (mt_real)(rsum / M);
+        }
+        /* Rx̂ = z − x̂ s with z = 0 when x ignores θ */
+#define XHAT(m) ((AT(xc, m) - mean) * inv)
+#define RXHAT(m) ((rx ? (AT(rx + off, m) - rmean) * inv : 0) - XHAT(m) * s_c)
+        double sum_dy, sum_dy_xhat, sum_rdy, sum_rb;
+        SUM(sum_dy, AT(dyc, m));
+        SUM(sum_dy_xhat, AT(dyc, m) * XHAT(m));
+        SUM(sum_rdy, AT(rdyc, m));
+        SUM(sum_rb, AT(rdyc, m) * XHAT(m) + AT(dyc, m) * RXHAT(m));
         rdgamma[c] += (mt_real)sum_rb;
         rdbeta[c] += (mt_real)sum_rdy;
         if (!rdx) continue;
-        double a = sum_dy / M, b = sum_dy_xhat / M, ra = sum_rdy / M, rb = sum_rb / M;
-        double g = gamma[c] * inv, rg = (rgamma[c] - gamma[c] * s_c) * inv;
-        for (int n = 0; n < B; n++)
-            for (int s = 0; s < S; s++) {
-                double xhat = (AT(x, n, c, s) - mean) * inv;
-                double z = rx ? (AT(rx, n, c, s) - rmean) * inv : 0;
-                double rxhat = z - xhat * s_c;
-                double d = AT(dy, n, c, s), rd = AT(rdy, n, c, s);
-                AT(rdx, n, c, s) =
-                    (mt_real)(rg * (d - a - xhat * b) + g * (rd - ra - rxhat * b - xhat * rb));
-            }
+        mt_real *rdxc = rdx + off;
+        mt_real a = (mt_real)(sum_dy / M), b = (mt_real)(sum_dy_xhat / M);
+        mt_real ra = (mt_real)(sum_rdy / M), rb = (mt_real)(sum_rb / M);
+        mt_real g = gamma[c] * inv, rg = (rgamma[c] - gamma[c] * s_c) * inv;
+        for (int m = 0; m < M; m++)
+            AT(rdxc, m) = rg * (AT(dyc, m) - a - XHAT(m) * b) + g * (AT(rdyc, m) - ra - RXHAT(m) * b - XHAT(m) * rb);
+#undef XHAT
+#undef RXHAT
     }
+}
+
+MT_KERNEL void MT_(mt_nn_bn_rbackward)(mt_real *rdx, mt_real *rdgamma, mt_real *rdbeta, const mt_real *dy,
+                                       const mt_real *rdy, const mt_real *x, const mt_real *rx,
+                                       const mt_real *stats, const mt_real *gamma, const mt_real *rgamma,
+                                       int C, int M, size_t cs, size_t ms) {
+    BOTH_STRIDES(bn_rbackward_body(rdx, rdgamma, rdbeta, dy, rdy, x, rx, stats, gamma, rgamma, C, M, cs, 1),
+                 bn_rbackward_body(rdx, rdgamma, rdbeta, dy, rdy, x, rx, stats, gamma, rgamma, C, M, cs, ms));
 }

@@ -1,12 +1,13 @@
 /* 3x3 convolution with padding 1 and stride 1 or 2, as im2col plus one GEMM per pass for the
- * whole batch (per-sample products are too thin to run near the GEMM ceiling):
+ * whole batch (per-sample products are too thin to run near the GEMM ceiling). Activations are
+ * channel-major, x (C,B,H,W) and y (O,B,Ho,Wo), so the GEMM's output is y itself:
  *   col (K, B·P) holds every sample's receptive fields, K = C·9, P = Ho·Wo;
- *   Y (O, B·P) = W (O,K) · col, then y (B,O,P) = Y transposed per sample, plus b.
- * Forward leaves col (and R-forward rcol) in the workspace for the backward passes; tmp and tmp2
- * (O, B·P each) hold the batch-major copies of y-shaped arrays. */
+ *   y (O, B·P) = W (O,K) · col + b.
+ * Forward leaves col (and R-forward rcol) in the workspace for the backward passes. */
 #include "metatrain/nn.h"
 #include "core/precision.h"
 
+#include <stdint.h>
 #include <string.h>
 
 static inline int out_size(int n, int stride) { return (n - 1) / stride + 1; }
@@ -18,10 +19,39 @@ static void valid_columns(int Wd, int Wo, int kx, int stride, int *lo, int *hi) 
     *hi = last + 1 < Wo ? last + 1 : Wo;
 }
 
+/* Small planes (the usual few-shot images after a stride or two) gather through a table of
+ * each tap's input offsets: rows of 2 to 14 outputs make per-row loops mostly overhead. Large
+ * planes copy row by row. */
+#define TAP_TABLE_MAX 1024
+
+/* tab[p] = the offset within an input plane that output p of tap (ky, kx) reads, or −1 (padding) */
+static void tap_table(int32_t *tab, int H, int Wd, int Ho, int Wo, int ky, int kx, int stride) {
+    for (int oy = 0; oy < Ho; oy++)
+        for (int ox = 0; ox < Wo; ox++) {
+            int iy = oy * stride + ky - 1, ix = ox * stride + kx - 1;
+            tab[oy * Wo + ox] = iy >= 0 && iy < H && ix >= 0 && ix < Wd ? iy * Wd + ix : -1;
+        }
+}
+
 /* col (C·9, B·P): sample n's fields in columns n·P … (n+1)·P − 1 */
 static void im2col(mt_real *col, const mt_real *x, int B, int C, int H, int Wd, int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
-    size_t BP = (size_t)B * P;
+    size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
+    if (P <= TAP_TABLE_MAX) {
+        int32_t tab[TAP_TABLE_MAX];
+        for (int k = 0; k < 9; k++) {
+            tap_table(tab, H, Wd, Ho, Wo, k / 3, k % 3, stride);
+            for (int c = 0; c < C; c++) {
+                mt_real *row = col + (size_t)(c * 9 + k) * BP;
+                for (int n = 0; n < B; n++) {
+                    const mt_real *xn = x + ((size_t)c * B + n) * HW;
+                    mt_real *out = row + (size_t)n * P;
+                    for (int p = 0; p < P; p++) out[p] = tab[p] >= 0 ? xn[tab[p]] : 0;
+                }
+            }
+        }
+        return;
+    }
     for (int c = 0; c < C; c++)
         for (int ky = 0; ky < 3; ky++)
             for (int kx = 0; kx < 3; kx++) {
@@ -29,7 +59,7 @@ static void im2col(mt_real *col, const mt_real *x, int B, int C, int H, int Wd, 
                 valid_columns(Wd, Wo, kx, stride, &lo, &hi);
                 mt_real *row = col + (size_t)((c * 3 + ky) * 3 + kx) * BP;
                 for (int n = 0; n < B; n++) {
-                    const mt_real *xc = x + ((size_t)n * C + c) * H * Wd;
+                    const mt_real *xc = x + ((size_t)c * B + n) * HW;
                     for (int oy = 0; oy < Ho; oy++) {
                         int iy = oy * stride + ky - 1;
                         mt_real *out = row + (size_t)n * P + oy * Wo;
@@ -48,11 +78,28 @@ static void im2col(mt_real *col, const mt_real *x, int B, int C, int H, int Wd, 
             }
 }
 
-/* x (B,C,H,W) = the adjoint of im2col applied to col */
+/* x (C,B,H,W) = the adjoint of im2col applied to col. Within one tap no two outputs read the
+ * same input, so each tap's scatter-add has no conflicts. */
 static void col2im(mt_real *x, const mt_real *col, int B, int C, int H, int Wd, int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
-    size_t BP = (size_t)B * P;
-    memset(x, 0, (size_t)B * C * H * Wd * sizeof *x);
+    size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
+    memset(x, 0, (size_t)B * C * HW * sizeof *x);
+    if (P <= TAP_TABLE_MAX) {
+        int32_t tab[TAP_TABLE_MAX];
+        for (int k = 0; k < 9; k++) {
+            tap_table(tab, H, Wd, Ho, Wo, k / 3, k % 3, stride);
+            for (int c = 0; c < C; c++) {
+                const mt_real *row = col + (size_t)(c * 9 + k) * BP;
+                for (int n = 0; n < B; n++) {
+                    mt_real *xn = x + ((size_t)c * B + n) * HW;
+                    const mt_real *in = row + (size_t)n * P;
+                    for (int p = 0; p < P; p++)
+                        if (tab[p] >= 0) xn[tab[p]] += in[p];
+                }
+            }
+        }
+        return;
+    }
     for (int c = 0; c < C; c++)
         for (int ky = 0; ky < 3; ky++)
             for (int kx = 0; kx < 3; kx++) {
@@ -60,7 +107,7 @@ static void col2im(mt_real *x, const mt_real *col, int B, int C, int H, int Wd, 
                 valid_columns(Wd, Wo, kx, stride, &lo, &hi);
                 const mt_real *row = col + (size_t)((c * 3 + ky) * 3 + kx) * BP;
                 for (int n = 0; n < B; n++) {
-                    mt_real *xc = x + ((size_t)n * C + c) * H * Wd;
+                    mt_real *xc = x + ((size_t)c * B + n) * HW;
                     for (int oy = 0; oy < Ho; oy++) {
                         int iy = oy * stride + ky - 1;
                         if (iy < 0 || iy >= H) continue;
@@ -72,81 +119,73 @@ static void col2im(mt_real *x, const mt_real *col, int B, int C, int H, int Wd, 
             }
 }
 
-/* y (B,O,P) = Y (O, B·P) per sample, plus b (O) */
-static void unbatch(mt_real *y, const mt_real *Y, const mt_real *b, int B, int O, int P) {
-    for (int n = 0; n < B; n++)
-        for (int o = 0; o < O; o++) {
-            const mt_real *src = Y + (size_t)o * B * P + (size_t)n * P;
-            mt_real *dst = y + ((size_t)n * O + o) * P, bias = b[o];
-            for (int p = 0; p < P; p++) dst[p] = src[p] + bias;
-        }
+/* y (O, BP) += b (O) per row */
+MT_KERNEL static void add_bias(mt_real *y, const mt_real *b, int O, size_t BP) {
+    for (int o = 0; o < O; o++)
+        for (size_t p = 0; p < BP; p++) y[(size_t)o * BP + p] += b[o];
 }
 
-/* Y (O, B·P) = y (B,O,P) batch-major */
-static void batch(mt_real *Y, const mt_real *y, int B, int O, int P) {
-    for (int n = 0; n < B; n++)
-        for (int o = 0; o < O; o++)
-            memcpy(Y + (size_t)o * B * P + (size_t)n * P, y + ((size_t)n * O + o) * P, (size_t)P * sizeof *Y);
-}
-
-static void add_row_sums(mt_real *db, const mt_real *Y, int O, size_t BP) {
+/* db (O) += Σ over each row of Y (O, BP), with eight partial sums so that it vectorizes */
+MT_KERNEL static void add_row_sums(mt_real *db, const mt_real *Y, int O, size_t BP) {
     for (int o = 0; o < O; o++) {
-        mt_real sum = 0;
-        for (size_t p = 0; p < BP; p++) sum += Y[(size_t)o * BP + p];
+        const mt_real *row = Y + (size_t)o * BP;
+        mt_real part[8] = {0};
+        size_t p = 0;
+        for (; p + 8 <= BP; p += 8)
+            for (int l = 0; l < 8; l++) part[l] += row[p + l];
+        mt_real sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+        for (; p < BP; p++) sum += row[p];
         db[o] += sum;
     }
 }
 
-/* y (B,O,Ho,Wo) = W (O,C,3,3) * x (B,C,H,W) + b (O); leaves col (C·9, B·P) */
-void MT_(mt_nn_conv_forward)(mt_real *y, mt_real *col, mt_real *tmp, const mt_real *x, const mt_real *W,
-                             const mt_real *b, int B, int C, int H, int Wd, int O, int stride) {
+/* y (O,B,Ho,Wo) = W (O,C,3,3) * x (C,B,H,W) + b (O); leaves col (C·9, B·P) */
+void MT_(mt_nn_conv_forward)(mt_real *y, mt_real *col, const mt_real *x, const mt_real *W, const mt_real *b,
+                             int B, int C, int H, int Wd, int O, int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
     im2col(col, x, B, C, H, Wd, stride);
-    mt_matmul(0, 0, O, BP, K, 1, W, col, 0, tmp);
-    unbatch(y, tmp, b, B, O, P);
+    mt_matmul(0, 0, O, BP, K, 1, W, col, 0, y);
+    add_bias(y, b, O, (size_t)BP);
 }
 
-/* dW += dY · colᵀ;  db += Σ dY;  dx = col2im(Wᵀ · dY) */
+/* dW += dy · colᵀ;  db += Σ dy;  dx = col2im(Wᵀ · dy) */
 void MT_(mt_nn_conv_backward)(mt_real *dx, mt_real *dW, mt_real *db, const mt_real *dy,
-                              const mt_real *col, const mt_real *W, mt_real *dcol, mt_real *tmp,
-                              int B, int C, int H, int Wd, int O, int stride) {
+                              const mt_real *col, const mt_real *W, mt_real *dcol, int B, int C, int H,
+                              int Wd, int O, int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
-    batch(tmp, dy, B, O, P);
-    mt_matmul(0, 1, O, K, BP, 1, tmp, col, 1, dW);
-    add_row_sums(db, tmp, O, (size_t)BP);
+    mt_matmul(0, 1, O, K, BP, 1, dy, col, 1, dW);
+    add_row_sums(db, dy, O, (size_t)BP);
     if (dx) {
-        mt_matmul(1, 0, K, BP, O, 1, W, tmp, 0, dcol);
+        mt_matmul(1, 0, K, BP, O, 1, W, dy, 0, dcol);
         col2im(dx, dcol, B, C, H, Wd, stride);
     }
 }
 
 /* Ry = U · col + W · col(Rx) + c; leaves rcol = col(Rx) when rx is given */
-void MT_(mt_nn_conv_rforward)(mt_real *ry, mt_real *rcol, mt_real *tmp, const mt_real *col, const mt_real *rx,
+void MT_(mt_nn_conv_rforward)(mt_real *ry, mt_real *rcol, const mt_real *col, const mt_real *rx,
                               const mt_real *W, const mt_real *U, const mt_real *c, int B, int C, int H,
                               int Wd, int O, int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
-    mt_matmul(0, 0, O, BP, K, 1, U, col, 0, tmp);
+    mt_matmul(0, 0, O, BP, K, 1, U, col, 0, ry);
     if (rx) {
         im2col(rcol, rx, B, C, H, Wd, stride);
-        mt_matmul(0, 0, O, BP, K, 1, W, rcol, 1, tmp);
+        mt_matmul(0, 0, O, BP, K, 1, W, rcol, 1, ry);
     }
-    unbatch(ry, tmp, c, B, O, P);
+    add_bias(ry, c, O, (size_t)BP);
 }
 
-/* R(dW) += R(dY)·colᵀ + dY·R(col)ᵀ;  R(db) += Σ R(dY);  R(dx) = col2im(Wᵀ·R(dY) + Uᵀ·dY) */
+/* R(dW) += R(dy)·colᵀ + dy·R(col)ᵀ;  R(db) += Σ R(dy);  R(dx) = col2im(Wᵀ·R(dy) + Uᵀ·dy) */
 void MT_(mt_nn_conv_rbackward)(mt_real *rdx, mt_real *rdW, mt_real *rdb, const mt_real *dy,
                                const mt_real *rdy, const mt_real *col, const mt_real *rcol,
-                               const mt_real *W, const mt_real *U, mt_real *dcol, mt_real *tmp,
-                               mt_real *tmp2, int B, int C, int H, int Wd, int O, int stride) {
+                               const mt_real *W, const mt_real *U, mt_real *dcol, int B, int C, int H,
+                               int Wd, int O, int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
-    batch(tmp, dy, B, O, P);
-    batch(tmp2, rdy, B, O, P);
-    mt_matmul(0, 1, O, K, BP, 1, tmp2, col, 1, rdW);
-    if (rcol) mt_matmul(0, 1, O, K, BP, 1, tmp, rcol, 1, rdW);
-    add_row_sums(rdb, tmp2, O, (size_t)BP);
+    mt_matmul(0, 1, O, K, BP, 1, rdy, col, 1, rdW);
+    if (rcol) mt_matmul(0, 1, O, K, BP, 1, dy, rcol, 1, rdW);
+    add_row_sums(rdb, rdy, O, (size_t)BP);
     if (rdx) {
-        mt_matmul(1, 0, K, BP, O, 1, W, tmp2, 0, dcol);
-        mt_matmul(1, 0, K, BP, O, 1, U, tmp, 1, dcol);
+        mt_matmul(1, 0, K, BP, O, 1, W, rdy, 0, dcol);
+        mt_matmul(1, 0, K, BP, O, 1, U, dy, 1, dcol);
         col2im(rdx, dcol, B, C, H, Wd, stride);
     }
 }
@@ -166,8 +205,8 @@ void MT_(mt_nn_conv_forward_reference)(mt_real *y, const mt_real *x, const mt_re
                                 int iy = oy * stride + ky - 1, ix = ox * stride + kx - 1;
                                 if (iy < 0 || iy >= H || ix < 0 || ix >= Wd) continue;
                                 sum += (double)W[((o * C + c) * 3 + ky) * 3 + kx] *
-                                       x[(((size_t)n * C + c) * H + iy) * Wd + ix];
+                                       x[(((size_t)c * B + n) * H + iy) * Wd + ix];
                             }
-                    y[(((size_t)n * O + o) * Ho + oy) * Wo + ox] = (mt_real)sum;
+                    y[(((size_t)o * B + n) * Ho + oy) * Wo + ox] = (mt_real)sum;
                 }
 }

@@ -14,8 +14,8 @@
 /* OpenBLAS routes products up to M·N·K = 10^6 (and transposed-A ones with M·N <= 1200) to its
  * small kernels: keep every such product here. */
 #define SMALL_MNK 1.0e6
-/* Largest Bᵀ (in elements) transposed on the stack: 32 KiB of floats, 64 KiB of doubles. */
-#define TRANSPOSE_MAX 8192
+/* Largest Bᵀ (in elements) transposed on the stack: 64 KiB of floats, 128 KiB of doubles. */
+#define TRANSPOSE_MAX 16384
 
 /* Vectors of 64 and 32 bytes (GCC vector extensions): one AVX-512 register, two AVX2 or four SSE
  * registers, whichever the target_clones version compiles for. Loads and stores are unaligned. */

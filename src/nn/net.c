@@ -1,5 +1,11 @@
 /* Whole-network passes over a planned workspace: loss, gradient, and Hessian-vector product by
- * forward-over-reverse. Nothing here allocates except mt_nn_ws_create. */
+ * forward-over-reverse. Nothing here allocates except mt_nn_ws_create.
+ *
+ * Layouts: the first net->n_image_layers layers hold their activations channel-major, (C,B,H,W),
+ * so a convolution over the whole batch is one GEMM whose output needs no reordering and batch
+ * norm reads each channel contiguously. The batch arrives and the loss reads batch-major, (B,D):
+ * the input is reordered on the way in (unless C = 1, where both layouts agree) and the output
+ * of the last image layer on the way out, into ws->flat; gradients cross back the same way. */
 #include "metatrain/nn.h"
 #include "metatrain/rng.h"
 #include "core/precision.h"
@@ -23,7 +29,7 @@ mt_status MT_(mt_nn_ws_create)(ws_t **out, const mt_nn_net *net, int max_batch) 
     ws->max_batch = max_batch;
 
     /* Plan: count every buffer's size, make one allocation, then point into it. */
-    size_t B = (size_t)max_batch, total = 0, widest = net->in_size, col = 0, conv_out = 0, stats = 0, ints = 0;
+    size_t B = (size_t)max_batch, total = 0, widest = net->in_size, col = 0, stats = 0, ints = 0;
     for (int l = 0; l < net->n_layers; l++) {
         const mt_nn_layer *L = &net->layers[l];
         total += 2 * B * layer_out_size(L); /* act and ract */
@@ -32,12 +38,14 @@ mt_status MT_(mt_nn_ws_create)(ws_t **out, const mt_nn_net *net, int max_batch) 
             size_t c = B * L->in_c * 9 * L->out_h * L->out_w;
             total += 2 * c; /* this layer's col and rcol */
             if (c > col) col = c;
-            if (B * layer_out_size(L) > conv_out) conv_out = B * layer_out_size(L);
         }
         if (L->kind == MT_NN_BATCHNORM) ws->bn_stats_offset[l] = stats, stats += 3 * (size_t)L->in_c;
         if (L->kind == MT_NN_MAXPOOL2) ws->pool_offset[l] = ints, ints += B * layer_out_size(L);
     }
-    total += 4 * B * widest + col + 2 * conv_out + stats;
+    int n_image = net->n_image_layers;
+    size_t input_cm = n_image > 0 && net->in_c > 1 ? B * net->in_size : 0;
+    size_t flat = n_image > 0 ? B * layer_out_size(&net->layers[n_image - 1]) : 0;
+    total += 4 * B * widest + col + stats + input_cm + 2 * flat;
     mt_real *p = ws->arena = malloc(total * sizeof(mt_real));
     ws->int_arena = malloc((ints ? ints : 1) * sizeof(int32_t));
     if (!ws->arena || !ws->int_arena) MT_THROW(MT_ERR_NOMEM, "out of memory planning a workspace");
@@ -57,8 +65,9 @@ mt_status MT_(mt_nn_ws_create)(ws_t **out, const mt_nn_net *net, int max_batch) 
         ws->rdelta[i] = p, p += B * widest;
     }
     ws->dcol = p, p += col;
-    ws->tmp = p, p += conv_out;
-    ws->tmp2 = p, p += conv_out;
+    ws->input_cm = input_cm ? p : NULL, p += input_cm;
+    ws->flat = flat ? p : NULL, p += flat;
+    ws->rflat = flat ? p : NULL, p += flat;
     ws->bn_stats = p;
     ws->pool_argmax = ws->int_arena;
     *out = ws;
@@ -93,15 +102,53 @@ void MT_(mt_nn_init_params)(const mt_nn_net *net, uint64_t seed, mt_real *params
     }
 }
 
+/* (C,B,S) → (B,C,S) */
+static void to_batch_major(mt_real *dst, const mt_real *src, int B, int C, size_t S) {
+    for (int c = 0; c < C; c++)
+        for (int n = 0; n < B; n++)
+            memcpy(dst + ((size_t)n * C + c) * S, src + ((size_t)c * B + n) * S, S * sizeof *dst);
+}
+
+/* (B,C,S) → (C,B,S) */
+static void to_channel_major(mt_real *dst, const mt_real *src, int B, int C, size_t S) {
+    for (int n = 0; n < B; n++)
+        for (int c = 0; c < C; c++)
+            memcpy(dst + ((size_t)c * B + n) * S, src + ((size_t)n * C + c) * S, S * sizeof *dst);
+}
+
+/* Layer l's input and its R-derivative: the batch-major copy for the first feature layer. */
+static const mt_real *layer_input(const ws_t *ws, int l) {
+    return l > 0 && l == ws->net->n_image_layers ? ws->flat : ws->act[l];
+}
+static const mt_real *layer_rinput(const ws_t *ws, int l) {
+    return l > 0 && l == ws->net->n_image_layers ? ws->rflat : ws->ract[l];
+}
+
+/* The network's output (B, out_size) */
+static const mt_real *net_output(const ws_t *ws) { return layer_input(ws, ws->net->n_layers); }
+static const mt_real *net_routput(const ws_t *ws) { return layer_rinput(ws, ws->net->n_layers); }
+
+/* Batch norm's entry stride within a channel, and between channels (nn_tmpl.h). */
+static void bn_strides(const mt_nn_layer *L, int l, int n_image, int B, int *M, size_t *cs, size_t *ms) {
+    int S = L->in_h * L->in_w;
+    *M = B * S;
+    if (l < n_image) *cs = (size_t)B * S, *ms = 1; /* (C, B·S) */
+    else *cs = 1, *ms = (size_t)L->in_c;          /* (B, C), S = 1 */
+}
+
 /* Forward pass; with dir, the R-forward pass too, layer by layer. */
 static void forward(ws_t *ws, const mt_real *params, const batch_t *batch, const mt_real *dir) {
     const mt_nn_net *net = ws->net;
-    int B = batch->n;
+    int B = batch->n, n_image = net->n_image_layers;
     ws->act[0] = (mt_real *)batch->x; /* read only */
+    if (ws->input_cm && B > 1) {
+        to_channel_major(ws->input_cm, batch->x, B, net->in_c, (size_t)net->in_h * net->in_w);
+        ws->act[0] = ws->input_cm;
+    }
     ws->ract[0] = NULL;
     for (int l = 0; l < net->n_layers; l++) {
         const mt_nn_layer *L = &net->layers[l];
-        const mt_real *x = ws->act[l], *rx = ws->ract[l];
+        const mt_real *x = layer_input(ws, l), *rx = dir ? layer_rinput(ws, l) : NULL;
         mt_real *y = ws->act[l + 1], *ry = ws->ract[l + 1];
         const mt_real *W = params + L->param_offset, *b = W + L->weight_count;
         const mt_real *U = dir ? dir + L->param_offset : NULL, *c = U ? U + L->weight_count : NULL;
@@ -114,17 +161,18 @@ static void forward(ws_t *ws, const mt_real *params, const batch_t *batch, const
             break;
         }
         case MT_NN_CONV3X3:
-            MT_(mt_nn_conv_forward)(y, ws->col[l], ws->tmp, x, W, b, B, L->in_c, L->in_h, L->in_w, L->out_c,
-                                    L->stride);
+            MT_(mt_nn_conv_forward)(y, ws->col[l], x, W, b, B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
             if (dir)
-                MT_(mt_nn_conv_rforward)(ry, ws->rcol[l], ws->tmp, ws->col[l], rx, W, U, c, B, L->in_c,
-                                         L->in_h, L->in_w, L->out_c, L->stride);
+                MT_(mt_nn_conv_rforward)(ry, ws->rcol[l], ws->col[l], rx, W, U, c, B, L->in_c, L->in_h, L->in_w,
+                                         L->out_c, L->stride);
             break;
         case MT_NN_BATCHNORM: {
             mt_real *stats = ws->bn_stats + ws->bn_stats_offset[l];
-            int S = L->in_h * L->in_w;
-            MT_(mt_nn_bn_forward)(y, stats, x, W, b, B, L->in_c, S);
-            if (dir) MT_(mt_nn_bn_rforward)(ry, stats, x, rx, W, U, c, B, L->in_c, S);
+            int M;
+            size_t cs, ms;
+            bn_strides(L, l, n_image, B, &M, &cs, &ms);
+            MT_(mt_nn_bn_forward)(y, stats, x, W, b, L->in_c, M, cs, ms);
+            if (dir) MT_(mt_nn_bn_rforward)(ry, stats, x, rx, W, U, c, L->in_c, M, cs, ms);
             break;
         }
         case MT_NN_RELU:
@@ -151,12 +199,17 @@ static void forward(ws_t *ws, const mt_real *params, const batch_t *batch, const
             }
             break;
         }
+        if (l + 1 == n_image) { /* leaving the image layers */
+            size_t S = (size_t)L->out_h * L->out_w;
+            to_batch_major(ws->flat, y, B, L->out_c, S);
+            if (dir) to_batch_major(ws->rflat, ry, B, L->out_c, S);
+        }
     }
 }
 
 static double loss_value(const ws_t *ws, const batch_t *batch) {
     const mt_nn_net *net = ws->net;
-    const mt_real *out = ws->act[net->n_layers];
+    const mt_real *out = net_output(ws);
     if (net->loss == MT_NN_LOSS_MSE) return MT_(mt_nn_mse_forward)(out, batch->y, batch->n, (int)net->out_size);
     return MT_(mt_nn_xent_forward)(out, batch->labels, batch->n, (int)net->out_size);
 }
@@ -165,18 +218,24 @@ static double loss_value(const ws_t *ws, const batch_t *batch) {
 static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, const mt_real *dir,
                      mt_real *grad, mt_real *hv) {
     const mt_nn_net *net = ws->net;
-    int B = batch->n, O = (int)net->out_size, cur = 0;
-    const mt_real *out = ws->act[net->n_layers];
+    int B = batch->n, O = (int)net->out_size, cur = 0, n_image = net->n_image_layers;
+    const mt_real *out = net_output(ws);
     if (net->loss == MT_NN_LOSS_MSE) {
         MT_(mt_nn_mse_backward)(ws->delta[0], out, batch->y, B, O);
-        if (dir) MT_(mt_nn_mse_rbackward)(ws->rdelta[0], ws->ract[net->n_layers], B, O);
+        if (dir) MT_(mt_nn_mse_rbackward)(ws->rdelta[0], net_routput(ws), B, O);
     } else {
         MT_(mt_nn_xent_backward)(ws->delta[0], out, batch->labels, B, O);
-        if (dir) MT_(mt_nn_xent_rbackward)(ws->rdelta[0], out, ws->ract[net->n_layers], B, O);
+        if (dir) MT_(mt_nn_xent_rbackward)(ws->rdelta[0], out, net_routput(ws), B, O);
     }
     for (int l = net->n_layers - 1; l >= 0; l--) {
         const mt_nn_layer *L = &net->layers[l];
-        const mt_real *x = ws->act[l], *rx = ws->ract[l], *y = ws->act[l + 1];
+        if (l + 1 == n_image) { /* entering the image layers: gradients to channel-major */
+            size_t S = (size_t)L->out_h * L->out_w;
+            to_channel_major(ws->delta[1 - cur], ws->delta[cur], B, L->out_c, S);
+            if (dir) to_channel_major(ws->rdelta[1 - cur], ws->rdelta[cur], B, L->out_c, S);
+            cur = 1 - cur;
+        }
+        const mt_real *x = layer_input(ws, l), *rx = dir ? layer_rinput(ws, l) : NULL, *y = ws->act[l + 1];
         const mt_real *dy = ws->delta[cur], *rdy = ws->rdelta[cur];
         mt_real *dx = l > 0 ? ws->delta[1 - cur] : NULL;
         mt_real *rdx = l > 0 && dir ? ws->rdelta[1 - cur] : NULL;
@@ -195,16 +254,17 @@ static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, cons
         case MT_NN_CONV3X3:
             if (dir)
                 MT_(mt_nn_conv_rbackward)(rdx, rdW, rdb, dy, rdy, ws->col[l], rx ? ws->rcol[l] : NULL, W, U,
-                                          ws->dcol, ws->tmp, ws->tmp2, B, L->in_c, L->in_h, L->in_w,
-                                          L->out_c, L->stride);
-            MT_(mt_nn_conv_backward)(dx, dW, db, dy, ws->col[l], W, ws->dcol, ws->tmp, B, L->in_c, L->in_h,
-                                     L->in_w, L->out_c, L->stride);
+                                          ws->dcol, B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
+            MT_(mt_nn_conv_backward)(dx, dW, db, dy, ws->col[l], W, ws->dcol, B, L->in_c, L->in_h, L->in_w,
+                                     L->out_c, L->stride);
             break;
         case MT_NN_BATCHNORM: {
             const mt_real *stats = ws->bn_stats + ws->bn_stats_offset[l];
-            int S = L->in_h * L->in_w;
-            if (dir) MT_(mt_nn_bn_rbackward)(rdx, rdW, rdb, dy, rdy, x, rx, stats, W, U, B, L->in_c, S);
-            MT_(mt_nn_bn_backward)(dx, dW, db, dy, x, stats, W, B, L->in_c, S);
+            int M;
+            size_t cs, ms;
+            bn_strides(L, l, n_image, B, &M, &cs, &ms);
+            if (dir) MT_(mt_nn_bn_rbackward)(rdx, rdW, rdb, dy, rdy, x, rx, stats, W, U, L->in_c, M, cs, ms);
+            MT_(mt_nn_bn_backward)(dx, dW, db, dy, x, stats, W, L->in_c, M, cs, ms);
             break;
         }
         case MT_NN_RELU:
@@ -248,7 +308,7 @@ double MT_(mt_nn_hvp)(ws_t *ws, const mt_real *params, const batch_t *batch, con
 }
 
 int MT_(mt_nn_count_correct)(const ws_t *ws, const batch_t *batch) {
-    const mt_real *out = ws->act[ws->net->n_layers];
+    const mt_real *out = net_output(ws);
     int O = (int)ws->net->out_size, correct = 0;
     for (int n = 0; n < batch->n; n++) {
         const mt_real *z = out + (size_t)n * O;

@@ -37,10 +37,11 @@ static void add_tensor(mt_nn_net *net, int layer, const char *role, size_t offse
 
 /* Appends a layer reading the current shape; fills its name from a per-kind counter. */
 static mt_nn_layer *add_layer(mt_nn_net *net, mt_nn_layer_kind kind, const char *base, int *counter,
-                              int c, int h, int w) {
+                              int c, int h, int w, int features) {
     mt_nn_layer *L = &net->layers[net->n_layers++];
     memset(L, 0, sizeof *L);
     L->kind = kind;
+    if (!features && net->n_image_layers == net->n_layers - 1) net->n_image_layers = net->n_layers;
     L->in_c = c;
     L->in_h = h;
     L->in_w = w;
@@ -100,7 +101,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             if (nw != 2 || !parse_positive(words[1], &out))
                 return MT_RAISE(MT_ERR_CONFIG, "%s: 'linear' takes a positive output size: '%s'", what, original);
             int in = c * h * w; /* linear flattens its input */
-            mt_nn_layer *L = add_layer(net, MT_NN_LINEAR, "linear", &n_linear, in, 1, 1);
+            mt_nn_layer *L = add_layer(net, MT_NN_LINEAR, "linear", &n_linear, in, 1, 1, 1); /* reads its input flattened */
             L->in_c = c, L->in_h = h, L->in_w = w;
             L->out_c = out, L->out_h = 1, L->out_w = 1;
             L->weight_count = (size_t)out * in;
@@ -121,7 +122,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             }
             if (features)
                 return MT_RAISE(MT_ERR_CONFIG, "%s: 'conv' needs an image input, not features", what);
-            mt_nn_layer *L = add_layer(net, MT_NN_CONV3X3, "conv", &n_conv, c, h, w);
+            mt_nn_layer *L = add_layer(net, MT_NN_CONV3X3, "conv", &n_conv, c, h, w, features);
             L->stride = stride;
             L->out_c = out, L->out_h = (h - 1) / stride + 1, L->out_w = (w - 1) / stride + 1;
             L->weight_count = (size_t)out * c * 9;
@@ -132,7 +133,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             add_tensor(net, net->n_layers - 1, "bias", L->param_offset + L->weight_count, out, 1, bd);
             c = L->out_c, h = L->out_h, w = L->out_w;
         } else if (strcmp(op, "bn") == 0 && nw == 1) {
-            mt_nn_layer *L = add_layer(net, MT_NN_BATCHNORM, "bn", &n_bn, c, h, w);
+            mt_nn_layer *L = add_layer(net, MT_NN_BATCHNORM, "bn", &n_bn, c, h, w, features);
             L->weight_count = (size_t)c;
             L->param_count = 2 * (size_t)c;
             L->first_tensor = net->n_tensors;
@@ -141,16 +142,16 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             add_tensor(net, net->n_layers - 1, "scale", L->param_offset, c, 1, d);
             add_tensor(net, net->n_layers - 1, "shift", L->param_offset + c, c, 1, d);
         } else if (strcmp(op, "relu") == 0 && nw == 1) {
-            add_layer(net, MT_NN_RELU, "relu", &n_relu, c, h, w);
+            add_layer(net, MT_NN_RELU, "relu", &n_relu, c, h, w, features);
         } else if (strcmp(op, "maxpool") == 0 && nw == 1) {
             if (h < 2 || w < 2)
                 return MT_RAISE(MT_ERR_CONFIG, "%s: 'maxpool' needs an input of at least 2x2", what);
-            mt_nn_layer *L = add_layer(net, MT_NN_MAXPOOL2, "maxpool", &n_pool, c, h, w);
+            mt_nn_layer *L = add_layer(net, MT_NN_MAXPOOL2, "maxpool", &n_pool, c, h, w, features);
             L->out_h = h / 2, L->out_w = w / 2;
             L->aux = net->n_maxpool++;
             h /= 2, w /= 2;
         } else if (strcmp(op, "avgpool") == 0 && nw == 1) {
-            mt_nn_layer *L = add_layer(net, MT_NN_AVGPOOL, "avgpool", &n_pool, c, h, w);
+            mt_nn_layer *L = add_layer(net, MT_NN_AVGPOOL, "avgpool", &n_pool, c, h, w, features);
             L->out_h = 1, L->out_w = 1;
             h = 1, w = 1;
         } else if (strcmp(op, "flatten") == 0 && nw == 1) {
