@@ -34,22 +34,28 @@ static void tap_table(int32_t *tab, int H, int Wd, int Ho, int Wo, int ky, int k
 }
 
 /* col (C·9, B·P): sample n's fields in columns n·P … (n+1)·P − 1 */
-static void im2col(mt_real *col, const mt_real *x, int B, int C, int H, int Wd, int stride) {
+MT_KERNEL static void im2col(mt_real *col, const mt_real *x, int B, int C, int H, int Wd, int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
     if (P <= TAP_TABLE_MAX) {
-        int32_t tab[TAP_TABLE_MAX];
+        int32_t tab[9][TAP_TABLE_MAX], from[9][TAP_TABLE_MAX]; /* from: tab with padding read at 0 */
         for (int k = 0; k < 9; k++) {
-            tap_table(tab, H, Wd, Ho, Wo, k / 3, k % 3, stride);
-            for (int c = 0; c < C; c++) {
-                mt_real *row = col + (size_t)(c * 9 + k) * BP;
-                for (int n = 0; n < B; n++) {
-                    const mt_real *xn = x + ((size_t)c * B + n) * HW;
-                    mt_real *out = row + (size_t)n * P;
-                    for (int p = 0; p < P; p++) out[p] = tab[p] >= 0 ? xn[tab[p]] : 0;
+            tap_table(tab[k], H, Wd, Ho, Wo, k / 3, k % 3, stride);
+            for (int p = 0; p < P; p++) from[k][p] = tab[k][p] < 0 ? 0 : tab[k][p];
+        }
+        for (int c = 0; c < C; c++)
+            for (int n = 0; n < B; n++) { /* one input plane, read nine times while in L1 */
+                const mt_real *restrict xn = x + ((size_t)c * B + n) * HW;
+                for (int k = 0; k < 9; k++) {
+                    const int32_t *restrict t = tab[k], *restrict f = from[k];
+                    mt_real *restrict out = col + (size_t)(c * 9 + k) * BP + (size_t)n * P;
+                    /* an unconditional load and a select: it vectorizes as a gather and a blend */
+                    for (int p = 0; p < P; p++) {
+                        mt_real v = xn[f[p]];
+                        out[p] = t[p] < 0 ? 0 : v;
+                    }
                 }
             }
-        }
         return;
     }
     for (int c = 0; c < C; c++)
@@ -80,26 +86,26 @@ static void im2col(mt_real *col, const mt_real *x, int B, int C, int H, int Wd, 
 
 /* x (C,B,H,W) = the adjoint of im2col applied to col. Within one tap no two outputs read the
  * same input, so each tap's scatter-add has no conflicts. */
-static void col2im(mt_real *x, const mt_real *col, int B, int C, int H, int Wd, int stride) {
+MT_KERNEL static void col2im(mt_real *x, const mt_real *col, int B, int C, int H, int Wd, int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
-    memset(x, 0, (size_t)B * C * HW * sizeof *x);
     if (P <= TAP_TABLE_MAX) {
-        int32_t tab[TAP_TABLE_MAX];
-        for (int k = 0; k < 9; k++) {
-            tap_table(tab, H, Wd, Ho, Wo, k / 3, k % 3, stride);
-            for (int c = 0; c < C; c++) {
-                const mt_real *row = col + (size_t)(c * 9 + k) * BP;
-                for (int n = 0; n < B; n++) {
-                    mt_real *xn = x + ((size_t)c * B + n) * HW;
-                    const mt_real *in = row + (size_t)n * P;
+        int32_t tab[9][TAP_TABLE_MAX];
+        for (int k = 0; k < 9; k++) tap_table(tab[k], H, Wd, Ho, Wo, k / 3, k % 3, stride);
+        for (int c = 0; c < C; c++)
+            for (int n = 0; n < B; n++) { /* one input plane, accumulated in L1 */
+                mt_real *xn = x + ((size_t)c * B + n) * HW;
+                memset(xn, 0, HW * sizeof *xn);
+                for (int k = 0; k < 9; k++) {
+                    const int32_t *t = tab[k];
+                    const mt_real *in = col + (size_t)(c * 9 + k) * BP + (size_t)n * P;
                     for (int p = 0; p < P; p++)
-                        if (tab[p] >= 0) xn[tab[p]] += in[p];
+                        if (t[p] >= 0) xn[t[p]] += in[p];
                 }
             }
-        }
         return;
     }
+    memset(x, 0, (size_t)B * C * HW * sizeof *x);
     for (int c = 0; c < C; c++)
         for (int ky = 0; ky < 3; ky++)
             for (int kx = 0; kx < 3; kx++) {
