@@ -74,13 +74,28 @@ mt_status mt_cli_state_read(const char *path, mt_ckpt *ck, mt_config *cfg);
 /* Writes metrics.csv from the history, atomically. */
 mt_status mt_cli_history_write_csv(const mt_cli_history *h, const char *path);
 
-/* Evaluation of n_tasks tasks keyed (seed, key_iteration, i), sharded over ranks. Collective. */
+/* Evaluation of n_tasks tasks keyed (seed, key_iteration, i), sharded over ranks. */
+#define MT_CLI_MAX_EVAL_STEPS 64
 typedef struct {
     int tasks, steps, classification;
-    double mean[65], ci95[65]; /* per step 0..steps: accuracy or MSE */
+    double mean[MT_CLI_MAX_EVAL_STEPS + 1], ci95[MT_CLI_MAX_EVAL_STEPS + 1]; /* per step 0..steps */
 } mt_cli_eval_result;
-mt_status mt_cli_evaluate(const mt_dist *d, const mt_cli_model *m, const mt_task_family *fam,
-                          const float *meta, int n_tasks, int steps, uint32_t key_iteration,
+/* Everything one evaluation needs, planned once (training validates many times with it). */
+typedef struct {
+    const mt_cli_model *m;
+    const mt_task_family *fam;
+    int n_tasks, steps;
+    mt_meta_ctx *ctx;
+    mt_task task;
+    double *per_task, *loss; /* per_task (n_tasks, steps + 1) */
+    int *correct;
+} mt_cli_evaluator;
+/* Local. m and fam must outlive the evaluator. */
+mt_status mt_cli_evaluator_create(mt_cli_evaluator *ev, const mt_cli_model *m, const mt_task_family *fam,
+                                  int n_tasks, int steps);
+void mt_cli_evaluator_free(mt_cli_evaluator *ev);
+/* Accuracy or MSE per inner step at meta-parameters meta. Collective; allocates nothing. */
+mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *meta, uint32_t key_iteration,
                           mt_cli_eval_result *res);
 
 /* Writes `text` to `path` atomically (temporary beside it, fsync, rename, fsync directory). */

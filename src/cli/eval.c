@@ -18,37 +18,56 @@ static const char *eval_usage =
     "for classification). Prints a table per step, or with --json one JSON object with metric,\n"
     "mean, ci95, tasks, steps, shots, ways and per_step.\n";
 
-mt_status mt_cli_evaluate(const mt_dist *d, const mt_cli_model *m, const mt_task_family *fam,
-                          const float *meta, int n_tasks, int steps, uint32_t key_iteration,
-                          mt_cli_eval_result *res) {
+mt_status mt_cli_evaluator_create(mt_cli_evaluator *ev, const mt_cli_model *m, const mt_task_family *fam,
+                                  int n_tasks, int steps) {
     mt_status st = MT_OK;
-    mt_meta_ctx *ctx = NULL;
-    mt_task task;
-    mt_meta_step_config sc;
+    memset(ev, 0, sizeof *ev);
+    ev->m = m, ev->fam = fam, ev->n_tasks = n_tasks, ev->steps = steps;
+    if (steps > MT_CLI_MAX_EVAL_STEPS) MT_THROW(MT_ERR_CONFIG, "eval.steps: at most %d", MT_CLI_MAX_EVAL_STEPS);
     size_t width = (size_t)steps + 1;
-    double *per_task = calloc((size_t)n_tasks * width, sizeof *per_task);
-    double *loss = malloc(width * sizeof *loss);
-    int *correct = malloc(width * sizeof *correct);
-    memset(&task, 0, sizeof task);
-    memset(res, 0, sizeof *res);
-    if (steps > 64) MT_THROW(MT_ERR_CONFIG, "eval.steps: at most 64");
-    if (!per_task || !loss || !correct) MT_THROW(MT_ERR_NOMEM, "out of memory for evaluation");
+    ev->per_task = calloc((size_t)n_tasks * width, sizeof *ev->per_task);
+    ev->loss = malloc(width * sizeof *ev->loss);
+    ev->correct = malloc(width * sizeof *ev->correct);
+    if (!ev->per_task || !ev->loss || !ev->correct) MT_THROW(MT_ERR_NOMEM, "out of memory for evaluation");
     int max_batch = mt_task_support_size(fam) > mt_task_query_size(fam) ? mt_task_support_size(fam)
                                                                          : mt_task_query_size(fam);
-    MT_TRY(mt_meta_ctx_create(&ctx, &m->layout, max_batch));
-    MT_TRY(mt_task_alloc(&task, fam));
+    MT_TRY(mt_meta_ctx_create(&ev->ctx, &m->layout, max_batch));
+    MT_TRY(mt_task_alloc(&ev->task, fam));
+    return MT_OK;
+fail:
+    mt_cli_evaluator_free(ev);
+    return st;
+}
+
+void mt_cli_evaluator_free(mt_cli_evaluator *ev) {
+    mt_meta_ctx_free(ev->ctx);
+    mt_task_free(&ev->task);
+    free(ev->per_task), free(ev->loss), free(ev->correct);
+    memset(ev, 0, sizeof *ev);
+}
+
+mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *meta, uint32_t key_iteration,
+                          mt_cli_eval_result *res) {
+    mt_status st = MT_OK;
+    const mt_cli_model *m = ev->m;
+    const mt_task_family *fam = ev->fam;
+    int n_tasks = ev->n_tasks, steps = ev->steps;
+    size_t width = (size_t)steps + 1;
+    double *per_task = ev->per_task;
+    mt_meta_step_config sc;
+    memset(res, 0, sizeof *res);
+    memset(per_task, 0, (size_t)n_tasks * width * sizeof *per_task);
     mt_meta_step_config_at(&sc, &m->cfg, m->cfg.iterations);
     int begin, end;
     mt_dist_shard(n_tasks, d->rank, d->size, &begin, &end);
     for (int t = begin; t < end; t++) {
-        mt_task_sample(fam, m->cfg.seed, key_iteration, (uint32_t)t, &task);
-        mt_meta_adapt_eval(ctx, &sc, meta, &task, steps, loss, correct);
+        mt_task_sample(fam, m->cfg.seed, key_iteration, (uint32_t)t, &ev->task);
+        mt_meta_adapt_eval(ev->ctx, &sc, meta, &ev->task, steps, ev->loss, ev->correct);
         for (size_t s = 0; s < width; s++)
-            per_task[(size_t)t * width + s] = fam->classification ? (double)correct[s] / task.query.n : loss[s];
+            per_task[(size_t)t * width + s] =
+                fam->classification ? (double)ev->correct[s] / ev->task.query.n : ev->loss[s];
     }
-fail:
-    /* Every rank reaches the allreduce, so a local failure cannot leave another rank waiting. */
-    st = mt_dist_agree(d, st);
+    /* Every rank reaches the allreduce: the loop above cannot fail. */
     if (st == MT_OK &&
         MPI_Allreduce(MPI_IN_PLACE, per_task, n_tasks * (int)width, MPI_DOUBLE, MPI_SUM, d->comm) != MPI_SUCCESS)
         st = MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of evaluation results failed");
@@ -68,9 +87,6 @@ fail:
             res->ci95[s] = n_tasks > 1 ? 1.96 * sqrt(sq / (n_tasks - 1)) / sqrt((double)n_tasks) : 0;
         }
     }
-    mt_meta_ctx_free(ctx);
-    mt_task_free(&task);
-    free(per_task), free(loss), free(correct);
     return st;
 }
 
@@ -114,6 +130,7 @@ int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
     mt_cli_sets sets = {0};
     mt_task_family fam = {0};
     mt_task_dataset *data = NULL;
+    mt_cli_evaluator ev = {0};
     mt_cli_eval_result res;
     const char *path = NULL;
     float *meta = NULL;
@@ -147,9 +164,11 @@ int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
     mt_ckpt_free(&ck);
     int steps = m.cfg.eval_steps > 0 ? m.cfg.eval_steps : m.cfg.inner_steps;
     int tasks = fam.fixed_episodes ? data->n_episodes : m.cfg.eval_tasks;
-    MT_TRY(mt_cli_evaluate(d, &m, &fam, meta, tasks, steps, MT_RNG_EVAL_ITERATION, &res));
+    MT_TRY(mt_dist_agree(d, mt_cli_evaluator_create(&ev, &m, &fam, tasks, steps)));
+    MT_TRY(mt_cli_evaluate(d, &ev, meta, MT_RNG_EVAL_ITERATION, &res));
     if (d->rank == 0) print_result(&m, &fam, &res, json);
 fail:
+    mt_cli_evaluator_free(&ev);
     mt_ckpt_free(&ck);
     mt_task_family_free(&fam);
     mt_task_dataset_free(data);

@@ -36,6 +36,7 @@ typedef struct {
 typedef struct {
     mt_task_dataset *data; /* episodes and grouped families only */
     mt_task_family fam, val_fam;
+    mt_cli_evaluator validator; /* planned when eval.every > 0 */
     mt_meta_ctx *ctx;
     mt_task task;
     mt_meta_optim opt;
@@ -112,6 +113,8 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
         /* Synthetic families validate on held-out task keys; datasets on their val split. */
         mt_split split = p->data ? MT_SPLIT_VAL : MT_SPLIT_TRAIN;
         MT_TRY(mt_task_family_init(&p->val_fam, cfg, &m->net, p->data, split, cfg->eval_queries));
+        int steps = cfg->eval_steps > 0 ? cfg->eval_steps : cfg->inner_steps;
+        MT_TRY(mt_cli_evaluator_create(&p->validator, m, &p->val_fam, cfg->eval_val_tasks, steps));
     }
     int max_batch = mt_task_support_size(&p->fam) > mt_task_query_size(&p->fam)
                         ? mt_task_support_size(&p->fam) : mt_task_query_size(&p->fam);
@@ -144,6 +147,7 @@ fail:
 static void plan_free(const mt_dist *d, train_plan *p) {
     mt_task_dataset_free(p->data);
     mt_task_family_free(&p->fam);
+    mt_cli_evaluator_free(&p->validator);
     mt_task_family_free(&p->val_fam);
     mt_meta_ctx_free(p->ctx);
     mt_task_free(&p->task);
@@ -206,9 +210,8 @@ static mt_status save_best(const mt_dist *d, const mt_cli_model *m, train_plan *
 
 static double validate(const mt_dist *d, const mt_cli_model *m, train_plan *p, mt_status *st) {
     mt_cli_eval_result res;
-    int steps = m->cfg.eval_steps > 0 ? m->cfg.eval_steps : m->cfg.inner_steps;
-    *st = mt_cli_evaluate(d, m, &p->val_fam, p->meta, m->cfg.eval_val_tasks, steps, MT_RNG_EVAL_ITERATION + 1, &res);
-    return *st ? NAN : res.mean[steps];
+    *st = mt_cli_evaluate(d, &p->validator, p->meta, MT_RNG_EVAL_ITERATION + 1, &res);
+    return *st ? NAN : res.mean[res.steps];
 }
 
 static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p, int64_t start,

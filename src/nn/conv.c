@@ -33,10 +33,99 @@ static void tap_table(int32_t *tab, int H, int Wd, int Ho, int Wo, int ky, int k
         }
 }
 
+/* Stride 2, small planes: an input plane splits into four phase planes, x[2i+a][2j+b] for a, b in
+ * {0, 1}, each laid out as Ho rows of Wo after one guard entry and one row of zeros. Every tap
+ * then reads one phase plane shifted by at most one row and one column, so its Ho·Wo outputs are
+ * one contiguous copy (and its adjoint one contiguous add); only the left padding column of the
+ * kx = 0 taps needs fixing. Entries past the plane's edge (odd H or W) stay zero. */
+#define PHASE_AT(ph, P, Wo, a, b) ((ph) + (size_t)((a) * 2 + (b)) * ((P) + (Wo) + 1) + 1 + (Wo))
+
+/* Phase (a, b) and row/column shift (−1 or 0) that tap (ky, kx) reads: ky = 0 reads row 2·oy − 1,
+ * which is phase row oy − 1 of the odd rows; ky = 1 row 2·oy (even, oy); ky = 2 row 2·oy + 1. */
+static const int tap_phase[3] = {1, 0, 1}, tap_shift[3] = {-1, 0, 0};
+
+MT_KERNEL static void split_phases(mt_real *ph, const mt_real *xn, int H, int Wd, int Ho, int Wo) {
+    int P = Ho * Wo;
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++) {
+            mt_real *dst = PHASE_AT(ph, P, Wo, a, b);
+            int rows = (H - a + 1) / 2, cols = (Wd - b + 1) / 2; /* the phase's real extent */
+            memset(dst - Wo - 1, 0, (size_t)(Wo + 1) * sizeof *dst); /* guard and zero row */
+            for (int i = 0; i < rows; i++) {
+                const mt_real *src = xn + (2 * i + a) * Wd + b;
+                mt_real *row = dst + i * Wo;
+                for (int j = 0; j < cols; j++) row[j] = src[2 * j];
+                for (int j = cols; j < Wo; j++) row[j] = 0;
+            }
+            memset(dst + rows * Wo, 0, (size_t)(Ho - rows) * Wo * sizeof *dst);
+        }
+}
+
+/* x plane = the phase planes interleaved back (each input entry lies in exactly one phase) */
+MT_KERNEL static void merge_phases(mt_real *xn, const mt_real *ph, int H, int Wd, int Ho, int Wo) {
+    int P = Ho * Wo;
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++) {
+            const mt_real *src = PHASE_AT(ph, P, Wo, a, b);
+            int rows = (H - a + 1) / 2, cols = (Wd - b + 1) / 2;
+            for (int i = 0; i < rows; i++) {
+                mt_real *dst = xn + (2 * i + a) * Wd + b;
+                const mt_real *row = src + i * Wo;
+                for (int j = 0; j < cols; j++) dst[2 * j] = row[j];
+            }
+        }
+}
+
+static const mt_real *tap_source(const mt_real *ph, int P, int Wo, int ky, int kx) {
+    return PHASE_AT(ph, P, Wo, tap_phase[ky], tap_phase[kx]) + tap_shift[ky] * Wo + tap_shift[kx];
+}
+
+MT_KERNEL static void im2col_stride2(mt_real *col, const mt_real *x, int B, int C, int H, int Wd) {
+    int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
+    size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
+    mt_real ph[4 * (TAP_TABLE_MAX + 2 * 32 + 1)];
+    for (int c = 0; c < C; c++)
+        for (int n = 0; n < B; n++) {
+            split_phases(ph, x + ((size_t)c * B + n) * HW, H, Wd, Ho, Wo);
+            for (int k = 0; k < 9; k++) {
+                const mt_real *restrict src = tap_source(ph, P, Wo, k / 3, k % 3);
+                mt_real *restrict out = col + (size_t)(c * 9 + k) * BP + (size_t)n * P;
+                for (int p = 0; p < P; p++) out[p] = src[p];
+                if (k % 3 == 0)
+                    for (int oy = 0; oy < Ho; oy++) out[oy * Wo] = 0; /* column −1 is padding */
+            }
+        }
+}
+
+MT_KERNEL static void col2im_stride2(mt_real *x, const mt_real *col, int B, int C, int H, int Wd) {
+    int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
+    size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
+    mt_real ph[4 * (TAP_TABLE_MAX + 2 * 32 + 1)], masked[TAP_TABLE_MAX];
+    for (int c = 0; c < C; c++)
+        for (int n = 0; n < B; n++) {
+            memset(ph, 0, 4 * (size_t)(P + Wo + 1) * sizeof *ph);
+            for (int k = 0; k < 9; k++) {
+                mt_real *restrict dst = (mt_real *)tap_source(ph, P, Wo, k / 3, k % 3);
+                const mt_real *restrict in = col + (size_t)(c * 9 + k) * BP + (size_t)n * P;
+                if (k % 3 == 0) { /* drop column −1, the padding: it would land on the row before */
+                    memcpy(masked, in, (size_t)P * sizeof *in);
+                    for (int oy = 0; oy < Ho; oy++) masked[oy * Wo] = 0;
+                    in = masked;
+                }
+                for (int p = 0; p < P; p++) dst[p] += in[p];
+            }
+            merge_phases(x + ((size_t)c * B + n) * HW, ph, H, Wd, Ho, Wo);
+        }
+}
+
 /* col (C·9, B·P): sample n's fields in columns n·P … (n+1)·P − 1 */
 MT_KERNEL static void im2col(mt_real *col, const mt_real *x, int B, int C, int H, int Wd, int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
+    if (stride == 2 && P <= TAP_TABLE_MAX && Wo <= 32) {
+        im2col_stride2(col, x, B, C, H, Wd);
+        return;
+    }
     if (P <= TAP_TABLE_MAX) {
         int32_t tab[9][TAP_TABLE_MAX], from[9][TAP_TABLE_MAX]; /* from: tab with padding read at 0 */
         for (int k = 0; k < 9; k++) {
@@ -89,6 +178,10 @@ MT_KERNEL static void im2col(mt_real *col, const mt_real *x, int B, int C, int H
 MT_KERNEL static void col2im(mt_real *x, const mt_real *col, int B, int C, int H, int Wd, int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
+    if (stride == 2 && P <= TAP_TABLE_MAX && Wo <= 32) {
+        col2im_stride2(x, col, B, C, H, Wd);
+        return;
+    }
     if (P <= TAP_TABLE_MAX) {
         int32_t tab[9][TAP_TABLE_MAX];
         for (int k = 0; k < 9; k++) tap_table(tab[k], H, Wd, Ho, Wo, k / 3, k % 3, stride);
