@@ -42,8 +42,10 @@ typedef mt_real vec_half __attribute__((vector_size(32)));
         }                                                                                             \
     }
 DEFINE_TILE(tile_4_full, vec_full, 4)
+DEFINE_TILE(tile_2_full, vec_full, 2)
 DEFINE_TILE(tile_1_full, vec_full, 1)
 DEFINE_TILE(tile_4_half, vec_half, 4)
+DEFINE_TILE(tile_2_half, vec_half, 2)
 DEFINE_TILE(tile_1_half, vec_half, 1)
 
 /* Any tile narrower than half a vector: the ragged right edge (and products with small N). */
@@ -64,13 +66,13 @@ static void small_gemm(int M, int N, int K, mt_real alpha, const mt_real *A, siz
     for (int j = 0; j < N;) {
         int nr = N - j >= FULL ? FULL : N - j >= HALF ? HALF : N - j;
         for (int i = 0; i < M;) {
-            int mr = M - i >= 4 ? 4 : 1;
+            int mr = M - i >= 4 ? 4 : M - i >= 2 ? 2 : 1;
             const mt_real *a = A + (size_t)i * ai;
             mt_real *c = C + (size_t)i * ldc + j;
-            if (nr == FULL) mr == 4 ? tile_4_full(K, alpha, a, ai, ak, B + j, ldb, c, ldc)
-                                    : tile_1_full(K, alpha, a, ai, ak, B + j, ldb, c, ldc);
-            else if (nr == HALF) mr == 4 ? tile_4_half(K, alpha, a, ai, ak, B + j, ldb, c, ldc)
-                                         : tile_1_half(K, alpha, a, ai, ak, B + j, ldb, c, ldc);
+            if (nr == FULL)
+                (mr == 4 ? tile_4_full : mr == 2 ? tile_2_full : tile_1_full)(K, alpha, a, ai, ak, B + j, ldb, c, ldc);
+            else if (nr == HALF)
+                (mr == 4 ? tile_4_half : mr == 2 ? tile_2_half : tile_1_half)(K, alpha, a, ai, ak, B + j, ldb, c, ldc);
             else tile_edge(mr, nr, K, alpha, a, ai, ak, B + j, ldb, c, ldc);
             i += mr;
         }
@@ -107,6 +109,35 @@ static void gemm_tt(int M, int N, int K, mt_real alpha, const mt_real *A, const 
         }
 }
 
+/* c (M) += alpha · Σ_k A (K,M) row k · b[k] */
+MT_KERNEL static void axpys(int M, int K, mt_real alpha, const mt_real *restrict A, const mt_real *restrict b,
+                            mt_real *restrict c) {
+    for (int k = 0; k < K; k++) {
+        mt_real s = alpha * b[k];
+        const mt_real *restrict a = A + (size_t)k * M;
+        for (int i = 0; i < M; i++) c[i] += s * a[i];
+    }
+}
+
+/* dst (K,N) = src (N,K)ᵀ, in 4x4 blocks the compiler turns into register shuffles */
+MT_KERNEL static void transpose(mt_real *restrict dst, const mt_real *restrict src, int N, int K) {
+    int j = 0;
+    for (; j + 4 <= N; j += 4) {
+        int k = 0;
+        for (; k + 4 <= K; k += 4) {
+            mt_real blk[4][4];
+            for (int r = 0; r < 4; r++)
+                for (int c = 0; c < 4; c++) blk[r][c] = src[(size_t)(j + r) * K + k + c];
+            for (int c = 0; c < 4; c++)
+                for (int r = 0; r < 4; r++) dst[(size_t)(k + c) * N + j + r] = blk[r][c];
+        }
+        for (; k < K; k++)
+            for (int r = 0; r < 4; r++) dst[(size_t)k * N + j + r] = src[(size_t)(j + r) * K + k];
+    }
+    for (; j < N; j++)
+        for (int k = 0; k < K; k++) dst[(size_t)k * N + j] = src[(size_t)j * K + k];
+}
+
 void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A,
                        const mt_real *B, mt_real beta, mt_real *C) {
     double mnk = (double)M * N * K;
@@ -123,7 +154,9 @@ void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const
         for (size_t i = 0; i < n; i++) C[i] *= beta;
     /* A's (i,k) is A[i·K + k], or A[k·M + i] when transposed */
     size_t ai = ta ? 1 : (size_t)K, ak = ta ? (size_t)M : 1;
-    if (!tb) {
+    if (ta && !tb && N == 1) { /* C (M,1) += Σ_k A's row k · B[k]: axpys along A's contiguous rows */
+        axpys(M, K, alpha, A, B, C);
+    } else if (!tb) {
         small_gemm(M, N, K, alpha, A, ai, ak, B, C);
     } else if (!ta && N < HALF) { /* a few long dot products: no transpose */
         gemm_nt_dots(M, N, K, alpha, A, B, C);
@@ -131,8 +164,7 @@ void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const
         small_gemm(M, N, K, alpha, A, ai, ak, B, C);
     } else if ((size_t)N * K <= TRANSPOSE_MAX) {
         mt_real bt[TRANSPOSE_MAX];
-        for (int j = 0; j < N; j++)
-            for (int k = 0; k < K; k++) bt[(size_t)k * N + j] = B[(size_t)j * K + k];
+        transpose(bt, B, N, K);
         small_gemm(M, N, K, alpha, A, ai, ak, bt, C);
     } else if (!ta) {
         gemm_nt_dots(M, N, K, alpha, A, B, C);
