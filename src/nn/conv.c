@@ -3,7 +3,9 @@
  * channel-major, x (C,B,H,W) and y (O,B,Ho,Wo), so the GEMM's output is y itself:
  *   col (K, B·P) holds every sample's receptive fields, K = C·9, P = Ho·Wo;
  *   y (O, B·P) = W (O,K) · col + b.
- * Forward leaves col (and R-forward rcol) in the workspace for the backward passes. */
+ * Forward leaves col (and R-forward rcol) in the workspace for the backward passes.
+ * im2col and its adjoint take one of three routes: stride 2 on small planes copies from phase
+ * planes, stride 1 on small planes gathers through tap tables, large planes go row by row. */
 #include "metatrain/nn.h"
 #include "core/precision.h"
 
@@ -19,9 +21,8 @@ static void valid_columns(int Wd, int Wo, int kx, int stride, int *lo, int *hi) 
     *hi = last + 1 < Wo ? last + 1 : Wo;
 }
 
-/* Small planes (the usual few-shot images after a stride or two) gather through a table of
- * each tap's input offsets: rows of 2 to 14 outputs make per-row loops mostly overhead. Large
- * planes copy row by row. */
+/* Small planes (the usual few-shot images after a stride or two) have rows of 2 to 14 outputs,
+ * where per-row loops are mostly overhead: they take the phase or tap-table routes. */
 #define TAP_TABLE_MAX 1024
 
 /* tab[p] = the offset within an input plane that output p of tap (ky, kx) reads, or −1 (padding) */
