@@ -324,10 +324,14 @@ static void test_validate(void **state) {
 
     /* Single-key ranges are checked again for configs changed in code. */
     mt_cli_config_defaults(&c);
-    c.eval_steps = 100;
+    c.eval_steps = 300;
     assert_int_equal(mt_cli_config_validate(&c), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), "eval.steps");
     mt_error_clear();
+    /* eval.steps = 0 stands for meta.inner_steps: 100 inner steps evaluate with 100. */
+    mt_cli_config_defaults(&c);
+    c.inner_steps = 100;
+    assert_int_equal(mt_cli_config_validate(&c), MT_OK);
     mt_cli_config_defaults(&c);
     c.inner_lr = -1;
     assert_int_equal(mt_cli_config_validate(&c), MT_ERR_CONFIG);

@@ -144,7 +144,7 @@ static const mt_cli_key mt_cli_keys[] = {
 
     INT_KEY("eval", "tasks", eval_tasks, "600", GE(1), UNBOUNDED, RESUMABLE,
             "tasks in the final evaluation"),
-    INT_KEY("eval", "steps", eval_steps, "0", GE(0), LE(64), RESUMABLE,
+    INT_KEY("eval", "steps", eval_steps, "0", GE(0), LE(256), RESUMABLE,
             "inner steps at evaluation; 0 = meta.inner_steps"),
     INT_KEY("eval", "queries", eval_queries, "0", GE(0), UNBOUNDED, RESUMABLE,
             "query examples per evaluation task; 0 = task.queries"),
@@ -785,9 +785,10 @@ mt_status mt_cli_config_validate(const mt_config *cfg) {
                         mt_cli_task_kind_name(cfg->task_kind));
     if (cfg->task_kind == MT_TASK_EPISODES && cfg->ways < 2)
         return MT_RAISE(MT_ERR_CONFIG, "task.ways: must be >= 2 when task.kind is episodes, got %d", cfg->ways);
+    /* eval.steps = 0 means meta.inner_steps, which has the same bound (and the same arrays). */
     int eval_steps = cfg->eval_steps ? cfg->eval_steps : cfg->inner_steps;
-    if (eval_steps > 64) /* the range checks above already imply it; kept for the rule's sake */
-        return MT_RAISE(MT_ERR_CONFIG, "eval.steps: must be <= 64, got %d", eval_steps);
+    if (eval_steps > 256)
+        return MT_RAISE(MT_ERR_CONFIG, "eval.steps: must be <= 256, got %d", eval_steps);
     return MT_OK;
 }
 

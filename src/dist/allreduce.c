@@ -6,11 +6,15 @@
  *    magnitude < 2^E cannot exceed 2^62; the rank adds its tasks as integers.
  * 4. MPI_Allreduce(MPI_INT64_T, MPI_SUM); integer addition is associative, so the sum is the
  *    same for every rank count and reduction tree. 5. One conversion back to float.
- * Entries within about 2^-30 of their group's largest keep full float precision. */
+ * Entries within about 2^-30 of their group's largest keep full float precision.
+ * The largest exponent is that of the largest magnitude (frexp is monotone in |x|), and scaling
+ * by a power of two is exact, so the loops below need no libm call per entry. */
 #include "metatrain/dist.h"
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,20 +56,19 @@ mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vect
                          int n_total, mt_dist_flags flags, float *sum, mt_dist_outcome *outcome) {
     int G = r->n_groups, *e = r->exponents;
     int nonfinite = 0;
-    for (int g = 0; g < G; g++) e[g] = NO_EXPONENT;
-    for (int t = 0; t < n_local && !flags.local_error; t++) {
-        const float *v = vectors + (size_t)t * r->n;
-        for (int g = 0; g < G; g++)
+    for (int g = 0; g < G; g++) {
+        float largest = 0;
+        for (int t = 0; t < n_local && !flags.local_error; t++) {
+            const float *v = vectors + (size_t)t * r->n;
             for (size_t i = r->group_begin[g]; i < r->group_begin[g + 1]; i++) {
-                if (!isfinite(v[i])) {
-                    nonfinite = 1;
-                    continue;
-                }
-                if (v[i] == 0) continue;
-                int ex;
-                frexpf(v[i], &ex); /* |v| < 2^ex */
-                if (ex > e[g]) e[g] = ex;
+                float a = fabsf(v[i]);
+                nonfinite |= !(a <= FLT_MAX); /* NaN or ±inf */
+                largest = a > largest ? a : largest;
             }
+        }
+        int ex = NO_EXPONENT;
+        if (largest > 0 && largest <= FLT_MAX) frexpf(largest, &ex); /* every |v| < 2^ex */
+        e[g] = ex;
     }
     e[G + FLAG_ERROR] = flags.local_error != 0;
     e[G + FLAG_OK] = flags.local_error == 0;
@@ -83,19 +86,19 @@ mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vect
     memset(r->fixed, 0, r->n * sizeof *r->fixed);
     for (int g = 0; g < G; g++) {
         if (e[g] == NO_EXPONENT) continue;
-        int shift = group_shift(e[g], n_total);
+        double scale = ldexp(1.0, group_shift(e[g], n_total));
         for (int t = 0; t < n_local; t++) {
             const float *v = vectors + (size_t)t * r->n;
             for (size_t i = r->group_begin[g]; i < r->group_begin[g + 1]; i++)
-                r->fixed[i] += llrint(ldexp((double)v[i], shift));
+                r->fixed[i] += (int64_t)nearbyint((double)v[i] * scale); /* |·| < 2^62: llrint's value */
         }
     }
     if (MPI_Allreduce(MPI_IN_PLACE, r->fixed, (int)r->n, MPI_INT64_T, MPI_SUM, d->comm) != MPI_SUCCESS)
         return MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of the meta-gradient failed");
     for (int g = 0; g < G; g++) {
-        int shift = e[g] == NO_EXPONENT ? 0 : group_shift(e[g], n_total);
+        double unscale = ldexp(1.0, e[g] == NO_EXPONENT ? 0 : -group_shift(e[g], n_total));
         for (size_t i = r->group_begin[g]; i < r->group_begin[g + 1]; i++)
-            sum[i] = (float)ldexp((double)r->fixed[i], -shift);
+            sum[i] = (float)((double)r->fixed[i] * unscale);
     }
     return MT_OK;
 }
