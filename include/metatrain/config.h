@@ -88,6 +88,8 @@ mt_status mt_cli_config_set(mt_config *cfg, const char *assignment, const char *
 /* Checks the relations between keys (for example min_outer_lr against outer_lr); call once
  * after all files and overrides. Model and dataset fit are checked where those are built. */
 mt_status mt_cli_config_validate(const mt_config *cfg);
+/* Inner steps at evaluation: eval.steps, or meta.inner_steps when it is 0. */
+int mt_cli_config_eval_steps(const mt_config *cfg);
 
 /* The effective configuration as INI text, every key, in table order. Returns the length, or
  * the length it would need when it does not fit (like snprintf). */

@@ -37,6 +37,8 @@ void mt_task_family_free(mt_task_family *fam);
 /* Examples in a support and a query set. */
 int mt_task_support_size(const mt_task_family *fam);
 int mt_task_query_size(const mt_task_family *fam);
+/* The larger of the two: the batch a workspace for this family's tasks must hold. */
+int mt_task_max_batch(const mt_task_family *fam);
 
 #define MT_TEMPLATE "metatrain/task_tmpl.h"
 #include "metatrain/both_precisions.h"

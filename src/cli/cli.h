@@ -75,7 +75,7 @@ mt_status mt_cli_state_read(const char *path, mt_ckpt *ck, mt_config *cfg);
 mt_status mt_cli_history_write_csv(const mt_cli_history *h, const char *path);
 
 /* Evaluation of n_tasks tasks keyed (seed, key_iteration, i), sharded over ranks. */
-#define MT_CLI_MAX_EVAL_STEPS 256 /* eval.steps' bound, MT_META_MAX_STEPS */
+#define MT_CLI_MAX_EVAL_STEPS MT_META_MAX_STEPS /* eval.steps' bound, like meta.inner_steps' */
 typedef struct {
     int tasks, steps, classification;
     double mean[MT_CLI_MAX_EVAL_STEPS + 1], ci95[MT_CLI_MAX_EVAL_STEPS + 1]; /* per step 0..steps */

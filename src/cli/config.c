@@ -767,6 +767,10 @@ mt_status mt_cli_config_set(mt_config *cfg, const char *assignment, const char *
 
 /* ---- checks ------------------------------------------------------------------------------- */
 
+int mt_cli_config_eval_steps(const mt_config *cfg) {
+    return cfg->eval_steps > 0 ? cfg->eval_steps : cfg->inner_steps;
+}
+
 mt_status mt_cli_config_validate(const mt_config *cfg) {
     char reason[512], a[40], b[40];
     for (size_t i = 0; i < N_KEYS; i++) {
@@ -786,7 +790,7 @@ mt_status mt_cli_config_validate(const mt_config *cfg) {
     if (cfg->task_kind == MT_TASK_EPISODES && cfg->ways < 2)
         return MT_RAISE(MT_ERR_CONFIG, "task.ways: must be >= 2 when task.kind is episodes, got %d", cfg->ways);
     /* eval.steps = 0 means meta.inner_steps, which has the same bound (and the same arrays). */
-    int eval_steps = cfg->eval_steps ? cfg->eval_steps : cfg->inner_steps;
+    int eval_steps = mt_cli_config_eval_steps(cfg);
     if (eval_steps > 256)
         return MT_RAISE(MT_ERR_CONFIG, "eval.steps: must be <= 256, got %d", eval_steps);
     return MT_OK;

@@ -29,9 +29,7 @@ mt_status mt_cli_evaluator_create(mt_cli_evaluator *ev, const mt_cli_model *m, c
     ev->loss = malloc(width * sizeof *ev->loss);
     ev->correct = malloc(width * sizeof *ev->correct);
     if (!ev->per_task || !ev->loss || !ev->correct) MT_THROW(MT_ERR_NOMEM, "out of memory for evaluation");
-    int max_batch = mt_task_support_size(fam) > mt_task_query_size(fam) ? mt_task_support_size(fam)
-                                                                         : mt_task_query_size(fam);
-    MT_TRY(mt_meta_ctx_create(&ev->ctx, &m->layout, max_batch));
+    MT_TRY(mt_meta_ctx_create(&ev->ctx, &m->layout, mt_task_max_batch(fam)));
     MT_TRY(mt_task_alloc(&ev->task, fam));
     return MT_OK;
 fail:
@@ -162,7 +160,7 @@ int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
     if (!meta) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-parameters");
     MT_TRY(mt_cli_state_restore(&ck, path, &m, meta, NULL, NULL, &iteration));
     mt_ckpt_free(&ck);
-    int steps = m.cfg.eval_steps > 0 ? m.cfg.eval_steps : m.cfg.inner_steps;
+    int steps = mt_cli_config_eval_steps(&m.cfg);
     int tasks = fam.fixed_episodes ? data->n_episodes : m.cfg.eval_tasks;
     MT_TRY(mt_dist_agree(d, mt_cli_evaluator_create(&ev, &m, &fam, tasks, steps)));
     MT_TRY(mt_cli_evaluate(d, &ev, meta, MT_RNG_EVAL_ITERATION, &res));

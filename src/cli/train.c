@@ -113,12 +113,10 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
         /* Synthetic families validate on held-out task keys; datasets on their val split. */
         mt_split split = p->data ? MT_SPLIT_VAL : MT_SPLIT_TRAIN;
         MT_TRY(mt_task_family_init(&p->val_fam, cfg, &m->net, p->data, split, cfg->eval_queries));
-        int steps = cfg->eval_steps > 0 ? cfg->eval_steps : cfg->inner_steps;
-        MT_TRY(mt_cli_evaluator_create(&p->validator, m, &p->val_fam, cfg->eval_val_tasks, steps));
+        MT_TRY(mt_cli_evaluator_create(&p->validator, m, &p->val_fam, cfg->eval_val_tasks,
+                                       mt_cli_config_eval_steps(cfg)));
     }
-    int max_batch = mt_task_support_size(&p->fam) > mt_task_query_size(&p->fam)
-                        ? mt_task_support_size(&p->fam) : mt_task_query_size(&p->fam);
-    MT_TRY(mt_meta_ctx_create(&p->ctx, lay, max_batch));
+    MT_TRY(mt_meta_ctx_create(&p->ctx, lay, mt_task_max_batch(&p->fam)));
     MT_TRY(mt_task_alloc(&p->task, &p->fam));
     MT_TRY(mt_meta_optim_init(&p->opt, cfg, lay->n_meta));
     int begin, end;

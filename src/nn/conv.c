@@ -128,22 +128,15 @@ MT_KERNEL static void im2col(mt_real *col, const mt_real *x, int B, int C, int H
         return;
     }
     if (P <= TAP_TABLE_MAX) {
-        int32_t tab[9][TAP_TABLE_MAX], from[9][TAP_TABLE_MAX]; /* from: tab with padding read at 0 */
-        for (int k = 0; k < 9; k++) {
-            tap_table(tab[k], H, Wd, Ho, Wo, k / 3, k % 3, stride);
-            for (int p = 0; p < P; p++) from[k][p] = tab[k][p] < 0 ? 0 : tab[k][p];
-        }
+        int32_t tab[9][TAP_TABLE_MAX];
+        for (int k = 0; k < 9; k++) tap_table(tab[k], H, Wd, Ho, Wo, k / 3, k % 3, stride);
         for (int c = 0; c < C; c++)
             for (int n = 0; n < B; n++) { /* one input plane, read nine times while in L1 */
                 const mt_real *restrict xn = x + ((size_t)c * B + n) * HW;
                 for (int k = 0; k < 9; k++) {
-                    const int32_t *restrict t = tab[k], *restrict f = from[k];
+                    const int32_t *restrict t = tab[k];
                     mt_real *restrict out = col + (size_t)(c * 9 + k) * BP + (size_t)n * P;
-                    /* an unconditional load and a select: it vectorizes as a gather and a blend */
-                    for (int p = 0; p < P; p++) {
-                        mt_real v = xn[f[p]];
-                        out[p] = t[p] < 0 ? 0 : v;
-                    }
+                    for (int p = 0; p < P; p++) out[p] = t[p] < 0 ? 0 : xn[t[p]];
                 }
             }
         return;

@@ -113,3 +113,8 @@ int mt_task_query_size(const mt_task_family *fam) {
     if (fam->fixed_episodes) return fam->data->episode_query;
     return fam->classification && fam->kind == MT_TASK_EPISODES ? fam->ways * fam->queries : fam->queries;
 }
+
+int mt_task_max_batch(const mt_task_family *fam) {
+    int support = mt_task_support_size(fam), query = mt_task_query_size(fam);
+    return support > query ? support : query;
+}
