@@ -18,14 +18,7 @@
 #include "ckpt/ckpt_h5.h" /* ckpt_seal_fd, CKPT_HEADER_SIZE */
 #include "metatrain/ckpt.h"
 #include "metatrain/isolate.h"
-
-#define FUZZ_CHECK(cond)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "fuzz_checkpoint: check failed: %s\n", #cond);     \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "fuzz_util.h"
 
 static char path[64];
 static volatile uint64_t sink;
@@ -36,8 +29,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     /* Read in this process, where a crash shows, unless METATRAIN_ISOLATE=1 asks to read through
      * a forked child first, as the verbs do (scripts/fuzz replays HDF5's crashes that way). */
     setenv("METATRAIN_ISOLATE", "0", 0);
-    const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    snprintf(path, sizeof path, "%s/fuzz_checkpoint.%ld.h5", dir, (long)getpid());
+    fuzz_scratch_path(path, sizeof path, "fuzz_checkpoint");
     atexit(remove_file);
     return 0;
 }

@@ -10,14 +10,7 @@
 #include <string.h>
 
 #include "metatrain/config.h"
-
-#define FUZZ_CHECK(cond)                                                                       \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            fprintf(stderr, "fuzz_config: check failed: %s (%s)\n", #cond, mt_error_message()); \
-            abort();                                                                           \
-        }                                                                                      \
-    } while (0)
+#include "fuzz_util.h"
 
 /* Prints cfg, loads the text over defaults and prints that again: both texts must match. */
 static void check_round_trip(const mt_config *cfg) {
@@ -34,10 +27,8 @@ static void check_round_trip(const mt_config *cfg) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static mt_config cfg;
-    char *text = malloc(size + 1);
+    char *text = fuzz_cstring(data, size);
     if (!text) return 0;
-    memcpy(text, data, size);
-    text[size] = '\0';
 
     mt_cli_config_defaults(&cfg);
     if (mt_cli_config_load_string(&cfg, text, "fuzz.ini") == MT_OK) {

@@ -21,14 +21,7 @@
 
 #include "metatrain/dataset.h"
 #include "metatrain/isolate.h"
-
-#define FUZZ_CHECK(cond)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "fuzz_dataset: check failed: %s\n", #cond);        \
-            abort();                                                           \
-        }                                                                      \
-    } while (0)
+#include "fuzz_util.h"
 
 #define FUZZ_MAX_BYTES (64u << 20)
 
@@ -50,9 +43,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         fprintf(stderr, "fuzz_dataset: MPI initialization failed: %s\n", mt_error_message());
         exit(1);
     }
-    /* /dev/shm when there is one: HDF5 reopens the file for every input */
-    const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    snprintf(path, sizeof path, "%s/fuzz_dataset.%ld.h5", dir, (long)getpid());
+    fuzz_scratch_path(path, sizeof path, "fuzz_dataset");
     atexit(finalize);
     return 0;
 }

@@ -10,14 +10,7 @@
 #include <string.h>
 
 #include "metatrain/nn.h"
-
-#define FUZZ_CHECK(cond)                                                           \
-    do {                                                                           \
-        if (!(cond)) {                                                             \
-            fprintf(stderr, "fuzz_model_spec: check failed: %s\n", #cond);         \
-            abort();                                                               \
-        }                                                                          \
-    } while (0)
+#include "fuzz_util.h"
 
 #define SMALL_PARAMS 20000 /* run the passes only below these sizes: keeps each input fast */
 #define SMALL_ACTIVATIONS 20000
@@ -88,10 +81,8 @@ done:
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static mt_nn_net net;
-    char *spec = malloc(size + 1);
+    char *spec = fuzz_cstring(data, size);
     if (!spec) return 0;
-    memcpy(spec, data, size);
-    spec[size] = '\0';
     if (mt_nn_parse(&net, spec, "model.spec") == MT_OK) {
         check_layout(&net);
         if (net.n_params <= SMALL_PARAMS && largest_activation(&net) <= SMALL_ACTIVATIONS) run_passes(&net);
