@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -39,6 +40,15 @@ static mt_status aborts(void *arg) {
 }
 
 static mt_status hangs(void *arg) {
+    for (;;) pause();
+    return MT_OK;
+}
+
+static int pid_pipe[2]; /* hangs_telling_its_pid writes the checking child's pid here */
+
+static mt_status hangs_telling_its_pid(void *arg) {
+    pid_t me = getpid();
+    if (write(pid_pipe[1], &me, sizeof me) != sizeof me) _exit(2);
     for (;;) pause();
     return MT_OK;
 }
@@ -95,6 +105,49 @@ static void test_hang_is_killed_at_the_timeout(void **state) {
     assert_true(took >= 0.9 && took < 10);
 }
 
+/* A parent killed while its check hangs (Slurm's SIGKILL, a fuzzer's timeout) takes the check
+ * with it, instead of leaving it spinning inside libhdf5 forever. */
+static void test_check_dies_with_its_parent(void **state) {
+    assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 1), 0); /* the orphaned check comes back to us */
+    assert_int_equal(pipe(pid_pipe), 0);
+    pid_t parent = fork();
+    assert_true(parent >= 0);
+    if (parent == 0) {
+        mt_isolate_run(hangs_telling_its_pid, NULL, "ckpt.h5", 100);
+        _exit(0);
+    }
+    pid_t check;
+    assert_int_equal(read(pid_pipe[0], &check, sizeof check), sizeof check);
+    kill(parent, SIGKILL);
+    assert_int_equal(waitpid(parent, NULL, 0), parent);
+    int wstatus = 0;
+    double t0 = now_s();
+    while (waitpid(check, &wstatus, WNOHANG) != check) {
+        if (now_s() - t0 > 10) {
+            kill(check, SIGKILL);
+            waitpid(check, NULL, 0);
+            fail_msg("the check outlived its killed parent by 10 s");
+        }
+        usleep(10000);
+    }
+    assert_true(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL);
+    close(pid_pipe[0]);
+    close(pid_pipe[1]);
+    assert_no_children();
+}
+
+static void test_timeout_from_the_environment(void **state) {
+    setenv("METATRAIN_ISOLATE_TIMEOUT", "1", 1);
+    double t0 = now_s();
+    expect(hangs, MT_ERR_IO, "ckpt.h5: checking the file timed out after 1 s", 100);
+    assert_true(now_s() - t0 < 10);
+    setenv("METATRAIN_ISOLATE_TIMEOUT", "1s", 1);
+    expect(passes, MT_ERR_ARG, "METATRAIN_ISOLATE_TIMEOUT: '1s' is not a whole number of seconds", 10);
+    setenv("METATRAIN_ISOLATE_TIMEOUT", "0", 1);
+    expect(passes, MT_ERR_ARG, "METATRAIN_ISOLATE_TIMEOUT: '0'", 10);
+    unsetenv("METATRAIN_ISOLATE_TIMEOUT");
+}
+
 static void test_in_process_when_disabled(void **state) {
     touched = 0;
     setenv("METATRAIN_ISOLATE", "0", 1);
@@ -108,6 +161,8 @@ int main(void) {
         cmocka_unit_test(test_verdicts_come_back),
         cmocka_unit_test(test_crash_is_an_error),
         cmocka_unit_test(test_hang_is_killed_at_the_timeout),
+        cmocka_unit_test(test_check_dies_with_its_parent),
+        cmocka_unit_test(test_timeout_from_the_environment),
         cmocka_unit_test(test_in_process_when_disabled),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -36,7 +36,9 @@
  * and a child that exits without a report, or that another signal (the OOM killer's SIGKILL,
  * a job ending) stops. The child is always reaped. timeout_s must be positive.
  * METATRAIN_ISOLATE=0 in the environment runs fn in this process instead (for debuggers and
- * fuzzers, which must see the crash). */
+ * fuzzers, which must see the crash); METATRAIN_ISOLATE_TIMEOUT=S (whole seconds, 1 to 86400)
+ * replaces timeout_s (a file system slower than the default allows, or a fuzzer that cannot wait
+ * two minutes for each hang inside libhdf5). */
 mt_status mt_isolate_run(mt_status (*fn)(void *), void *arg, const char *what, int timeout_s);
 
 #endif

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -38,7 +39,10 @@ static double now_s(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static _Noreturn void run_child(int out, mt_status (*fn)(void *), void *arg) {
+static _Noreturn void run_child(int out, pid_t parent, mt_status (*fn)(void *), void *arg) {
+    /* Die with the parent: a check stuck inside libhdf5 must not outlive a parent that was killed
+     * (by Slurm, mpirun or a fuzzer's timeout) before its own timeout ended the check. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(1);
     /* Default actions, so that a crash ends the child at once: Open MPI's handlers would print a
      * backtrace for what the parent reports in one line. No core file either: a hostile file
      * should not fill the disk with them. */
@@ -78,10 +82,19 @@ mt_status mt_isolate_run(mt_status (*fn)(void *), void *arg, const char *what, i
     if (!fn || !what || timeout_s <= 0) return MT_RAISE(MT_ERR_ARG, "mt_isolate_run: NULL function or name, or timeout <= 0");
     const char *env = getenv("METATRAIN_ISOLATE");
     if (env && strcmp(env, "0") == 0) return fn(arg);
+    const char *timeout_env = getenv("METATRAIN_ISOLATE_TIMEOUT");
+    if (timeout_env) {
+        char *end;
+        long t = strtol(timeout_env, &end, 10);
+        if (end == timeout_env || *end || t < 1 || t > 86400)
+            return MT_RAISE(MT_ERR_ARG, "METATRAIN_ISOLATE_TIMEOUT: '%s' is not a whole number of seconds in [1, 86400]",
+                            timeout_env);
+        timeout_s = (int)t;
+    }
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
         return MT_RAISE(MT_ERR_IO, "%s: cannot check the file in a child process: pipe: %s", what, strerror(errno));
-    pid_t pid = fork();
+    pid_t parent = getpid(), pid = fork();
     if (pid < 0) {
         int err = errno;
         close(fds[0]);
@@ -90,7 +103,7 @@ mt_status mt_isolate_run(mt_status (*fn)(void *), void *arg, const char *what, i
     }
     if (pid == 0) {
         close(fds[0]);
-        run_child(fds[1], fn, arg);
+        run_child(fds[1], parent, fn, arg);
     }
     close(fds[1]);
     report r;
