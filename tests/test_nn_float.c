@@ -147,23 +147,30 @@ static void test_conv_forward_matches_reference(void **state) {
         fd_to_float(xf, x, nx);
         fd_to_float(wf, w, nw);
         fd_to_float(bf, b, (size_t)s.O);
-        /* NaN-fill the outputs: every entry must be written. */
-        for (size_t i = 0; i < ny; i++) y[i] = yf[i] = NAN;
-
-        mt_nn_conv_forward_f64(y, col, x, w, b, s.B, s.C, s.H, s.W, s.O, s.stride);
+        /* NaN-filled outputs below: every entry must be written. */
         mt_nn_conv_forward_reference_f64(yr, x, w, b, s.B, s.C, s.H, s.W, s.O, s.stride);
-        mt_nn_conv_forward(yf, colf, xf, wf, bf, s.B, s.C, s.H, s.W, s.O, s.stride);
         mt_nn_conv_forward_reference(yrf, xf, wf, bf, s.B, s.C, s.H, s.W, s.O, s.stride);
-        double e64 = fd_rel_err(y, yr, ny), e32 = 0, n32 = 0;
-        for (size_t i = 0; i < ny; i++) e32 += ((double)yf[i] - yrf[i]) * ((double)yf[i] - yrf[i]), n32 += (double)yrf[i] * yrf[i];
-        e32 = sqrt(e32 / n32);
         /* The reference against an independent double computation: it is a reference only if right. */
         double e_ref = fd_rel_err_f32(yrf, yr, ny);
-        worst_conv_f64 = maxd(worst_conv_f64, e64);
-        worst_conv_f32 = maxd(worst_conv_f32, e32);
-        if (!(e64 <= 1e-12 && e32 <= 1e-5 && e_ref <= 1e-5))
-            fail_msg("conv B%d C%d %dx%d O%d s%d: fast vs reference %.3e (f64) %.3e (f32), f32 ref vs f64 ref %.3e",
-                     s.B, s.C, s.H, s.W, s.O, s.stride, e64, e32, e_ref);
+        /* Three plans (nn_tmpl.h): fields kept for the whole batch in one chunk; kept, in chunks
+         * of 2 samples (views into the kept matrix); not kept, rebuilt 2 samples at a time. */
+        for (int plan = 0; plan < 3; plan++) {
+            int chunk = plan == 0 ? s.B : 2;
+            size_t capacity = plan < 2 ? ncol : 0;
+            mt_nn_conv_work_f64 cw = {.col = plan < 2 ? col : NULL, .scratch = col, .capacity = capacity, .chunk = chunk};
+            mt_nn_conv_work cwf = {.col = plan < 2 ? colf : NULL, .scratch = colf, .capacity = capacity, .chunk = chunk};
+            for (size_t i = 0; i < ny; i++) y[i] = yf[i] = NAN;
+            mt_nn_conv_forward_f64(y, &cw, x, w, b, s.B, s.C, s.H, s.W, s.O, s.stride);
+            mt_nn_conv_forward(yf, &cwf, xf, wf, bf, s.B, s.C, s.H, s.W, s.O, s.stride);
+            double e64 = fd_rel_err(y, yr, ny), e32 = 0, n32 = 0;
+            for (size_t i = 0; i < ny; i++) e32 += ((double)yf[i] - yrf[i]) * ((double)yf[i] - yrf[i]), n32 += (double)yrf[i] * yrf[i];
+            e32 = sqrt(e32 / n32);
+            worst_conv_f64 = maxd(worst_conv_f64, e64);
+            worst_conv_f32 = maxd(worst_conv_f32, e32);
+            if (!(e64 <= 1e-12 && e32 <= 1e-5 && e_ref <= 1e-5))
+                fail_msg("conv B%d C%d %dx%d O%d s%d plan %d: fast vs reference %.3e (f64) %.3e (f32), f32 ref vs f64 ref %.3e",
+                         s.B, s.C, s.H, s.W, s.O, s.stride, plan, e64, e32, e_ref);
+        }
         void *buffers[] = {x, w, b, col, y, yr, xf, wf, bf, colf, yf, yrf};
         for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) free(buffers[i]);
     }
@@ -247,6 +254,51 @@ static void test_batch_layouts_keep_samples_apart(void **state) {
     check_layout("input 3x4x4, bn, conv 2, avgpool, bn, linear 2, mse", 3, 1);
     check_layout("input 2x3x4, conv 3 s2, flatten, bn, relu, linear 2, xent", 4, 1);
     check_layout("input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, flatten, linear 5, xent", 5, 1);
+}
+
+/* The convolution plans (nn_tmpl.h) change where fields live and how the batch is cut, never the
+ * result: loss, gradient and HVP with every layer rebuilding its fields one sample at a time, or
+ * a few samples at a time (ragged last chunks), or keeping them but taking the input gradient in
+ * chunks, or keeping them only for small batches (a capacity of 3000 entries: one or two
+ * samples, by layer), all equal the default plan's, for the planned batch and smaller ones. */
+static void check_conv_plans(const char *spec, int n) {
+    mt_nn_net net;
+    if (mt_nn_parse(&net, spec, "test") != MT_OK) fail_msg("%s: %s", spec, mt_error_message());
+    size_t np = net.n_params, nx = (size_t)n * net.in_size, ny = (size_t)n * net.out_size;
+    const size_t plans[][2] = {{0, 1}, {0, 500}, {(size_t)1 << 30, 1}, {3000, 1}}; /* keep, chunk (entries) */
+    double *p = xcalloc(np, sizeof(double)), *d = xcalloc(np, sizeof(double));
+    double *g0 = xcalloc(np, sizeof(double)), *h0 = xcalloc(np, sizeof(double));
+    double *g = xcalloc(np, sizeof(double)), *h = xcalloc(np, sizeof(double));
+    double *x = xcalloc(nx, sizeof(double)), *y = xcalloc(ny, sizeof(double));
+    int32_t *labels = xcalloc((size_t)n, sizeof(int32_t));
+    fd_random_params(&net, 5, p);
+    fd_random_batch(&net, n, 5, x, y, labels);
+    fd_fill_direction(d, np, 5, 9);
+    const int batches[] = {n, n - 1, 2, 1}; /* the planned batch, and smaller ones (other last chunks) */
+    for (size_t b = 0; b < sizeof batches / sizeof *batches; b++) {
+        int m = batches[b];
+        mt_nn_ws_f64 *ws;
+        assert_int_equal(mt_nn_ws_create_f64(&ws, &net, n), MT_OK);
+        double loss0 = pass(ws, &net, p, d, x, y, labels, 0, m, g0, h0);
+        mt_nn_ws_free_f64(ws);
+        for (size_t k = 0; k < sizeof plans / sizeof *plans; k++) {
+            assert_int_equal(mt_nn_ws_create_budget_f64(&ws, &net, n, plans[k][0], plans[k][1]), MT_OK);
+            double loss = pass(ws, &net, p, d, x, y, labels, 0, m, g, h);
+            double e_loss = fd_rel_err_scalar(loss, loss0), e_grad = fd_rel_err(g, g0, np), e_hvp = fd_rel_err(h, h0, np);
+            if (!(e_loss <= 1e-13 && e_grad <= 1e-13 && e_hvp <= 1e-13))
+                fail_msg("%s (batch %d of %d, keep %zu, chunk %zu): loss %.3e, gradient %.3e, HVP %.3e", spec, m, n,
+                         plans[k][0], plans[k][1], e_loss, e_grad, e_hvp);
+            mt_nn_ws_free_f64(ws);
+        }
+    }
+    void *buffers[] = {p, d, g0, h0, g, h, x, y, labels};
+    for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) free(buffers[i]);
+}
+
+static void test_conv_plans_agree(void **state) {
+    check_conv_plans("input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, conv 8 s2, flatten, linear 5, xent", 5);
+    check_conv_plans("input 3x5x4, conv 2, relu, conv 3 s2, flatten, linear 3, xent", 4);
+    check_conv_plans("input 2x40x33, conv 3, bn, relu, conv 2 s2, avgpool, linear 2, mse", 3);
 }
 
 /* ---- Spec parser ---- */
@@ -363,6 +415,7 @@ int main(void) {
         cmocka_unit_test(test_float_agrees_with_double_on_layers),
         cmocka_unit_test(test_float_agrees_with_double_on_networks),
         cmocka_unit_test(test_conv_forward_matches_reference),
+        cmocka_unit_test(test_conv_plans_agree),
         cmocka_unit_test(test_batch_layouts_keep_samples_apart),
         cmocka_unit_test(test_conv_reference_by_hand),
         cmocka_unit_test(test_parse_rejects_bad_specs),

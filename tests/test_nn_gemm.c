@@ -18,6 +18,8 @@ void mt_nn_matmul(int ta, int tb, int M, int N, int K, float alpha, const float 
                   float beta, float *C);
 void mt_nn_matmul_f64(int ta, int tb, int M, int N, int K, double alpha, const double *A,
                       const double *B, double beta, double *C);
+void mt_nn_matmul_ld(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc);
 
 /* M, N, K: the sinusoid MLP's (10 samples, 40 hidden, 1 in and out), the 4-conv's head and
  * convolutions (small and above the OpenBLAS threshold), and sizes one off the 4-, 8- and
@@ -83,10 +85,56 @@ static void test_beta_zero_ignores_old_c(void **state) {
     assert_float_equal(C[2], 10, 0), assert_float_equal(C[3], 11, 0);
 }
 
+/* Blocks of larger matrices (the convolution's per-chunk products): each operand padded by a few
+ * columns, so every kernel must honour its leading dimension; the result must equal the
+ * contiguous product (to rounding: a column of C with ldc > 1 cannot take the axpy route), and
+ * the padding must stay untouched. */
+static void check_shape_ld(int ta, int tb, int M, int N, int K, float alpha, float beta, uint32_t key) {
+    int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
+    int lda = ca + 3, ldb = cb + 1, ldc = N + 5;
+    float *A = malloc((size_t)ra * ca * sizeof *A), *B = malloc((size_t)rb * cb * sizeof *B);
+    float *C = malloc((size_t)M * N * sizeof *C), *Ap = malloc((size_t)ra * lda * sizeof *Ap);
+    float *Bp = malloc((size_t)rb * ldb * sizeof *Bp), *Cp = malloc((size_t)M * ldc * sizeof *Cp);
+    assert_true(A && B && C && Ap && Bp && Cp);
+    mt_rng rng;
+    mt_rng_init(&rng, 11, key, 0, MT_RNG_STREAM_TEST);
+    for (size_t i = 0; i < (size_t)ra * lda; i++) Ap[i] = 1e30f; /* padding: poisons any product that reads it */
+    for (size_t i = 0; i < (size_t)rb * ldb; i++) Bp[i] = 1e30f;
+    for (size_t i = 0; i < (size_t)M * ldc; i++) Cp[i] = -7;
+    for (int r = 0; r < ra; r++)
+        for (int c = 0; c < ca; c++) Ap[(size_t)r * lda + c] = A[(size_t)r * ca + c] = (float)(mt_rng_uniform(&rng) - 0.5);
+    for (int r = 0; r < rb; r++)
+        for (int c = 0; c < cb; c++) Bp[(size_t)r * ldb + c] = B[(size_t)r * cb + c] = (float)(mt_rng_uniform(&rng) - 0.5);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) Cp[(size_t)i * ldc + j] = C[(size_t)i * N + j] = (float)(mt_rng_uniform(&rng) - 0.5);
+    mt_nn_matmul(ta, tb, M, N, K, alpha, A, B, beta, C);
+    mt_nn_matmul_ld(ta, tb, M, N, K, alpha, Ap, lda, Bp, ldb, beta, Cp, ldc);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < ldc; j++) {
+            float got = Cp[(size_t)i * ldc + j], want = j < N ? C[(size_t)i * N + j] : -7;
+            float tol = j < N ? 1e-5f * (fabsf(alpha) * 0.25f * (float)K + fabsf(beta) + 1) : 0;
+            if (!(fabsf(got - want) <= tol))
+                fail_msg("C(%d,%d) of %s%s %dx%dx%d with leading dimensions %d %d %d: %.9g, want %.9g", i, j,
+                         ta ? "Aᵀ" : "A", tb ? "Bᵀ" : "B", M, N, K, lda, ldb, ldc, (double)got, (double)want);
+        }
+    free(A), free(B), free(C), free(Ap), free(Bp), free(Cp);
+}
+
+static void test_leading_dimensions(void **state) {
+    (void)state;
+    uint32_t key = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int t = 0; t < 4; t++) {
+            check_shape_ld(t >> 1, t & 1, shapes[s][0], shapes[s][1], shapes[s][2], 1, 0, key++);
+            check_shape_ld(t >> 1, t & 1, shapes[s][0], shapes[s][1], shapes[s][2], -0.5f, 0.25f, key++);
+        }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_shape_and_transpose),
         cmocka_unit_test(test_beta_zero_ignores_old_c),
+        cmocka_unit_test(test_leading_dimensions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

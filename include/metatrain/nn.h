@@ -23,6 +23,12 @@
 #define MT_NN_MAX_TENSORS 128
 #define MT_NN_NAME_LEN 32
 #define MT_NN_BN_EPS 1e-5
+/* Convolution budget (mt_nn_ws_create_budget), in entries of fields (K rows × columns): a layer
+ * keeps its whole batch's fields up to 16 Mi entries (64 MB of floats; every layer of the 5-way
+ * workload's 75-image query batch), and works in chunks of about 256 Ki entries (1 MB, about
+ * the L2 cache). */
+#define MT_NN_KEEP_FIELDS ((size_t)1 << 22)
+#define MT_NN_CHUNK_FIELDS ((size_t)1 << 18)
 
 typedef enum {
     MT_NN_LINEAR,  /* y = x Wᵀ + b */

@@ -9,6 +9,18 @@ typedef struct {
     int n;
 } MT_(mt_nn_batch);
 
+/* A convolution layer's working memory, planned by mt_nn_ws_create: the layer walks its batch in
+ * chunks of `chunk` samples. col and rcol (capacity entries each) keep the receptive fields of x
+ * and Rx, (K, B·P) with K = C·9 and P = Ho·Wo, from the forward passes for the backward ones;
+ * for a batch whose fields are over the capacity (or with col NULL), every pass rebuilds one
+ * chunk's fields in scratch and rscratch (K, chunk·P). dcol (K, chunk·P) is scratch for the
+ * input gradients. */
+typedef struct {
+    MT_REAL *col, *rcol, *scratch, *rscratch, *dcol;
+    size_t capacity;
+    int chunk;
+} MT_(mt_nn_conv_work);
+
 /* Every buffer a forward, backward or HVP pass needs for batches of up to max_batch samples,
  * planned once. The passes never allocate. */
 typedef struct {
@@ -17,8 +29,7 @@ typedef struct {
     MT_REAL *act[MT_NN_MAX_LAYERS + 1];  /* act[l+1]: layer l's output (layouts: net.c); act[0] the input */
     MT_REAL *ract[MT_NN_MAX_LAYERS + 1]; /* R-forward of act; ract[0] is NULL (x ignores θ) */
     MT_REAL *delta[2], *rdelta[2];       /* ping-pong gradients w.r.t. activations */
-    MT_REAL *col[MT_NN_MAX_LAYERS], *rcol[MT_NN_MAX_LAYERS]; /* per conv layer, (C·9, B·P) */
-    MT_REAL *dcol;                       /* conv scratch: (C·9, B·P) at the widest */
+    MT_(mt_nn_conv_work) conv[MT_NN_MAX_LAYERS]; /* per conv layer */
     MT_REAL *input_cm;                   /* the batch's x channel-major, when images have C > 1 */
     MT_REAL *flat, *rflat;               /* the last image layer's output and R-output, batch-major */
     MT_REAL *bn_stats;                   /* per BN layer: mean, inv_std, r_shift (3 C each) */
@@ -29,6 +40,12 @@ typedef struct {
 } MT_(mt_nn_ws);
 
 mt_status MT_(mt_nn_ws_create)(MT_(mt_nn_ws) **ws, const mt_nn_net *net, int max_batch);
+/* The same with the convolutions' budget in entries: a layer can keep up to keep_fields of
+ * fields (a batch with more rebuilds them chunk by chunk), and walks its batch in chunks of about
+ * chunk_fields (at least one sample). mt_nn_ws_create uses MT_NN_KEEP_FIELDS and
+ * MT_NN_CHUNK_FIELDS. */
+mt_status MT_(mt_nn_ws_create_budget)(MT_(mt_nn_ws) **ws, const mt_nn_net *net, int max_batch,
+                                      size_t keep_fields, size_t chunk_fields);
 void MT_(mt_nn_ws_free)(MT_(mt_nn_ws) *ws);
 
 /* He-normal weights for linear and conv, zero biases, BN scale 1 and shift 0, drawn from the
@@ -73,20 +90,21 @@ void MT_(mt_nn_relu_forward)(MT_REAL *y, const MT_REAL *x, size_t n);
 void MT_(mt_nn_relu_backward)(MT_REAL *dx, const MT_REAL *dy, const MT_REAL *y, size_t n);
 
 /* Conv 3x3, padding 1, on channel-major activations: y (O,B,Ho,Wo) = W (O,C,3,3) * x (C,B,H,W)
- * + b (O), one GEMM per pass over the batch. col (C·9, B·Ho·Wo) receives the receptive fields,
- * which the backward passes reuse; rcol likewise for Rx. dcol is (C·9, B·Ho·Wo) scratch. */
-void MT_(mt_nn_conv_forward)(MT_REAL *y, MT_REAL *col, const MT_REAL *x, const MT_REAL *W,
-                             const MT_REAL *b, int B, int C, int H, int Wd, int O, int stride);
+ * + b (O), as im2col plus GEMMs, chunk by chunk of the batch (mt_nn_conv_work). The backward
+ * passes take the same x (and Rx) as the forward ones, and the work the forward ones filled. */
+void MT_(mt_nn_conv_forward)(MT_REAL *y, const MT_(mt_nn_conv_work) *cw, const MT_REAL *x,
+                             const MT_REAL *W, const MT_REAL *b, int B, int C, int H, int Wd, int O,
+                             int stride);
 void MT_(mt_nn_conv_backward)(MT_REAL *dx, MT_REAL *dW, MT_REAL *db, const MT_REAL *dy,
-                              const MT_REAL *col, const MT_REAL *W, MT_REAL *dcol, int B, int C,
-                              int H, int Wd, int O, int stride);
-void MT_(mt_nn_conv_rforward)(MT_REAL *ry, MT_REAL *rcol, const MT_REAL *col, const MT_REAL *rx,
-                              const MT_REAL *W, const MT_REAL *U, const MT_REAL *c, int B, int C,
-                              int H, int Wd, int O, int stride);
+                              const MT_REAL *x, const MT_REAL *W, const MT_(mt_nn_conv_work) *cw,
+                              int B, int C, int H, int Wd, int O, int stride);
+void MT_(mt_nn_conv_rforward)(MT_REAL *ry, const MT_(mt_nn_conv_work) *cw, const MT_REAL *x,
+                              const MT_REAL *rx, const MT_REAL *W, const MT_REAL *U,
+                              const MT_REAL *c, int B, int C, int H, int Wd, int O, int stride);
 void MT_(mt_nn_conv_rbackward)(MT_REAL *rdx, MT_REAL *rdW, MT_REAL *rdb, const MT_REAL *dy,
-                               const MT_REAL *rdy, const MT_REAL *col, const MT_REAL *rcol,
-                               const MT_REAL *W, const MT_REAL *U, MT_REAL *dcol, int B, int C,
-                               int H, int Wd, int O, int stride);
+                               const MT_REAL *rdy, const MT_REAL *x, const MT_REAL *rx,
+                               const MT_REAL *W, const MT_REAL *U, const MT_(mt_nn_conv_work) *cw,
+                               int B, int C, int H, int Wd, int O, int stride);
 /* The slow, obvious convolution the fast one is tested against (same layouts). */
 void MT_(mt_nn_conv_forward_reference)(MT_REAL *y, const MT_REAL *x, const MT_REAL *W,
                                        const MT_REAL *b, int B, int C, int H, int Wd, int O,

@@ -36,5 +36,9 @@ typedef MT_REAL mt_real;
 #define mt_matmul MT_(mt_nn_matmul)
 void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A,
                        const mt_real *B, mt_real beta, mt_real *C);
+/* The same with leading dimensions (row strides), for products on blocks of larger matrices. */
+#define mt_matmul_ld MT_(mt_nn_matmul_ld)
+void MT_(mt_nn_matmul_ld)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A, int lda,
+                          const mt_real *B, int ldb, mt_real beta, mt_real *C, int ldc);
 
 #endif

@@ -3,7 +3,11 @@
  * channel-major, x (C,B,H,W) and y (O,B,Ho,Wo), so the GEMM's output is y itself:
  *   col (K, B·P) holds every sample's receptive fields, K = C·9, P = Ho·Wo;
  *   y (O, B·P) = W (O,K) · col + b.
- * Forward leaves col (and R-forward rcol) in the workspace for the backward passes.
+ * The batch goes through in chunks of samples (mt_nn_conv_work, planned by mt_nn_ws_create): the
+ * forward passes keep the whole batch's fields for the backward ones when they fit the plan's
+ * capacity, and otherwise every pass rebuilds one chunk's fields at a time in a small scratch
+ * matrix, so that memory does not grow with batch × fields (the 20-way query batch's fields
+ * alone would be 34 MB in one layer, where its 20-image support batch keeps them).
  * im2col and its adjoint take one of three routes: stride 2 on small planes copies from phase
  * planes, stride 1 on small planes gathers through tap tables, large planes go row by row. */
 #include "metatrain/nn.h"
@@ -11,6 +15,8 @@
 
 #include <stdint.h>
 #include <string.h>
+
+typedef MT_(mt_nn_conv_work) mt_conv_work;
 
 static inline int out_size(int n, int stride) { return (n - 1) / stride + 1; }
 
@@ -81,16 +87,17 @@ static const mt_real *tap_source(const mt_real *ph, int P, int Wo, int ky, int k
     return PHASE_AT(ph, P, Wo, tap_phase[ky], tap_phase[kx]) + tap_shift[ky] * Wo + tap_shift[kx];
 }
 
-MT_KERNEL static void im2col_stride2(mt_real *col, const mt_real *x, int B, int C, int H, int Wd) {
+MT_KERNEL static void im2col_stride2(mt_real *col, size_t ld, const mt_real *x, int B, int nb, int C, int H,
+                                     int Wd) {
     int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
-    size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
+    size_t HW = (size_t)H * Wd;
     mt_real ph[4 * (TAP_TABLE_MAX + 2 * 32 + 1)];
     for (int c = 0; c < C; c++)
-        for (int n = 0; n < B; n++) {
+        for (int n = 0; n < nb; n++) {
             split_phases(ph, x + ((size_t)c * B + n) * HW, H, Wd, Ho, Wo);
             for (int k = 0; k < 9; k++) {
                 const mt_real *restrict src = tap_source(ph, P, Wo, k / 3, k % 3);
-                mt_real *restrict out = col + (size_t)(c * 9 + k) * BP + (size_t)n * P;
+                mt_real *restrict out = col + (size_t)(c * 9 + k) * ld + (size_t)n * P;
                 for (int p = 0; p < P; p++) out[p] = src[p];
                 if (k % 3 == 0)
                     for (int oy = 0; oy < Ho; oy++) out[oy * Wo] = 0; /* column −1 is padding */
@@ -98,16 +105,17 @@ MT_KERNEL static void im2col_stride2(mt_real *col, const mt_real *x, int B, int 
         }
 }
 
-MT_KERNEL static void col2im_stride2(mt_real *x, const mt_real *col, int B, int C, int H, int Wd) {
+MT_KERNEL static void col2im_stride2(mt_real *x, int B, int nb, const mt_real *col, size_t ld, int C, int H,
+                                     int Wd) {
     int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
-    size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
+    size_t HW = (size_t)H * Wd;
     mt_real ph[4 * (TAP_TABLE_MAX + 2 * 32 + 1)], masked[TAP_TABLE_MAX];
     for (int c = 0; c < C; c++)
-        for (int n = 0; n < B; n++) {
+        for (int n = 0; n < nb; n++) {
             memset(ph, 0, 4 * (size_t)(P + Wo + 1) * sizeof *ph);
             for (int k = 0; k < 9; k++) {
                 mt_real *restrict dst = (mt_real *)tap_source(ph, P, Wo, k / 3, k % 3);
-                const mt_real *restrict in = col + (size_t)(c * 9 + k) * BP + (size_t)n * P;
+                const mt_real *restrict in = col + (size_t)(c * 9 + k) * ld + (size_t)n * P;
                 if (k % 3 == 0) { /* drop column −1, the padding: it would land on the row before */
                     memcpy(masked, in, (size_t)P * sizeof *in);
                     for (int oy = 0; oy < Ho; oy++) masked[oy * Wo] = 0;
@@ -119,23 +127,25 @@ MT_KERNEL static void col2im_stride2(mt_real *x, const mt_real *col, int B, int 
         }
 }
 
-/* col (C·9, B·P): sample n's fields in columns n·P … (n+1)·P − 1 */
-MT_KERNEL static void im2col(mt_real *col, const mt_real *x, int B, int C, int H, int Wd, int stride) {
+/* The receptive fields of samples 0 … nb − 1 of x, whose channel c holds B planes: plane (c, n) at
+ * x + (c·B + n)·H·W. col (C·9, nb·P), rows ld apart: sample n's fields in columns n·P … (n+1)·P − 1. */
+MT_KERNEL static void im2col(mt_real *col, size_t ld, const mt_real *x, int B, int nb, int C, int H, int Wd,
+                             int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
-    size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
+    size_t HW = (size_t)H * Wd;
     if (stride == 2 && P <= TAP_TABLE_MAX && Wo <= 32) {
-        im2col_stride2(col, x, B, C, H, Wd);
+        im2col_stride2(col, ld, x, B, nb, C, H, Wd);
         return;
     }
     if (P <= TAP_TABLE_MAX) {
         int32_t tab[9][TAP_TABLE_MAX];
         for (int k = 0; k < 9; k++) tap_table(tab[k], H, Wd, Ho, Wo, k / 3, k % 3, stride);
         for (int c = 0; c < C; c++)
-            for (int n = 0; n < B; n++) { /* one input plane, read nine times while in L1 */
+            for (int n = 0; n < nb; n++) { /* one input plane, read nine times while in L1 */
                 const mt_real *restrict xn = x + ((size_t)c * B + n) * HW;
                 for (int k = 0; k < 9; k++) {
                     const int32_t *restrict t = tab[k];
-                    mt_real *restrict out = col + (size_t)(c * 9 + k) * BP + (size_t)n * P;
+                    mt_real *restrict out = col + (size_t)(c * 9 + k) * ld + (size_t)n * P;
                     for (int p = 0; p < P; p++) out[p] = t[p] < 0 ? 0 : xn[t[p]];
                 }
             }
@@ -146,8 +156,8 @@ MT_KERNEL static void im2col(mt_real *col, const mt_real *x, int B, int C, int H
             for (int kx = 0; kx < 3; kx++) {
                 int lo, hi;
                 valid_columns(Wd, Wo, kx, stride, &lo, &hi);
-                mt_real *row = col + (size_t)((c * 3 + ky) * 3 + kx) * BP;
-                for (int n = 0; n < B; n++) {
+                mt_real *row = col + (size_t)((c * 3 + ky) * 3 + kx) * ld;
+                for (int n = 0; n < nb; n++) {
                     const mt_real *xc = x + ((size_t)c * B + n) * HW;
                     for (int oy = 0; oy < Ho; oy++) {
                         int iy = oy * stride + ky - 1;
@@ -167,39 +177,41 @@ MT_KERNEL static void im2col(mt_real *col, const mt_real *x, int B, int C, int H
             }
 }
 
-/* x (C,B,H,W) = the adjoint of im2col applied to col. Within one tap no two outputs read the
- * same input, so each tap's scatter-add has no conflicts. */
-MT_KERNEL static void col2im(mt_real *x, const mt_real *col, int B, int C, int H, int Wd, int stride) {
+/* Planes 0 … nb − 1 of each channel of x (laid out as for im2col) = the adjoint of im2col applied
+ * to col. Within one tap no two outputs read the same input, so each tap's scatter-add has no
+ * conflicts. */
+MT_KERNEL static void col2im(mt_real *x, int B, int nb, const mt_real *col, size_t ld, int C, int H, int Wd,
+                             int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
-    size_t BP = (size_t)B * P, HW = (size_t)H * Wd;
+    size_t HW = (size_t)H * Wd;
     if (stride == 2 && P <= TAP_TABLE_MAX && Wo <= 32) {
-        col2im_stride2(x, col, B, C, H, Wd);
+        col2im_stride2(x, B, nb, col, ld, C, H, Wd);
         return;
     }
     if (P <= TAP_TABLE_MAX) {
         int32_t tab[9][TAP_TABLE_MAX];
         for (int k = 0; k < 9; k++) tap_table(tab[k], H, Wd, Ho, Wo, k / 3, k % 3, stride);
         for (int c = 0; c < C; c++)
-            for (int n = 0; n < B; n++) { /* one input plane, accumulated in L1 */
+            for (int n = 0; n < nb; n++) { /* one input plane, accumulated in L1 */
                 mt_real *xn = x + ((size_t)c * B + n) * HW;
                 memset(xn, 0, HW * sizeof *xn);
                 for (int k = 0; k < 9; k++) {
                     const int32_t *t = tab[k];
-                    const mt_real *in = col + (size_t)(c * 9 + k) * BP + (size_t)n * P;
+                    const mt_real *in = col + (size_t)(c * 9 + k) * ld + (size_t)n * P;
                     for (int p = 0; p < P; p++)
                         if (t[p] >= 0) xn[t[p]] += in[p];
                 }
             }
         return;
     }
-    memset(x, 0, (size_t)B * C * HW * sizeof *x);
+    for (int c = 0; c < C; c++) memset(x + (size_t)c * B * HW, 0, (size_t)nb * HW * sizeof *x);
     for (int c = 0; c < C; c++)
         for (int ky = 0; ky < 3; ky++)
             for (int kx = 0; kx < 3; kx++) {
                 int lo, hi;
                 valid_columns(Wd, Wo, kx, stride, &lo, &hi);
-                const mt_real *row = col + (size_t)((c * 3 + ky) * 3 + kx) * BP;
-                for (int n = 0; n < B; n++) {
+                const mt_real *row = col + (size_t)((c * 3 + ky) * 3 + kx) * ld;
+                for (int n = 0; n < nb; n++) {
                     mt_real *xc = x + ((size_t)c * B + n) * HW;
                     for (int oy = 0; oy < Ho; oy++) {
                         int iy = oy * stride + ky - 1;
@@ -232,54 +244,114 @@ MT_KERNEL static void add_row_sums(mt_real *db, const mt_real *Y, int O, size_t 
     }
 }
 
-/* y (O,B,Ho,Wo) = W (O,C,3,3) * x (C,B,H,W) + b (O); leaves col (C·9, B·P) */
-void MT_(mt_nn_conv_forward)(mt_real *y, mt_real *col, const mt_real *x, const mt_real *W, const mt_real *b,
-                             int B, int C, int H, int Wd, int O, int stride) {
+/* One chunk of the batch: samples n0 … n0 + nb − 1. */
+typedef struct {
+    int n0, nb;
+    size_t ld; /* row stride of the chunk's fields: B·P within kept fields, nb·P in scratch */
+} chunk_t;
+
+/* The kept fields (K, B·P) when this batch's fit the plan's capacity, else NULL: rebuild. */
+static mt_real *kept(const mt_conv_work *cw, mt_real *col, int B, int C, int P) {
+    return col && (size_t)B * C * 9 * P <= cw->capacity ? col : NULL;
+}
+
+static chunk_t chunk_at(const mt_conv_work *cw, const mt_real *kept_col, int B, int P, int n0) {
+    chunk_t ch = {n0, B - n0 < cw->chunk ? B - n0 : cw->chunk, 0};
+    ch.ld = kept_col ? (size_t)B * P : (size_t)ch.nb * P;
+    return ch;
+}
+
+/* The chunk's fields of x: a view into kept (K, B·P) fields, or rebuilt into scratch when
+ * nothing is kept (with build set, the forward passes fill the kept fields the first time). */
+static const mt_real *chunk_fields(mt_real *kept, mt_real *scratch, int build, const mt_real *x, chunk_t ch, int B,
+                                   int C, int H, int Wd, int stride) {
+    int P = out_size(H, stride) * out_size(Wd, stride);
+    mt_real *col = kept ? kept + (size_t)ch.n0 * P : scratch;
+    if (build || !kept) im2col(col, ch.ld, x + (size_t)ch.n0 * H * Wd, B, ch.nb, C, H, Wd, stride);
+    return col;
+}
+
+/* y (O,B,Ho,Wo) = W (O,C,3,3) * x (C,B,H,W) + b (O); keeps the fields in cw->col if planned */
+void MT_(mt_nn_conv_forward)(mt_real *y, const mt_conv_work *cw, const mt_real *x, const mt_real *W,
+                             const mt_real *b, int B, int C, int H, int Wd, int O, int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
-    im2col(col, x, B, C, H, Wd, stride);
-    mt_matmul(0, 0, O, BP, K, 1, W, col, 0, y);
+    mt_real *kcol = kept(cw, cw->col, B, C, P);
+    for (int n0 = 0; n0 < B; n0 += cw->chunk) {
+        chunk_t ch = chunk_at(cw, kcol, B, P, n0);
+        const mt_real *col = chunk_fields(kcol, cw->scratch, 1, x, ch, B, C, H, Wd, stride);
+        mt_matmul_ld(0, 0, O, ch.nb * P, K, 1, W, K, col, (int)ch.ld, 0, y + (size_t)n0 * P, BP);
+    }
     add_bias(y, b, O, (size_t)BP);
 }
 
 /* dW += dy · colᵀ;  db += Σ dy;  dx = col2im(Wᵀ · dy) */
-void MT_(mt_nn_conv_backward)(mt_real *dx, mt_real *dW, mt_real *db, const mt_real *dy,
-                              const mt_real *col, const mt_real *W, mt_real *dcol, int B, int C, int H,
-                              int Wd, int O, int stride) {
+void MT_(mt_nn_conv_backward)(mt_real *dx, mt_real *dW, mt_real *db, const mt_real *dy, const mt_real *x,
+                              const mt_real *W, const mt_conv_work *cw, int B, int C, int H, int Wd, int O,
+                              int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
-    mt_matmul(0, 1, O, K, BP, 1, dy, col, 1, dW);
     add_row_sums(db, dy, O, (size_t)BP);
-    if (dx) {
-        mt_matmul(1, 0, K, BP, O, 1, W, dy, 0, dcol);
-        col2im(dx, dcol, B, C, H, Wd, stride);
+    mt_real *kcol = kept(cw, cw->col, B, C, P);
+    if (kcol) mt_matmul(0, 1, O, K, BP, 1, dy, kcol, 1, dW); /* one product over the whole batch */
+    for (int n0 = 0; n0 < B; n0 += cw->chunk) {
+        chunk_t ch = chunk_at(cw, kcol, B, P, n0);
+        const mt_real *dyc = dy + (size_t)n0 * P;
+        if (!kcol) {
+            const mt_real *col = chunk_fields(NULL, cw->scratch, 0, x, ch, B, C, H, Wd, stride);
+            mt_matmul_ld(0, 1, O, K, ch.nb * P, 1, dyc, BP, col, (int)ch.ld, 1, dW, K);
+        }
+        if (dx) {
+            mt_matmul_ld(1, 0, K, ch.nb * P, O, 1, W, K, dyc, BP, 0, cw->dcol, ch.nb * P);
+            col2im(dx + (size_t)n0 * H * Wd, B, ch.nb, cw->dcol, (size_t)ch.nb * P, C, H, Wd, stride);
+        }
     }
 }
 
-/* Ry = U · col + W · col(Rx) + c; leaves rcol = col(Rx) when rx is given */
-void MT_(mt_nn_conv_rforward)(mt_real *ry, mt_real *rcol, const mt_real *col, const mt_real *rx,
-                              const mt_real *W, const mt_real *U, const mt_real *c, int B, int C, int H,
-                              int Wd, int O, int stride) {
+/* Ry = U · col + W · col(Rx) + c; keeps col(Rx) in cw->rcol if planned (rx NULL: Rx = 0) */
+void MT_(mt_nn_conv_rforward)(mt_real *ry, const mt_conv_work *cw, const mt_real *x, const mt_real *rx,
+                              const mt_real *W, const mt_real *U, const mt_real *c, int B, int C, int H, int Wd,
+                              int O, int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
-    mt_matmul(0, 0, O, BP, K, 1, U, col, 0, ry);
-    if (rx) {
-        im2col(rcol, rx, B, C, H, Wd, stride);
-        mt_matmul(0, 0, O, BP, K, 1, W, rcol, 1, ry);
+    mt_real *kcol = kept(cw, cw->col, B, C, P), *krcol = kept(cw, cw->rcol, B, C, P);
+    for (int n0 = 0; n0 < B; n0 += cw->chunk) {
+        chunk_t ch = chunk_at(cw, kcol, B, P, n0);
+        mt_real *ryc = ry + (size_t)n0 * P;
+        const mt_real *col = chunk_fields(kcol, cw->scratch, 0, x, ch, B, C, H, Wd, stride);
+        mt_matmul_ld(0, 0, O, ch.nb * P, K, 1, U, K, col, (int)ch.ld, 0, ryc, BP);
+        if (rx) {
+            const mt_real *rcol = chunk_fields(krcol, cw->rscratch, 1, rx, ch, B, C, H, Wd, stride);
+            mt_matmul_ld(0, 0, O, ch.nb * P, K, 1, W, K, rcol, (int)ch.ld, 1, ryc, BP);
+        }
     }
     add_bias(ry, c, O, (size_t)BP);
 }
 
 /* R(dW) += R(dy)·colᵀ + dy·R(col)ᵀ;  R(db) += Σ R(dy);  R(dx) = col2im(Wᵀ·R(dy) + Uᵀ·dy) */
-void MT_(mt_nn_conv_rbackward)(mt_real *rdx, mt_real *rdW, mt_real *rdb, const mt_real *dy,
-                               const mt_real *rdy, const mt_real *col, const mt_real *rcol,
-                               const mt_real *W, const mt_real *U, mt_real *dcol, int B, int C, int H,
-                               int Wd, int O, int stride) {
+void MT_(mt_nn_conv_rbackward)(mt_real *rdx, mt_real *rdW, mt_real *rdb, const mt_real *dy, const mt_real *rdy,
+                               const mt_real *x, const mt_real *rx, const mt_real *W, const mt_real *U,
+                               const mt_conv_work *cw, int B, int C, int H, int Wd, int O, int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
-    mt_matmul(0, 1, O, K, BP, 1, rdy, col, 1, rdW);
-    if (rcol) mt_matmul(0, 1, O, K, BP, 1, dy, rcol, 1, rdW);
     add_row_sums(rdb, rdy, O, (size_t)BP);
-    if (rdx) {
-        mt_matmul(1, 0, K, BP, O, 1, W, rdy, 0, dcol);
-        mt_matmul(1, 0, K, BP, O, 1, U, dy, 1, dcol);
-        col2im(rdx, dcol, B, C, H, Wd, stride);
+    mt_real *kcol = kept(cw, cw->col, B, C, P), *krcol = kept(cw, cw->rcol, B, C, P);
+    if (kcol) {
+        mt_matmul(0, 1, O, K, BP, 1, rdy, kcol, 1, rdW);
+        if (rx) mt_matmul(0, 1, O, K, BP, 1, dy, krcol, 1, rdW);
+    }
+    for (int n0 = 0; n0 < B; n0 += cw->chunk) {
+        chunk_t ch = chunk_at(cw, kcol, B, P, n0);
+        const mt_real *dyc = dy + (size_t)n0 * P, *rdyc = rdy + (size_t)n0 * P;
+        if (!kcol) {
+            const mt_real *col = chunk_fields(NULL, cw->scratch, 0, x, ch, B, C, H, Wd, stride);
+            mt_matmul_ld(0, 1, O, K, ch.nb * P, 1, rdyc, BP, col, (int)ch.ld, 1, rdW, K);
+            if (rx) {
+                const mt_real *rcol = chunk_fields(NULL, cw->rscratch, 0, rx, ch, B, C, H, Wd, stride);
+                mt_matmul_ld(0, 1, O, K, ch.nb * P, 1, dyc, BP, rcol, (int)ch.ld, 1, rdW, K);
+            }
+        }
+        if (rdx) {
+            mt_matmul_ld(1, 0, K, ch.nb * P, O, 1, W, K, rdyc, BP, 0, cw->dcol, ch.nb * P);
+            mt_matmul_ld(1, 0, K, ch.nb * P, O, 1, U, K, dyc, BP, 1, cw->dcol, ch.nb * P);
+            col2im(rdx + (size_t)n0 * H * Wd, B, ch.nb, cw->dcol, (size_t)ch.nb * P, C, H, Wd, stride);
+        }
     }
 }
 

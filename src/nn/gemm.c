@@ -59,10 +59,10 @@ static void tile_edge(int mr, int nr, int K, mt_real alpha, const mt_real *A, si
         }
 }
 
-/* C (M,N) += alpha · A · B with A's (i,k) at A[i·ai + k·ak] and B (K,N) row-major. */
+/* C (M,N) += alpha · A · B with A's (i,k) at A[i·ai + k·ak], B's (k,j) at B[k·ldb + j] and C's
+ * (i,j) at C[i·ldc + j]. */
 static void small_gemm(int M, int N, int K, mt_real alpha, const mt_real *A, size_t ai, size_t ak,
-                       const mt_real *B, mt_real *C) {
-    size_t ldb = (size_t)N, ldc = (size_t)N;
+                       const mt_real *B, size_t ldb, mt_real *C, size_t ldc) {
     for (int j = 0; j < N;) {
         int nr = N - j >= FULL ? FULL : N - j >= HALF ? HALF : N - j;
         for (int i = 0; i < M;) {
@@ -80,95 +80,105 @@ static void small_gemm(int M, int N, int K, mt_real alpha, const mt_real *A, siz
     }
 }
 
-/* C (M,N) += alpha · A · Bᵀ, B (N,K), when Bᵀ is too big for the stack: dot products with eight
- * partial sums, so they vectorize without reassociating one sum. */
-MT_KERNEL static void gemm_nt_dots(int M, int N, int K, mt_real alpha, const mt_real *restrict A,
-                                   const mt_real *restrict B, mt_real *restrict C) {
+/* C (M,N) += alpha · A · Bᵀ, A (M,K) and B (N,K) row-major, when Bᵀ is too big for the stack:
+ * dot products with eight partial sums, so they vectorize without reassociating one sum. */
+MT_KERNEL static void gemm_nt_dots(int M, int N, int K, mt_real alpha, const mt_real *restrict A, size_t lda,
+                                   const mt_real *restrict B, size_t ldb, mt_real *restrict C, size_t ldc) {
     for (int i = 0; i < M; i++) {
-        const mt_real *restrict a = A + (size_t)i * K;
+        const mt_real *restrict a = A + (size_t)i * lda;
         for (int j = 0; j < N; j++) {
-            const mt_real *restrict b = B + (size_t)j * K;
+            const mt_real *restrict b = B + (size_t)j * ldb;
             mt_real part[8] = {0};
             int k = 0;
             for (; k + 8 <= K; k += 8)
                 for (int l = 0; l < 8; l++) part[l] += a[k + l] * b[k + l];
             mt_real sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
             for (; k < K; k++) sum += a[k] * b[k];
-            C[(size_t)i * N + j] += alpha * sum;
+            C[(size_t)i * ldc + j] += alpha * sum;
         }
     }
 }
 
 /* C (M,N) += alpha · Aᵀ · Bᵀ, A (K,M), B (N,K) (no layer needs it; kept for completeness) */
-static void gemm_tt(int M, int N, int K, mt_real alpha, const mt_real *A, const mt_real *B, mt_real *C) {
+static void gemm_tt(int M, int N, int K, mt_real alpha, const mt_real *A, size_t lda, const mt_real *B, size_t ldb,
+                    mt_real *C, size_t ldc) {
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
             mt_real sum = 0;
-            for (int k = 0; k < K; k++) sum += A[(size_t)k * M + i] * B[(size_t)j * K + k];
-            C[(size_t)i * N + j] += alpha * sum;
+            for (int k = 0; k < K; k++) sum += A[(size_t)k * lda + i] * B[(size_t)j * ldb + k];
+            C[(size_t)i * ldc + j] += alpha * sum;
         }
 }
 
-/* c (M) += alpha · Σ_k A (K,M) row k · b[k] */
-MT_KERNEL static void axpys(int M, int K, mt_real alpha, const mt_real *restrict A, const mt_real *restrict b,
-                            mt_real *restrict c) {
+/* c (M) += alpha · Σ_k A (K,M) row k · b[k·ldb] */
+MT_KERNEL static void axpys(int M, int K, mt_real alpha, const mt_real *restrict A, size_t lda,
+                            const mt_real *restrict b, size_t ldb, mt_real *restrict c) {
     for (int k = 0; k < K; k++) {
-        mt_real s = alpha * b[k];
-        const mt_real *restrict a = A + (size_t)k * M;
+        mt_real s = alpha * b[(size_t)k * ldb];
+        const mt_real *restrict a = A + (size_t)k * lda;
         for (int i = 0; i < M; i++) c[i] += s * a[i];
     }
 }
 
-/* dst (K,N) = src (N,K)ᵀ, in 4x4 blocks the compiler turns into register shuffles */
-MT_KERNEL static void transpose(mt_real *restrict dst, const mt_real *restrict src, int N, int K) {
+/* dst (K,N) = src (N,K)ᵀ, src's rows ld apart, in 4x4 blocks the compiler turns into register
+ * shuffles */
+MT_KERNEL static void transpose(mt_real *restrict dst, const mt_real *restrict src, size_t ld, int N, int K) {
     int j = 0;
     for (; j + 4 <= N; j += 4) {
         int k = 0;
         for (; k + 4 <= K; k += 4) {
             mt_real blk[4][4];
             for (int r = 0; r < 4; r++)
-                for (int c = 0; c < 4; c++) blk[r][c] = src[(size_t)(j + r) * K + k + c];
+                for (int c = 0; c < 4; c++) blk[r][c] = src[(size_t)(j + r) * ld + k + c];
             for (int c = 0; c < 4; c++)
                 for (int r = 0; r < 4; r++) dst[(size_t)(k + c) * N + j + r] = blk[r][c];
         }
         for (; k < K; k++)
-            for (int r = 0; r < 4; r++) dst[(size_t)k * N + j + r] = src[(size_t)(j + r) * K + k];
+            for (int r = 0; r < 4; r++) dst[(size_t)k * N + j + r] = src[(size_t)(j + r) * ld + k];
     }
     for (; j < N; j++)
-        for (int k = 0; k < K; k++) dst[(size_t)k * N + j] = src[(size_t)j * K + k];
+        for (int k = 0; k < K; k++) dst[(size_t)k * N + j] = src[(size_t)j * ld + k];
 }
 
-void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A,
-                       const mt_real *B, mt_real beta, mt_real *C) {
+void MT_(mt_nn_matmul_ld)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A, int lda,
+                          const mt_real *B, int ldb, mt_real beta, mt_real *C, int ldc) {
     double mnk = (double)M * N * K;
     mt_nn_gemm_flops += 2 * mnk;
     int small = mnk <= SMALL_MNK || (ta && !tb && (double)M * N <= 1200);
     if (!small) {
         mt_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
-                alpha, A, ta ? M : K, B, tb ? K : N, beta, C, N);
+                alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    size_t n = (size_t)M * N;
-    if (beta == 0) memset(C, 0, n * sizeof *C);
-    else if (beta != 1)
-        for (size_t i = 0; i < n; i++) C[i] *= beta;
-    /* A's (i,k) is A[i·K + k], or A[k·M + i] when transposed */
-    size_t ai = ta ? 1 : (size_t)K, ak = ta ? (size_t)M : 1;
+    for (int i = 0; i < M; i++) {
+        mt_real *c = C + (size_t)i * ldc;
+        if (beta == 0) memset(c, 0, (size_t)N * sizeof *c);
+        else if (beta != 1)
+            for (int j = 0; j < N; j++) c[j] *= beta;
+    }
+    /* A's (i,k) is A[i·lda + k], or A[k·lda + i] when transposed */
+    size_t ai = ta ? 1 : (size_t)lda, ak = ta ? (size_t)lda : 1;
     if (ta && !tb && N == 1) { /* C (M,1) += Σ_k A's row k · B[k]: axpys along A's contiguous rows */
-        axpys(M, K, alpha, A, B, C);
+        if (ldc == 1) axpys(M, K, alpha, A, (size_t)lda, B, (size_t)ldb, C);
+        else small_gemm(M, N, K, alpha, A, ai, ak, B, (size_t)ldb, C, (size_t)ldc);
     } else if (!tb) {
-        small_gemm(M, N, K, alpha, A, ai, ak, B, C);
+        small_gemm(M, N, K, alpha, A, ai, ak, B, (size_t)ldb, C, (size_t)ldc);
     } else if (!ta && N < HALF) { /* a few long dot products: no transpose */
-        gemm_nt_dots(M, N, K, alpha, A, B, C);
-    } else if (N == 1 || K == 1) { /* B (N,K) and Bᵀ (K,N) are the same array */
-        small_gemm(M, N, K, alpha, A, ai, ak, B, C);
+        gemm_nt_dots(M, N, K, alpha, A, (size_t)lda, B, (size_t)ldb, C, (size_t)ldc);
+    } else if (N == 1 || (K == 1 && ldb == 1)) { /* B (N,K) and Bᵀ (K,N) are the same array */
+        small_gemm(M, N, K, alpha, A, ai, ak, B, 1, C, (size_t)ldc);
     } else if ((size_t)N * K <= TRANSPOSE_MAX) {
         mt_real bt[TRANSPOSE_MAX];
-        transpose(bt, B, N, K);
-        small_gemm(M, N, K, alpha, A, ai, ak, bt, C);
+        transpose(bt, B, (size_t)ldb, N, K);
+        small_gemm(M, N, K, alpha, A, ai, ak, bt, (size_t)N, C, (size_t)ldc);
     } else if (!ta) {
-        gemm_nt_dots(M, N, K, alpha, A, B, C);
+        gemm_nt_dots(M, N, K, alpha, A, (size_t)lda, B, (size_t)ldb, C, (size_t)ldc);
     } else {
-        gemm_tt(M, N, K, alpha, A, B, C);
+        gemm_tt(M, N, K, alpha, A, (size_t)lda, B, (size_t)ldb, C, (size_t)ldc);
     }
+}
+
+void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A,
+                       const mt_real *B, mt_real beta, mt_real *C) {
+    MT_(mt_nn_matmul_ld)(ta, tb, M, N, K, alpha, A, ta ? M : K, B, tb ? K : N, beta, C, N);
 }

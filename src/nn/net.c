@@ -21,6 +21,11 @@ static size_t layer_in_size(const mt_nn_layer *L) { return (size_t)L->in_c * L->
 static size_t layer_out_size(const mt_nn_layer *L) { return (size_t)L->out_c * L->out_h * L->out_w; }
 
 mt_status MT_(mt_nn_ws_create)(ws_t **out, const mt_nn_net *net, int max_batch) {
+    return MT_(mt_nn_ws_create_budget)(out, net, max_batch, MT_NN_KEEP_FIELDS, MT_NN_CHUNK_FIELDS);
+}
+
+mt_status MT_(mt_nn_ws_create_budget)(ws_t **out, const mt_nn_net *net, int max_batch, size_t keep_fields,
+                                      size_t chunk_fields) {
     mt_status st = MT_OK;
     ws_t *ws = calloc(1, sizeof *ws);
     if (!ws) MT_THROW(MT_ERR_NOMEM, "out of memory planning a workspace");
@@ -29,15 +34,20 @@ mt_status MT_(mt_nn_ws_create)(ws_t **out, const mt_nn_net *net, int max_batch) 
     ws->max_batch = max_batch;
 
     /* Plan: count every buffer's size, make one allocation, then point into it. */
-    size_t B = (size_t)max_batch, total = 0, widest = net->in_size, col = 0, stats = 0, ints = 0;
+    size_t B = (size_t)max_batch, total = 0, widest = net->in_size, scratch = 0, dcol = 0, stats = 0, ints = 0;
     for (int l = 0; l < net->n_layers; l++) {
         const mt_nn_layer *L = &net->layers[l];
         total += 2 * B * layer_out_size(L); /* act and ract */
         if (layer_out_size(L) > widest) widest = layer_out_size(L);
         if (L->kind == MT_NN_CONV3X3) {
-            size_t c = B * L->in_c * 9 * L->out_h * L->out_w;
-            total += 2 * c; /* this layer's col and rcol */
-            if (c > col) col = c;
+            size_t per_sample = (size_t)L->in_c * 9 * L->out_h * L->out_w, chunk = chunk_fields / per_sample;
+            chunk = chunk < 1 ? 1 : chunk > B ? B : chunk;
+            size_t capacity = B * per_sample < keep_fields ? B * per_sample : keep_fields;
+            ws->conv[l].chunk = (int)chunk;
+            ws->conv[l].capacity = capacity >= per_sample ? capacity : 0; /* room for one sample at least */
+            total += 2 * ws->conv[l].capacity; /* col and rcol */
+            if (B * per_sample > ws->conv[l].capacity && chunk * per_sample > scratch) scratch = chunk * per_sample;
+            if (chunk * per_sample > dcol) dcol = chunk * per_sample;
         }
         if (L->kind == MT_NN_BATCHNORM) ws->bn_stats_offset[l] = stats, stats += 3 * (size_t)L->in_c;
         if (L->kind == MT_NN_MAXPOOL2) ws->pool_offset[l] = ints, ints += B * layer_out_size(L);
@@ -45,7 +55,7 @@ mt_status MT_(mt_nn_ws_create)(ws_t **out, const mt_nn_net *net, int max_batch) 
     int n_image = net->n_image_layers;
     size_t input_cm = n_image > 0 && net->in_c > 1 ? B * net->in_size : 0;
     size_t flat = n_image > 0 ? B * layer_out_size(&net->layers[n_image - 1]) : 0;
-    total += 4 * B * widest + col + stats + input_cm + 2 * flat;
+    total += 4 * B * widest + 2 * scratch + dcol + stats + input_cm + 2 * flat;
     mt_real *p = ws->arena = malloc(total * sizeof(mt_real));
     ws->int_arena = malloc((ints ? ints : 1) * sizeof(int32_t));
     if (!ws->arena || !ws->int_arena) MT_THROW(MT_ERR_NOMEM, "out of memory planning a workspace");
@@ -54,17 +64,23 @@ mt_status MT_(mt_nn_ws_create)(ws_t **out, const mt_nn_net *net, int max_batch) 
         size_t n = B * layer_out_size(L);
         ws->act[l + 1] = p, p += n;
         ws->ract[l + 1] = p, p += n;
-        if (L->kind == MT_NN_CONV3X3) {
-            size_t c = B * L->in_c * 9 * L->out_h * L->out_w;
-            ws->col[l] = p, p += c;
-            ws->rcol[l] = p, p += c;
+        if (L->kind == MT_NN_CONV3X3 && ws->conv[l].capacity > 0) {
+            ws->conv[l].col = p, p += ws->conv[l].capacity;
+            ws->conv[l].rcol = p, p += ws->conv[l].capacity;
         }
     }
     for (int i = 0; i < 2; i++) {
         ws->delta[i] = p, p += B * widest;
         ws->rdelta[i] = p, p += B * widest;
     }
-    ws->dcol = p, p += col;
+    mt_real *conv_scratch = p, *conv_rscratch = p + scratch, *conv_dcol = p + 2 * scratch;
+    p += 2 * scratch + dcol;
+    for (int l = 0; l < net->n_layers; l++)
+        if (net->layers[l].kind == MT_NN_CONV3X3) {
+            ws->conv[l].scratch = conv_scratch;
+            ws->conv[l].rscratch = conv_rscratch;
+            ws->conv[l].dcol = conv_dcol;
+        }
     ws->input_cm = input_cm ? p : NULL, p += input_cm;
     ws->flat = flat ? p : NULL, p += flat;
     ws->rflat = flat ? p : NULL, p += flat;
@@ -161,10 +177,10 @@ static void forward(ws_t *ws, const mt_real *params, const batch_t *batch, const
             break;
         }
         case MT_NN_CONV3X3:
-            MT_(mt_nn_conv_forward)(y, ws->col[l], x, W, b, B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
+            MT_(mt_nn_conv_forward)(y, &ws->conv[l], x, W, b, B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
             if (dir)
-                MT_(mt_nn_conv_rforward)(ry, ws->rcol[l], ws->col[l], rx, W, U, c, B, L->in_c, L->in_h, L->in_w,
-                                         L->out_c, L->stride);
+                MT_(mt_nn_conv_rforward)(ry, &ws->conv[l], x, rx, W, U, c, B, L->in_c, L->in_h, L->in_w, L->out_c,
+                                         L->stride);
             break;
         case MT_NN_BATCHNORM: {
             mt_real *stats = ws->bn_stats + ws->bn_stats_offset[l];
@@ -253,10 +269,10 @@ static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, cons
         }
         case MT_NN_CONV3X3:
             if (dir)
-                MT_(mt_nn_conv_rbackward)(rdx, rdW, rdb, dy, rdy, ws->col[l], rx ? ws->rcol[l] : NULL, W, U,
-                                          ws->dcol, B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
-            MT_(mt_nn_conv_backward)(dx, dW, db, dy, ws->col[l], W, ws->dcol, B, L->in_c, L->in_h, L->in_w,
-                                     L->out_c, L->stride);
+                MT_(mt_nn_conv_rbackward)(rdx, rdW, rdb, dy, rdy, x, rx, W, U, &ws->conv[l], B, L->in_c, L->in_h,
+                                          L->in_w, L->out_c, L->stride);
+            MT_(mt_nn_conv_backward)(dx, dW, db, dy, x, W, &ws->conv[l], B, L->in_c, L->in_h, L->in_w, L->out_c,
+                                     L->stride);
             break;
         case MT_NN_BATCHNORM: {
             const mt_real *stats = ws->bn_stats + ws->bn_stats_offset[l];
