@@ -160,11 +160,21 @@ static inline size_t fd_kinks_size(const mt_nn_net *net, int n) {
         }                                                                                          \
     } while (0)
 
+/* A double workspace whose ReLUs keep their inputs (mt_nn_ws_plan), as fd_kink_margin needs. */
+static inline mt_status fd_ws_create_keeping_relu_inputs(mt_nn_ws_f64 **ws, const mt_nn_net *net, int n) {
+    mt_nn_ws_plan plan = MT_NN_WS_PLAN_DEFAULT;
+    plan.keep_relu_inputs = 1;
+    return mt_nn_ws_create_planned_f64(ws, net, n, &plan);
+}
+
 /* Distance of the last forward pass (double workspace, batch of n) to the nearest kink: the
  * smallest |ReLU input| and the smallest gap between a max-pool window's two largest entries.
- * A window whose maximum is exactly 0 holds ReLU zeros, which stay tied at 0 while no ReLU flips. */
+ * A window whose maximum is exactly 0 holds ReLU zeros, which stay tied at 0 while no ReLU flips.
+ * The workspace must keep the ReLU inputs (fd_ws_create_keeping_relu_inputs). */
 static inline double fd_kink_margin(const mt_nn_ws_f64 *ws, int n) {
     const mt_nn_net *net = ws->net;
+    for (int l = 1; l < net->n_layers; l++)
+        if (net->layers[l].kind == MT_NN_RELU && ws->act[l] == ws->act[l + 1]) abort(); /* a ReLU in place */
     double margin = INFINITY;
     for (int l = 0; l < net->n_layers; l++) {
         const mt_nn_layer *L = &net->layers[l];

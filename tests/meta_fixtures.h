@@ -20,6 +20,7 @@ typedef struct {
     mt_nn_net net;
     mt_meta_layout layout;
     mt_meta_ctx_f64 *ctx;
+    mt_nn_ws_f64 *kink_ws; /* keeps the ReLU inputs, where the kinks are read (the ctx's does not) */
     mt_task_f64 task;
     int ns, nq;
     double *xs, *ys, *xq, *yq;
@@ -34,6 +35,7 @@ static inline int mf_problem_init(mf_problem *p, const char *spec, mt_algorithm 
     if (mt_nn_parse(&p->net, spec, "test spec") != MT_OK) return -1;
     mt_meta_layout_init(&p->layout, &p->net, algorithm, steps);
     if (mt_meta_ctx_create_f64(&p->ctx, &p->layout, ns > nq ? ns : nq) != MT_OK) return -1;
+    if (fd_ws_create_keeping_relu_inputs(&p->kink_ws, &p->net, ns > nq ? ns : nq) != MT_OK) return -1;
     p->ns = ns, p->nq = nq;
     size_t in = p->net.in_size, out = p->net.out_size;
     p->xs = calloc((size_t)ns * in, sizeof(double));
@@ -53,6 +55,7 @@ static inline int mf_problem_init(mf_problem *p, const char *spec, mt_algorithm 
 
 static inline void mf_problem_free(mf_problem *p) {
     mt_meta_ctx_free_f64(p->ctx);
+    mt_nn_ws_free_f64(p->kink_ws);
     free(p->xs), free(p->ys), free(p->xq), free(p->yq), free(p->ls), free(p->lq), free(p->meta);
     memset(p, 0, sizeof *p);
 }
@@ -81,14 +84,14 @@ static inline double mf_inner_loop_kinks(mf_problem *p, unsigned char *buf) {
     size_t n = p->layout.n_theta, ss = fd_kinks_size(&p->net, p->ns), sq = fd_kinks_size(&p->net, p->nq);
     for (int k = 0; k <= p->layout.inner_steps; k++) {
         const double *theta = ctx->theta_steps + (size_t)k * n;
-        mt_nn_loss_f64(ctx->ws, theta, &p->task.support);
-        FD_KINKS_READ(ctx->ws, p->ns, buf);
+        mt_nn_loss_f64(p->kink_ws, theta, &p->task.support);
+        FD_KINKS_READ(p->kink_ws, p->ns, buf);
         buf += ss;
-        if ((m = fd_kink_margin(ctx->ws, p->ns)) < margin) margin = m;
-        mt_nn_loss_f64(ctx->ws, theta, &p->task.query);
-        FD_KINKS_READ(ctx->ws, p->nq, buf);
+        if ((m = fd_kink_margin(p->kink_ws, p->ns)) < margin) margin = m;
+        mt_nn_loss_f64(p->kink_ws, theta, &p->task.query);
+        FD_KINKS_READ(p->kink_ws, p->nq, buf);
         buf += sq;
-        if ((m = fd_kink_margin(ctx->ws, p->nq)) < margin) margin = m;
+        if ((m = fd_kink_margin(p->kink_ws, p->nq)) < margin) margin = m;
     }
     return margin;
 }

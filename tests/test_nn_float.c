@@ -256,16 +256,18 @@ static void test_batch_layouts_keep_samples_apart(void **state) {
     check_layout("input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, flatten, linear 5, xent", 5, 1);
 }
 
-/* The convolution plans (nn_tmpl.h) change where fields live and how the batch is cut, never the
- * result: loss, gradient and HVP with every layer rebuilding its fields one sample at a time, or
- * a few samples at a time (ragged last chunks), or keeping them but taking the input gradient in
- * chunks, or keeping them only for small batches (a capacity of 3000 entries: one or two
- * samples, by layer), all equal the default plan's, for the planned batch and smaller ones. */
-static void check_conv_plans(const char *spec, int n) {
+/* Workspace plans (mt_nn_ws_plan) change where fields and activations live and how the batch is
+ * cut, never the result. The reference is the plan the finite-difference tests check (ReLUs
+ * keep their inputs); against it, loss, gradient and HVP with ReLUs in place, with every conv
+ * layer rebuilding its fields one sample at a time, or a few samples at a time (ragged last
+ * chunks), or keeping them but taking the input gradient in chunks, or keeping them only for
+ * small batches (a capacity of 3000 entries: one or two samples, by layer), for the planned
+ * batch and smaller ones. */
+static void check_ws_plans(const char *spec, int n) {
     mt_nn_net net;
     if (mt_nn_parse(&net, spec, "test") != MT_OK) fail_msg("%s: %s", spec, mt_error_message());
     size_t np = net.n_params, nx = (size_t)n * net.in_size, ny = (size_t)n * net.out_size;
-    const size_t plans[][2] = {{0, 1}, {0, 500}, {(size_t)1 << 30, 1}, {3000, 1}}; /* keep, chunk (entries) */
+    const mt_nn_ws_plan plans[] = {MT_NN_WS_PLAN_DEFAULT, {0, 1, 0}, {0, 500, 1}, {(size_t)1 << 30, 1, 0}, {3000, 1, 0}};
     double *p = xcalloc(np, sizeof(double)), *d = xcalloc(np, sizeof(double));
     double *g0 = xcalloc(np, sizeof(double)), *h0 = xcalloc(np, sizeof(double));
     double *g = xcalloc(np, sizeof(double)), *h = xcalloc(np, sizeof(double));
@@ -278,16 +280,18 @@ static void check_conv_plans(const char *spec, int n) {
     for (size_t b = 0; b < sizeof batches / sizeof *batches; b++) {
         int m = batches[b];
         mt_nn_ws_f64 *ws;
-        assert_int_equal(mt_nn_ws_create_f64(&ws, &net, n), MT_OK);
+        assert_int_equal(fd_ws_create_keeping_relu_inputs(&ws, &net, n), MT_OK);
         double loss0 = pass(ws, &net, p, d, x, y, labels, 0, m, g0, h0);
         mt_nn_ws_free_f64(ws);
         for (size_t k = 0; k < sizeof plans / sizeof *plans; k++) {
-            assert_int_equal(mt_nn_ws_create_budget_f64(&ws, &net, n, plans[k][0], plans[k][1]), MT_OK);
+            const mt_nn_ws_plan *pl = &plans[k];
+            assert_int_equal(mt_nn_ws_create_planned_f64(&ws, &net, n, pl), MT_OK);
             double loss = pass(ws, &net, p, d, x, y, labels, 0, m, g, h);
             double e_loss = fd_rel_err_scalar(loss, loss0), e_grad = fd_rel_err(g, g0, np), e_hvp = fd_rel_err(h, h0, np);
             if (!(e_loss <= 1e-13 && e_grad <= 1e-13 && e_hvp <= 1e-13))
-                fail_msg("%s (batch %d of %d, keep %zu, chunk %zu): loss %.3e, gradient %.3e, HVP %.3e", spec, m, n,
-                         plans[k][0], plans[k][1], e_loss, e_grad, e_hvp);
+                fail_msg("%s (batch %d of %d, keep %zu, chunk %zu, ReLU inputs kept %d): loss %.3e, gradient %.3e, "
+                         "HVP %.3e", spec, m, n, pl->keep_fields, pl->chunk_fields, pl->keep_relu_inputs, e_loss,
+                         e_grad, e_hvp);
             mt_nn_ws_free_f64(ws);
         }
     }
@@ -295,10 +299,14 @@ static void check_conv_plans(const char *spec, int n) {
     for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) free(buffers[i]);
 }
 
-static void test_conv_plans_agree(void **state) {
-    check_conv_plans("input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, conv 8 s2, flatten, linear 5, xent", 5);
-    check_conv_plans("input 3x5x4, conv 2, relu, conv 3 s2, flatten, linear 3, xent", 4);
-    check_conv_plans("input 2x40x33, conv 3, bn, relu, conv 2 s2, avgpool, linear 2, mse", 3);
+static void test_ws_plans_agree(void **state) {
+    check_ws_plans("input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, conv 8 s2, flatten, linear 5, xent", 5);
+    check_ws_plans("input 3x5x4, conv 2, relu, conv 3 s2, flatten, linear 3, xent", 4);
+    check_ws_plans("input 2x40x33, conv 3, bn, relu, conv 2 s2, avgpool, linear 2, mse", 3);
+    /* ReLUs: first (on the input: never in place), after a max-pool, twice in a row, right after
+     * the image layers (on the batch-major copy: never in place), and last */
+    check_ws_plans("input 2x6x6, relu, conv 3, maxpool, relu, relu, flatten, relu, linear 4, relu, mse", 3);
+    check_ws_plans("input 10, linear 8, relu, bn, relu, linear 3, xent", 4);
 }
 
 /* ---- Spec parser ---- */
@@ -415,7 +423,7 @@ int main(void) {
         cmocka_unit_test(test_float_agrees_with_double_on_layers),
         cmocka_unit_test(test_float_agrees_with_double_on_networks),
         cmocka_unit_test(test_conv_forward_matches_reference),
-        cmocka_unit_test(test_conv_plans_agree),
+        cmocka_unit_test(test_ws_plans_agree),
         cmocka_unit_test(test_batch_layouts_keep_samples_apart),
         cmocka_unit_test(test_conv_reference_by_hand),
         cmocka_unit_test(test_parse_rejects_bad_specs),

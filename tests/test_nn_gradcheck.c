@@ -87,7 +87,7 @@ static void setup(fixture *f, const char *spec, int n, double margin) {
     f->n = n;
     mt_status st = mt_nn_parse(&f->net, spec, "test");
     if (st != MT_OK) fail_msg("%s: %s", spec, mt_error_message());
-    assert_int_equal(mt_nn_ws_create_f64(&f->ws, &f->net, n), MT_OK);
+    assert_int_equal(fd_ws_create_keeping_relu_inputs(&f->ws, &f->net, n), MT_OK);
     size_t np = f->np = f->net.n_params;
     double **vectors[] = {&f->params, &f->grad, &f->hv, &f->dir, &f->theta, &f->gp, &f->gm, &f->col_a, &f->col_b};
     for (size_t i = 0; i < sizeof vectors / sizeof *vectors; i++) *vectors[i] = xcalloc(np, sizeof(double));
@@ -389,7 +389,7 @@ static void test_harness_sees_kinks(void **state) {
     mt_nn_net net;
     mt_nn_ws_f64 *ws;
     assert_int_equal(mt_nn_parse(&net, "input 1x2x2, maxpool, linear 2, mse", "test"), MT_OK);
-    assert_int_equal(mt_nn_ws_create_f64(&ws, &net, 1), MT_OK);
+    assert_int_equal(fd_ws_create_keeping_relu_inputs(&ws, &net, 1), MT_OK);
     double params[4] = {1, 1, 0, 0}, x[4] = {0.5, 0.5 + 1e-9, -1, 0.25}, y[2] = {0, 0};
     mt_nn_batch_f64 batch = {.x = x, .y = y, .n = 1};
     mt_nn_loss_f64(ws, params, &batch);

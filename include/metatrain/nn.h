@@ -23,12 +23,23 @@
 #define MT_NN_MAX_TENSORS 128
 #define MT_NN_NAME_LEN 32
 #define MT_NN_BN_EPS 1e-5
-/* Convolution budget (mt_nn_ws_create_budget), in entries of fields (K rows × columns): a layer
- * keeps its whole batch's fields up to 16 Mi entries (64 MB of floats; every layer of the 5-way
- * workload's 75-image query batch), and works in chunks of about 256 Ki entries (1 MB, about
- * the L2 cache). */
+/* The default convolution budget, in entries of receptive fields (K rows × columns): a layer
+ * keeps up to 4 Mi entries (16 MB of floats: every layer of the 5-way workload's 75-image query
+ * batch, and of the 20-way workload's support batch), and walks its batch in chunks of about
+ * 256 Ki entries (1 MB; OpenBLAS runs these products 15% faster than whole-batch ones here). */
 #define MT_NN_KEEP_FIELDS ((size_t)1 << 22)
 #define MT_NN_CHUNK_FIELDS ((size_t)1 << 18)
+
+/* How a workspace trades memory for recomputation (mt_nn_ws_create_planned). */
+typedef struct {
+    size_t keep_fields;   /* a conv layer keeps up to this many entries of fields for backward, */
+    size_t chunk_fields;  /* and walks its batch in chunks of about this many (one sample at least) */
+    int keep_relu_inputs; /* 0: a ReLU overwrites its input (no layer's backward pass reads its
+                             own input's producer's output); 1: it writes a buffer of its own,
+                             so that the pre-activations stay readable (the finite-difference
+                             tests find kinks there) */
+} mt_nn_ws_plan;
+#define MT_NN_WS_PLAN_DEFAULT ((mt_nn_ws_plan){MT_NN_KEEP_FIELDS, MT_NN_CHUNK_FIELDS, 0})
 
 typedef enum {
     MT_NN_LINEAR,  /* y = x Wᵀ + b */

@@ -26,7 +26,8 @@ typedef struct {
 typedef struct {
     const mt_nn_net *net;
     int max_batch;
-    MT_REAL *act[MT_NN_MAX_LAYERS + 1];  /* act[l+1]: layer l's output (layouts: net.c); act[0] the input */
+    MT_REAL *act[MT_NN_MAX_LAYERS + 1];  /* act[l+1]: layer l's output (layouts: net.c), the same
+                                            buffer as act[l] for a ReLU in place; act[0] the input */
     MT_REAL *ract[MT_NN_MAX_LAYERS + 1]; /* R-forward of act; ract[0] is NULL (x ignores θ) */
     MT_REAL *delta[2], *rdelta[2];       /* ping-pong gradients w.r.t. activations */
     MT_(mt_nn_conv_work) conv[MT_NN_MAX_LAYERS]; /* per conv layer */
@@ -40,12 +41,10 @@ typedef struct {
 } MT_(mt_nn_ws);
 
 mt_status MT_(mt_nn_ws_create)(MT_(mt_nn_ws) **ws, const mt_nn_net *net, int max_batch);
-/* The same with the convolutions' budget in entries: a layer can keep up to keep_fields of
- * fields (a batch with more rebuilds them chunk by chunk), and walks its batch in chunks of about
- * chunk_fields (at least one sample). mt_nn_ws_create uses MT_NN_KEEP_FIELDS and
- * MT_NN_CHUNK_FIELDS. */
-mt_status MT_(mt_nn_ws_create_budget)(MT_(mt_nn_ws) **ws, const mt_nn_net *net, int max_batch,
-                                      size_t keep_fields, size_t chunk_fields);
+/* The same with another plan than MT_NN_WS_PLAN_DEFAULT (nn.h). Plans change memory and time,
+ * never a result beyond rounding. */
+mt_status MT_(mt_nn_ws_create_planned)(MT_(mt_nn_ws) **ws, const mt_nn_net *net, int max_batch,
+                                       const mt_nn_ws_plan *plan);
 void MT_(mt_nn_ws_free)(MT_(mt_nn_ws) *ws);
 
 /* He-normal weights for linear and conv, zero biases, BN scale 1 and shift 0, drawn from the

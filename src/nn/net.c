@@ -21,11 +21,17 @@ static size_t layer_in_size(const mt_nn_layer *L) { return (size_t)L->in_c * L->
 static size_t layer_out_size(const mt_nn_layer *L) { return (size_t)L->out_c * L->out_h * L->out_w; }
 
 mt_status MT_(mt_nn_ws_create)(ws_t **out, const mt_nn_net *net, int max_batch) {
-    return MT_(mt_nn_ws_create_budget)(out, net, max_batch, MT_NN_KEEP_FIELDS, MT_NN_CHUNK_FIELDS);
+    mt_nn_ws_plan plan = MT_NN_WS_PLAN_DEFAULT;
+    return MT_(mt_nn_ws_create_planned)(out, net, max_batch, &plan);
 }
 
-mt_status MT_(mt_nn_ws_create_budget)(ws_t **out, const mt_nn_net *net, int max_batch, size_t keep_fields,
-                                      size_t chunk_fields) {
+/* A ReLU in place overwrites its input: never the batch's x (act[0]) or the batch-major copy
+ * that starts the feature layers. */
+static int relu_in_place(const mt_nn_net *net, const mt_nn_ws_plan *plan, int l) {
+    return !plan->keep_relu_inputs && net->layers[l].kind == MT_NN_RELU && l > 0 && l != net->n_image_layers;
+}
+
+mt_status MT_(mt_nn_ws_create_planned)(ws_t **out, const mt_nn_net *net, int max_batch, const mt_nn_ws_plan *plan) {
     mt_status st = MT_OK;
     ws_t *ws = calloc(1, sizeof *ws);
     if (!ws) MT_THROW(MT_ERR_NOMEM, "out of memory planning a workspace");
@@ -37,12 +43,12 @@ mt_status MT_(mt_nn_ws_create_budget)(ws_t **out, const mt_nn_net *net, int max_
     size_t B = (size_t)max_batch, total = 0, widest = net->in_size, scratch = 0, dcol = 0, stats = 0, ints = 0;
     for (int l = 0; l < net->n_layers; l++) {
         const mt_nn_layer *L = &net->layers[l];
-        total += 2 * B * layer_out_size(L); /* act and ract */
+        if (!relu_in_place(net, plan, l)) total += 2 * B * layer_out_size(L); /* act and ract */
         if (layer_out_size(L) > widest) widest = layer_out_size(L);
         if (L->kind == MT_NN_CONV3X3) {
-            size_t per_sample = (size_t)L->in_c * 9 * L->out_h * L->out_w, chunk = chunk_fields / per_sample;
+            size_t per_sample = (size_t)L->in_c * 9 * L->out_h * L->out_w, chunk = plan->chunk_fields / per_sample;
             chunk = chunk < 1 ? 1 : chunk > B ? B : chunk;
-            size_t capacity = B * per_sample < keep_fields ? B * per_sample : keep_fields;
+            size_t capacity = B * per_sample < plan->keep_fields ? B * per_sample : plan->keep_fields;
             ws->conv[l].chunk = (int)chunk;
             ws->conv[l].capacity = capacity >= per_sample ? capacity : 0; /* room for one sample at least */
             total += 2 * ws->conv[l].capacity; /* col and rcol */
@@ -62,8 +68,13 @@ mt_status MT_(mt_nn_ws_create_budget)(ws_t **out, const mt_nn_net *net, int max_
     for (int l = 0; l < net->n_layers; l++) {
         const mt_nn_layer *L = &net->layers[l];
         size_t n = B * layer_out_size(L);
-        ws->act[l + 1] = p, p += n;
-        ws->ract[l + 1] = p, p += n;
+        if (relu_in_place(net, plan, l)) {
+            ws->act[l + 1] = ws->act[l];
+            ws->ract[l + 1] = ws->ract[l];
+        } else {
+            ws->act[l + 1] = p, p += n;
+            ws->ract[l + 1] = p, p += n;
+        }
         if (L->kind == MT_NN_CONV3X3 && ws->conv[l].capacity > 0) {
             ws->conv[l].col = p, p += ws->conv[l].capacity;
             ws->conv[l].rcol = p, p += ws->conv[l].capacity;
