@@ -51,43 +51,53 @@ static void tap_table(int32_t *tab, int H, int Wd, int Ho, int Wo, int ky, int k
  * which is phase row oy − 1 of the odd rows; ky = 1 row 2·oy (even, oy); ky = 2 row 2·oy + 1. */
 static const int tap_phase[3] = {1, 0, 1}, tap_shift[3] = {-1, 0, 0};
 
-MT_KERNEL static void split_phases(mt_real *ph, const mt_real *xn, int H, int Wd, int Ho, int Wo) {
-    int P = Ho * Wo;
-    for (int a = 0; a < 2; a++)
-        for (int b = 0; b < 2; b++) {
-            mt_real *dst = PHASE_AT(ph, P, Wo, a, b);
-            int rows = (H - a + 1) / 2, cols = (Wd - b + 1) / 2; /* the phase's real extent */
-            memset(dst - Wo - 1, 0, (size_t)(Wo + 1) * sizeof *dst); /* guard and zero row */
-            for (int i = 0; i < rows; i++) {
-                const mt_real *src = xn + (2 * i + a) * Wd + b;
-                mt_real *row = dst + i * Wo;
-                for (int j = 0; j < cols; j++) row[j] = src[2 * j];
-                for (int j = cols; j < Wo; j++) row[j] = 0;
+/* The taps' copies and adds are a few to a few hundred entries each: GCC would turn them into
+ * calls to memcpy and memset, whose start-up costs more than such a copy. */
+#define NO_MEMCPY_CALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+
+/* Each input row is read once and dealt to the two phases of its parity: even columns to b = 0,
+ * odd ones to b = 1. */
+MT_KERNEL NO_MEMCPY_CALLS static void split_phases(mt_real *ph, const mt_real *xn, int H, int Wd, int Ho, int Wo) {
+    int P = Ho * Wo, pairs = Wd / 2;
+    for (int a = 0; a < 2; a++) {
+        mt_real *restrict even = PHASE_AT(ph, P, Wo, a, 0), *restrict odd = PHASE_AT(ph, P, Wo, a, 1);
+        int rows = (H - a + 1) / 2; /* the phase's real rows */
+        for (int j = 0; j <= Wo; j++) even[j - Wo - 1] = odd[j - Wo - 1] = 0; /* guard and zero row */
+        for (int i = 0; i < rows; i++) {
+            const mt_real *restrict src = xn + (2 * i + a) * Wd;
+            mt_real *restrict e = even + i * Wo, *restrict o = odd + i * Wo;
+            for (int j = 0; j < pairs; j++) {
+                e[j] = src[2 * j];
+                o[j] = src[2 * j + 1];
             }
-            memset(dst + rows * Wo, 0, (size_t)(Ho - rows) * Wo * sizeof *dst);
+            if (Wd % 2) e[pairs] = src[Wd - 1], o[pairs] = 0; /* odd width: the last column is even */
         }
+        for (int p = rows * Wo; p < P; p++) even[p] = odd[p] = 0;
+    }
 }
 
 /* x plane = the phase planes interleaved back (each input entry lies in exactly one phase) */
-MT_KERNEL static void merge_phases(mt_real *xn, const mt_real *ph, int H, int Wd, int Ho, int Wo) {
-    int P = Ho * Wo;
-    for (int a = 0; a < 2; a++)
-        for (int b = 0; b < 2; b++) {
-            const mt_real *src = PHASE_AT(ph, P, Wo, a, b);
-            int rows = (H - a + 1) / 2, cols = (Wd - b + 1) / 2;
-            for (int i = 0; i < rows; i++) {
-                mt_real *dst = xn + (2 * i + a) * Wd + b;
-                const mt_real *row = src + i * Wo;
-                for (int j = 0; j < cols; j++) dst[2 * j] = row[j];
+MT_KERNEL NO_MEMCPY_CALLS static void merge_phases(mt_real *xn, const mt_real *ph, int H, int Wd, int Ho, int Wo) {
+    int P = Ho * Wo, pairs = Wd / 2;
+    for (int a = 0; a < 2; a++) {
+        const mt_real *restrict even = PHASE_AT(ph, P, Wo, a, 0), *restrict odd = PHASE_AT(ph, P, Wo, a, 1);
+        for (int i = 0; i < (H - a + 1) / 2; i++) {
+            mt_real *restrict dst = xn + (2 * i + a) * Wd;
+            const mt_real *restrict e = even + i * Wo, *restrict o = odd + i * Wo;
+            for (int j = 0; j < pairs; j++) {
+                dst[2 * j] = e[j];
+                dst[2 * j + 1] = o[j];
             }
+            if (Wd % 2) dst[Wd - 1] = e[pairs];
         }
+    }
 }
 
 static const mt_real *tap_source(const mt_real *ph, int P, int Wo, int ky, int kx) {
     return PHASE_AT(ph, P, Wo, tap_phase[ky], tap_phase[kx]) + tap_shift[ky] * Wo + tap_shift[kx];
 }
 
-MT_KERNEL static void im2col_stride2(mt_real *col, size_t ld, const mt_real *x, int B, int nb, int C, int H,
+MT_KERNEL NO_MEMCPY_CALLS static void im2col_stride2(mt_real *col, size_t ld, const mt_real *x, int B, int nb, int C, int H,
                                      int Wd) {
     int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
@@ -105,23 +115,25 @@ MT_KERNEL static void im2col_stride2(mt_real *col, size_t ld, const mt_real *x, 
         }
 }
 
-MT_KERNEL static void col2im_stride2(mt_real *x, int B, int nb, const mt_real *col, size_t ld, int C, int H,
+MT_KERNEL NO_MEMCPY_CALLS static void col2im_stride2(mt_real *x, int B, int nb, const mt_real *col, size_t ld, int C, int H,
                                      int Wd) {
     int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
-    mt_real ph[4 * (TAP_TABLE_MAX + 2 * 32 + 1)], masked[TAP_TABLE_MAX];
+    mt_real ph[4 * (TAP_TABLE_MAX + 2 * 32 + 1)], kept[TAP_TABLE_MAX];
     for (int c = 0; c < C; c++)
         for (int n = 0; n < nb; n++) {
             memset(ph, 0, 4 * (size_t)(P + Wo + 1) * sizeof *ph);
             for (int k = 0; k < 9; k++) {
                 mt_real *restrict dst = (mt_real *)tap_source(ph, P, Wo, k / 3, k % 3);
                 const mt_real *restrict in = col + (size_t)(c * 9 + k) * ld + (size_t)n * P;
-                if (k % 3 == 0) { /* drop column −1, the padding: it would land on the row before */
-                    memcpy(masked, in, (size_t)P * sizeof *in);
-                    for (int oy = 0; oy < Ho; oy++) masked[oy * Wo] = 0;
-                    in = masked;
-                }
+                /* A kx = 0 tap's column −1 is padding: its adds (at each output row's start) land on
+                 * the phase row before's last entry. Put those back afterwards: exactly, where
+                 * subtracting again would round. */
+                if (k % 3 == 0)
+                    for (int oy = 0; oy < Ho; oy++) kept[oy] = dst[oy * Wo];
                 for (int p = 0; p < P; p++) dst[p] += in[p];
+                if (k % 3 == 0)
+                    for (int oy = 0; oy < Ho; oy++) dst[oy * Wo] = kept[oy];
             }
             merge_phases(x + ((size_t)c * B + n) * HW, ph, H, Wd, Ho, Wo);
         }
@@ -224,10 +236,11 @@ MT_KERNEL static void col2im(mt_real *x, int B, int nb, const mt_real *col, size
             }
 }
 
-/* y (O, BP) += b (O) per row */
-MT_KERNEL static void add_bias(mt_real *y, const mt_real *b, int O, size_t BP) {
+/* Columns [first, first + n) of each row o of y (O, ld) = b[o]: the bias, which the GEMM then adds
+ * to (beta = 1), instead of OpenBLAS zeroing y (beta = 0) and another pass adding b. */
+MT_KERNEL static void fill_bias(mt_real *y, size_t ld, const mt_real *b, int O, size_t first, size_t n) {
     for (int o = 0; o < O; o++)
-        for (size_t p = 0; p < BP; p++) y[(size_t)o * BP + p] += b[o];
+        for (size_t p = 0; p < n; p++) y[(size_t)o * ld + first + p] = b[o];
 }
 
 /* db (O) += Σ over each row of Y (O, BP), with eight partial sums so that it vectorizes */
@@ -279,9 +292,9 @@ void MT_(mt_nn_conv_forward)(mt_real *y, const mt_conv_work *cw, const mt_real *
     for (int n0 = 0; n0 < B; n0 += cw->chunk) {
         chunk_t ch = chunk_at(cw, kcol, B, P, n0);
         const mt_real *col = chunk_fields(kcol, cw->scratch, 1, x, ch, B, C, H, Wd, stride);
-        mt_matmul_ld(0, 0, O, ch.nb * P, K, 1, W, K, col, (int)ch.ld, 0, y + (size_t)n0 * P, BP);
+        fill_bias(y, (size_t)BP, b, O, (size_t)n0 * P, (size_t)ch.nb * P);
+        mt_matmul_ld(0, 0, O, ch.nb * P, K, 1, W, K, col, (int)ch.ld, 1, y + (size_t)n0 * P, BP);
     }
-    add_bias(y, b, O, (size_t)BP);
 }
 
 /* dW += dy · colᵀ;  db += Σ dy;  dx = col2im(Wᵀ · dy) */
@@ -316,13 +329,13 @@ void MT_(mt_nn_conv_rforward)(mt_real *ry, const mt_conv_work *cw, const mt_real
         chunk_t ch = chunk_at(cw, kcol, B, P, n0);
         mt_real *ryc = ry + (size_t)n0 * P;
         const mt_real *col = chunk_fields(kcol, cw->scratch, 0, x, ch, B, C, H, Wd, stride);
-        mt_matmul_ld(0, 0, O, ch.nb * P, K, 1, U, K, col, (int)ch.ld, 0, ryc, BP);
+        fill_bias(ry, (size_t)BP, c, O, (size_t)n0 * P, (size_t)ch.nb * P);
+        mt_matmul_ld(0, 0, O, ch.nb * P, K, 1, U, K, col, (int)ch.ld, 1, ryc, BP);
         if (rx) {
             const mt_real *rcol = chunk_fields(krcol, cw->rscratch, 1, rx, ch, B, C, H, Wd, stride);
             mt_matmul_ld(0, 0, O, ch.nb * P, K, 1, W, K, rcol, (int)ch.ld, 1, ryc, BP);
         }
     }
-    add_bias(ry, c, O, (size_t)BP);
 }
 
 /* R(dW) += R(dy)·colᵀ + dy·R(col)ᵀ;  R(db) += Σ R(dy);  R(dx) = col2im(Wᵀ·R(dy) + Uᵀ·dy) */
