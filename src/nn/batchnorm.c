@@ -36,23 +36,6 @@
         (result) = total_;                                                                       \
     } while (0)
 
-/* result1 = Σ_m expr1 and result2 = Σ_m expr2 in one pass over the data. */
-#define SUM2(result1, expr1, result2, expr2)                                                      \
-    do {                                                                                         \
-        double p1_[8] = {0}, p2_[8] = {0}, t1_, t2_;                                             \
-        int m0_ = 0;                                                                             \
-        for (; m0_ + 8 <= M; m0_ += 8)                                                           \
-            for (int l_ = 0; l_ < 8; l_++) {                                                     \
-                int m = m0_ + l_;                                                                \
-                p1_[l_] += (double)(expr1);                                                      \
-                p2_[l_] += (double)(expr2);                                                      \
-            }                                                                                    \
-        t1_ = ((p1_[0] + p1_[1]) + (p1_[2] + p1_[3])) + ((p1_[4] + p1_[5]) + (p1_[6] + p1_[7])); \
-        t2_ = ((p2_[0] + p2_[1]) + (p2_[2] + p2_[3])) + ((p2_[4] + p2_[5]) + (p2_[6] + p2_[7])); \
-        for (int m = m0_; m < M; m++) t1_ += (double)(expr1), t2_ += (double)(expr2);            \
-        (result1) = t1_, (result2) = t2_;                                                        \
-    } while (0)
-
 /* Instantiates the contiguous and the strided version of body(…, ms). */
 #define BOTH_STRIDES(call_contiguous, call_strided) \
     do {                                            \
@@ -92,7 +75,8 @@ INLINE void bn_backward_body(mt_real *dx, mt_real *dgamma, mt_real *dbeta, const
         const mt_real *xc = x + (size_t)c * cs, *dyc = dy + (size_t)c * cs;
         mt_real mean = stats[c], inv = stats[C + c];
         double sum_dy, sum_dy_xhat;
-        SUM2(sum_dy, AT(dyc, m), sum_dy_xhat, AT(dyc, m) * ((AT(xc, m) - mean) * inv));
+        SUM(sum_dy, AT(dyc, m));
+        SUM(sum_dy_xhat, AT(dyc, m) * ((AT(xc, m) - mean) * inv));
         dgamma[c] += (mt_real)sum_dy_xhat;
         dbeta[c] += (mt_real)sum_dy;
         if (!dx) continue;
