@@ -276,25 +276,26 @@ static void check_ws_plans(const char *spec, int n) {
     fd_random_params(&net, 5, p);
     fd_random_batch(&net, n, 5, x, y, labels);
     fd_fill_direction(d, np, 5, 9);
+    enum { N_PLANS = sizeof plans / sizeof *plans };
+    mt_nn_ws_f64 *ref, *ws[N_PLANS];
+    assert_int_equal(fd_ws_create_keeping_relu_inputs(&ref, &net, n), MT_OK);
+    for (int k = 0; k < N_PLANS; k++) assert_int_equal(mt_nn_ws_create_planned_f64(&ws[k], &net, n, &plans[k]), MT_OK);
     const int batches[] = {n, n - 1, 2, 1}; /* the planned batch, and smaller ones (other last chunks) */
     for (size_t b = 0; b < sizeof batches / sizeof *batches; b++) {
         int m = batches[b];
-        mt_nn_ws_f64 *ws;
-        assert_int_equal(fd_ws_create_keeping_relu_inputs(&ws, &net, n), MT_OK);
-        double loss0 = pass(ws, &net, p, d, x, y, labels, 0, m, g0, h0);
-        mt_nn_ws_free_f64(ws);
-        for (size_t k = 0; k < sizeof plans / sizeof *plans; k++) {
+        double loss0 = pass(ref, &net, p, d, x, y, labels, 0, m, g0, h0);
+        for (int k = 0; k < N_PLANS; k++) {
             const mt_nn_ws_plan *pl = &plans[k];
-            assert_int_equal(mt_nn_ws_create_planned_f64(&ws, &net, n, pl), MT_OK);
-            double loss = pass(ws, &net, p, d, x, y, labels, 0, m, g, h);
+            double loss = pass(ws[k], &net, p, d, x, y, labels, 0, m, g, h);
             double e_loss = fd_rel_err_scalar(loss, loss0), e_grad = fd_rel_err(g, g0, np), e_hvp = fd_rel_err(h, h0, np);
             if (!(e_loss <= 1e-13 && e_grad <= 1e-13 && e_hvp <= 1e-13))
                 fail_msg("%s (batch %d of %d, keep %zu, chunk %zu, ReLU inputs kept %d): loss %.3e, gradient %.3e, "
                          "HVP %.3e", spec, m, n, pl->keep_fields, pl->chunk_fields, pl->keep_relu_inputs, e_loss,
                          e_grad, e_hvp);
-            mt_nn_ws_free_f64(ws);
         }
     }
+    mt_nn_ws_free_f64(ref);
+    for (int k = 0; k < N_PLANS; k++) mt_nn_ws_free_f64(ws[k]);
     void *buffers[] = {p, d, g0, h0, g, h, x, y, labels};
     for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) free(buffers[i]);
 }

@@ -46,7 +46,6 @@ void mt_cli_evaluator_free(mt_cli_evaluator *ev) {
 
 mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *meta, uint32_t key_iteration,
                           mt_cli_eval_result *res) {
-    mt_status st = MT_OK;
     const mt_cli_model *m = ev->m;
     const mt_task_family *fam = ev->fam;
     int n_tasks = ev->n_tasks, steps = ev->steps;
@@ -66,26 +65,23 @@ mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *m
                 fam->classification ? (double)ev->correct[s] / ev->task.query.n : ev->loss[s];
     }
     /* Every rank reaches the allreduce: the loop above cannot fail. */
-    if (st == MT_OK &&
-        MPI_Allreduce(MPI_IN_PLACE, per_task, n_tasks * (int)width, MPI_DOUBLE, MPI_SUM, d->comm) != MPI_SUCCESS)
-        st = MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of evaluation results failed");
-    if (st == MT_OK) {
-        res->tasks = n_tasks;
-        res->steps = steps;
-        res->classification = fam->classification;
-        for (size_t s = 0; s < width; s++) {
-            double sum = 0, sq = 0;
-            for (int t = 0; t < n_tasks; t++) sum += per_task[(size_t)t * width + s];
-            double mean = sum / n_tasks;
-            for (int t = 0; t < n_tasks; t++) {
-                double dv = per_task[(size_t)t * width + s] - mean;
-                sq += dv * dv;
-            }
-            res->mean[s] = mean;
-            res->ci95[s] = n_tasks > 1 ? 1.96 * sqrt(sq / (n_tasks - 1)) / sqrt((double)n_tasks) : 0;
+    if (MPI_Allreduce(MPI_IN_PLACE, per_task, n_tasks * (int)width, MPI_DOUBLE, MPI_SUM, d->comm) != MPI_SUCCESS)
+        return MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of evaluation results failed");
+    res->tasks = n_tasks;
+    res->steps = steps;
+    res->classification = fam->classification;
+    for (size_t s = 0; s < width; s++) {
+        double sum = 0, sq = 0;
+        for (int t = 0; t < n_tasks; t++) sum += per_task[(size_t)t * width + s];
+        double mean = sum / n_tasks;
+        for (int t = 0; t < n_tasks; t++) {
+            double dv = per_task[(size_t)t * width + s] - mean;
+            sq += dv * dv;
         }
+        res->mean[s] = mean;
+        res->ci95[s] = n_tasks > 1 ? 1.96 * sqrt(sq / (n_tasks - 1)) / sqrt((double)n_tasks) : 0;
     }
-    return st;
+    return MT_OK;
 }
 
 /* A JSON number, or null where the value is not finite (a diverged adaptation): JSON has no NaN. */

@@ -31,6 +31,11 @@ static void valid_columns(int Wd, int Wo, int kx, int stride, int *lo, int *hi) 
  * where per-row loops are mostly overhead: they take the phase or tap-table routes. */
 #define TAP_TABLE_MAX 1024
 
+/* The route a plane takes: phase planes for stride 2 on small planes (a phase row is at most 32
+ * wide, the stack buffers' bound); otherwise tap tables up to TAP_TABLE_MAX outputs, then rows.
+ * im2col and its adjoint must agree. */
+static int phase_route(int stride, int P, int Wo) { return stride == 2 && P <= TAP_TABLE_MAX && Wo <= 32; }
+
 /* tab[p] = the offset within an input plane that output p of tap (ky, kx) reads, or −1 (padding) */
 static void tap_table(int32_t *tab, int H, int Wd, int Ho, int Wo, int ky, int kx, int stride) {
     for (int oy = 0; oy < Ho; oy++)
@@ -38,6 +43,11 @@ static void tap_table(int32_t *tab, int H, int Wd, int Ho, int Wo, int ky, int k
             int iy = oy * stride + ky - 1, ix = ox * stride + kx - 1;
             tab[oy * Wo + ox] = iy >= 0 && iy < H && ix >= 0 && ix < Wd ? iy * Wd + ix : -1;
         }
+}
+
+/* The nine taps' tables */
+static void tap_tables(int32_t tab[9][TAP_TABLE_MAX], int H, int Wd, int Ho, int Wo, int stride) {
+    for (int k = 0; k < 9; k++) tap_table(tab[k], H, Wd, Ho, Wo, k / 3, k % 3, stride);
 }
 
 /* Stride 2, small planes: an input plane splits into four phase planes, x[2i+a][2j+b] for a, b in
@@ -145,13 +155,13 @@ MT_KERNEL static void im2col(mt_real *col, size_t ld, const mt_real *x, int B, i
                              int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
-    if (stride == 2 && P <= TAP_TABLE_MAX && Wo <= 32) {
+    if (phase_route(stride, P, Wo)) {
         im2col_stride2(col, ld, x, B, nb, C, H, Wd);
         return;
     }
     if (P <= TAP_TABLE_MAX) {
         int32_t tab[9][TAP_TABLE_MAX];
-        for (int k = 0; k < 9; k++) tap_table(tab[k], H, Wd, Ho, Wo, k / 3, k % 3, stride);
+        tap_tables(tab, H, Wd, Ho, Wo, stride);
         for (int c = 0; c < C; c++)
             for (int n = 0; n < nb; n++) { /* one input plane, read nine times while in L1 */
                 const mt_real *restrict xn = x + ((size_t)c * B + n) * HW;
@@ -196,13 +206,13 @@ MT_KERNEL static void col2im(mt_real *x, int B, int nb, const mt_real *col, size
                              int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
-    if (stride == 2 && P <= TAP_TABLE_MAX && Wo <= 32) {
+    if (phase_route(stride, P, Wo)) {
         col2im_stride2(x, B, nb, col, ld, C, H, Wd);
         return;
     }
     if (P <= TAP_TABLE_MAX) {
         int32_t tab[9][TAP_TABLE_MAX];
-        for (int k = 0; k < 9; k++) tap_table(tab[k], H, Wd, Ho, Wo, k / 3, k % 3, stride);
+        tap_tables(tab, H, Wd, Ho, Wo, stride);
         for (int c = 0; c < C; c++)
             for (int n = 0; n < nb; n++) { /* one input plane, accumulated in L1 */
                 mt_real *xn = x + ((size_t)c * B + n) * HW;

@@ -16,6 +16,7 @@
 
 typedef MT_(mt_nn_ws) ws_t;
 typedef MT_(mt_nn_batch) batch_t;
+typedef MT_(mt_nn_conv_work) mt_nn_conv_work_t;
 
 static size_t layer_in_size(const mt_nn_layer *L) { return (size_t)L->in_c * L->in_h * L->in_w; }
 static size_t layer_out_size(const mt_nn_layer *L) { return (size_t)L->out_c * L->out_h * L->out_w; }
@@ -65,6 +66,8 @@ mt_status MT_(mt_nn_ws_create_planned)(ws_t **out, const mt_nn_net *net, int max
     mt_real *p = ws->arena = malloc(total * sizeof(mt_real));
     ws->int_arena = malloc((ints ? ints : 1) * sizeof(int32_t));
     if (!ws->arena || !ws->int_arena) MT_THROW(MT_ERR_NOMEM, "out of memory planning a workspace");
+    mt_real *conv_scratch = p, *conv_rscratch = p + scratch, *conv_dcol = p + 2 * scratch;
+    p += 2 * scratch + dcol;
     for (int l = 0; l < net->n_layers; l++) {
         const mt_nn_layer *L = &net->layers[l];
         size_t n = B * layer_out_size(L);
@@ -75,23 +78,18 @@ mt_status MT_(mt_nn_ws_create_planned)(ws_t **out, const mt_nn_net *net, int max
             ws->act[l + 1] = p, p += n;
             ws->ract[l + 1] = p, p += n;
         }
-        if (L->kind == MT_NN_CONV3X3 && ws->conv[l].capacity > 0) {
-            ws->conv[l].col = p, p += ws->conv[l].capacity;
-            ws->conv[l].rcol = p, p += ws->conv[l].capacity;
+        if (L->kind != MT_NN_CONV3X3) continue;
+        mt_nn_conv_work_t *cw = &ws->conv[l];
+        cw->scratch = conv_scratch, cw->rscratch = conv_rscratch, cw->dcol = conv_dcol;
+        if (cw->capacity > 0) {
+            cw->col = p, p += cw->capacity;
+            cw->rcol = p, p += cw->capacity;
         }
     }
     for (int i = 0; i < 2; i++) {
         ws->delta[i] = p, p += B * widest;
         ws->rdelta[i] = p, p += B * widest;
     }
-    mt_real *conv_scratch = p, *conv_rscratch = p + scratch, *conv_dcol = p + 2 * scratch;
-    p += 2 * scratch + dcol;
-    for (int l = 0; l < net->n_layers; l++)
-        if (net->layers[l].kind == MT_NN_CONV3X3) {
-            ws->conv[l].scratch = conv_scratch;
-            ws->conv[l].rscratch = conv_rscratch;
-            ws->conv[l].dcol = conv_dcol;
-        }
     ws->input_cm = input_cm ? p : NULL, p += input_cm;
     ws->flat = flat ? p : NULL, p += flat;
     ws->rflat = flat ? p : NULL, p += flat;
