@@ -17,6 +17,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
+#include "core/kernel.h"
 
 enum { FLAG_ERROR, FLAG_OK, FLAG_STOP, FLAG_NONFINITE, N_FLAGS };
 #define NO_EXPONENT (INT_MIN / 2) /* a group of zeros */
@@ -52,20 +57,63 @@ static int ceil_log2(int n) {
 /* The shift s for a group whose entries are below 2^E in magnitude, summed n_total times. */
 static int group_shift(int exponent, int n_total) { return 62 - exponent - ceil_log2(n_total) - 1; }
 
+/* The largest |v[i]| as its IEEE bits: for non-negative floats the bit patterns order as the
+ * values do, with +inf and NaN above every finite one, and integer max vectorizes where float
+ * max (NaN-aware) does not. */
+MT_KERNEL static uint32_t largest_magnitude_bits(const float *restrict v, size_t n, uint32_t largest) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, v + i, sizeof bits);
+        bits &= 0x7fffffffu;
+        largest = bits > largest ? bits : largest;
+    }
+    return largest;
+}
+
+/* fixed[i] += round(v[i] · scale), rounding to nearest even; |v[i] · scale| < 2^62 and exact in
+ * double, so this is llrint's value. AVX-512DQ converts eight doubles to int64 at once; the
+ * compilers do not vectorize llrint, hence the intrinsics. */
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f,avx512dq"))) static void add_fixed_avx512(int64_t *restrict fixed,
+                                                                      const float *restrict v,
+                                                                      size_t n, double scale) {
+    __m512d s = _mm512_set1_pd(scale);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m512i q = _mm512_cvtpd_epi64(_mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(v + i)), s));
+        _mm512_storeu_si512(fixed + i, _mm512_add_epi64(_mm512_loadu_si512(fixed + i), q));
+    }
+    for (; i < n; i++) fixed[i] += llrint((double)v[i] * scale);
+}
+#endif
+
+static void add_fixed(int64_t *restrict fixed, const float *restrict v, size_t n, double scale) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512dq")) {
+        add_fixed_avx512(fixed, v, n, scale);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) fixed[i] += llrint((double)v[i] * scale);
+}
+
+/* sum[i] = fixed[i] · unscale, through double: exact for |fixed| < 2^53, one rounding to float. */
+MT_KERNEL static void from_fixed(float *restrict sum, const int64_t *restrict fixed, size_t n, double unscale) {
+    for (size_t i = 0; i < n; i++) sum[i] = (float)((double)fixed[i] * unscale);
+}
+
 mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local,
                          int n_total, mt_dist_flags flags, float *sum, mt_dist_outcome *outcome) {
     int G = r->n_groups, *e = r->exponents;
     int nonfinite = 0;
     for (int g = 0; g < G; g++) {
-        float largest = 0;
-        for (int t = 0; t < n_local && !flags.local_error; t++) {
-            const float *v = vectors + (size_t)t * r->n;
-            for (size_t i = r->group_begin[g]; i < r->group_begin[g + 1]; i++) {
-                float a = fabsf(v[i]);
-                nonfinite |= !(a <= FLT_MAX); /* NaN or ±inf */
-                largest = a > largest ? a : largest;
-            }
-        }
+        size_t begin = r->group_begin[g], len = r->group_begin[g + 1] - begin;
+        uint32_t largest_bits = 0;
+        for (int t = 0; t < n_local && !flags.local_error; t++)
+            largest_bits = largest_magnitude_bits(vectors + (size_t)t * r->n + begin, len, largest_bits);
+        float largest;
+        memcpy(&largest, &largest_bits, sizeof largest);
+        nonfinite |= !(largest <= FLT_MAX); /* NaN or ±inf */
         int ex = NO_EXPONENT;
         if (largest > 0 && largest <= FLT_MAX) frexpf(largest, &ex); /* every |v| < 2^ex */
         e[g] = ex;
@@ -87,18 +135,16 @@ mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vect
     for (int g = 0; g < G; g++) {
         if (e[g] == NO_EXPONENT) continue;
         double scale = ldexp(1.0, group_shift(e[g], n_total));
-        for (int t = 0; t < n_local; t++) {
-            const float *v = vectors + (size_t)t * r->n;
-            for (size_t i = r->group_begin[g]; i < r->group_begin[g + 1]; i++)
-                r->fixed[i] += (int64_t)nearbyint((double)v[i] * scale); /* |·| < 2^62: llrint's value */
-        }
+        size_t begin = r->group_begin[g], len = r->group_begin[g + 1] - begin;
+        for (int t = 0; t < n_local; t++)
+            add_fixed(r->fixed + begin, vectors + (size_t)t * r->n + begin, len, scale);
     }
     if (MPI_Allreduce(MPI_IN_PLACE, r->fixed, (int)r->n, MPI_INT64_T, MPI_SUM, d->comm) != MPI_SUCCESS)
         return MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of the meta-gradient failed");
     for (int g = 0; g < G; g++) {
         double unscale = ldexp(1.0, e[g] == NO_EXPONENT ? 0 : -group_shift(e[g], n_total));
-        for (size_t i = r->group_begin[g]; i < r->group_begin[g + 1]; i++)
-            sum[i] = (float)((double)r->fixed[i] * unscale);
+        size_t begin = r->group_begin[g];
+        from_fixed(sum + begin, r->fixed + begin, r->group_begin[g + 1] - begin, unscale);
     }
     return MT_OK;
 }
