@@ -246,6 +246,11 @@ static void check_net(const char *spec, int n, const plan *p) {
     if (!(e_same <= 1e-12)) fail_msg("%s: the HVP pass's gradient differs from mt_nn_grad's by %.3e", spec, e_same);
     double loss_l = mt_nn_loss_f64(f.ws, f.params, &f.batch);
     assert_true(loss_l == loss_g);
+    /* Without a gradient (grad NULL) the HVP skips only the weight products: hv to the bit. */
+    double *hv_alone = xcalloc(f.np, sizeof(double));
+    assert_true(mt_nn_hvp_f64(f.ws, f.params, &f.batch, f.dir, NULL, hv_alone) == loss_h);
+    if (memcmp(hv_alone, f.hv, f.np * sizeof *hv_alone) != 0) fail_msg("%s: the HVP without a gradient differs", spec);
+    free(hv_alone);
 
     size_t *coords = xcalloc(f.np, sizeof(size_t));
     size_t skip_g = 0, skip_h = 0, skip_d = 0;

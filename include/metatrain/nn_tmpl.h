@@ -59,7 +59,8 @@ double MT_(mt_nn_grad)(MT_(mt_nn_ws) *ws, const MT_REAL *params, const MT_(mt_nn
                        MT_REAL *grad);
 
 /* Loss, gradient and Hessian-vector product H·dir, in one forward-over-reverse pass: the
- * gradient comes at no extra cost. grad and hv (n_params each) are overwritten. */
+ * gradient costs only its weight products. grad and hv (n_params each) are overwritten; grad
+ * may be NULL when only hv is wanted (second-order MAML), which skips those products. */
 double MT_(mt_nn_hvp)(MT_(mt_nn_ws) *ws, const MT_REAL *params, const MT_(mt_nn_batch) *batch,
                       const MT_REAL *dir, MT_REAL *grad, MT_REAL *hv);
 

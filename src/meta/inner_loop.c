@@ -141,7 +141,7 @@ static void imaml_solve(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real
     int it = 0;
     ctx->last_cg_residual = 0;
     while (bnorm > 0 && it < sc->cg_steps && sqrt(rr) > sc->cg_tol * bnorm) {
-        MT_(mt_nn_hvp)(ctx->ws, phi, &task->support, p, ctx->g, ap);
+        MT_(mt_nn_hvp)(ctx->ws, phi, &task->support, p, NULL, ap);
         for (size_t j = 0; j < n; j++) ap[j] = p[j] + (mt_real)(inv_lambda * ap[j]);
         double pap = dot(p, ap, n);
         if (!(pap > 0)) break; /* not positive definite along p: stop with the best x so far */
@@ -196,7 +196,8 @@ double MT_(mt_meta_task_grad)(ctx_t *ctx, const mt_meta_step_config *sc, const m
         expand_rates(ctx, sc, meta, k);
         if (sc->second_order) {
             for (size_t j = 0; j < n; j++) ctx->u[j] = ctx->alpha[j] * v[j];
-            MT_(mt_nn_hvp)(ctx->ws, theta_k, &task->support, ctx->u, ctx->g, ctx->hv);
+            /* the support gradient only for learned rates */
+            MT_(mt_nn_hvp)(ctx->ws, theta_k, &task->support, ctx->u, lay->n_rates > 0 ? ctx->g : NULL, ctx->hv);
         } else if (lay->n_rates > 0) {
             MT_(mt_nn_grad)(ctx->ws, theta_k, &task->support, ctx->g);
         }

@@ -77,8 +77,7 @@ INLINE void bn_backward_body(mt_real *dx, mt_real *dgamma, mt_real *dbeta, const
         double sum_dy, sum_dy_xhat;
         SUM(sum_dy, AT(dyc, m));
         SUM(sum_dy_xhat, AT(dyc, m) * ((AT(xc, m) - mean) * inv));
-        dgamma[c] += (mt_real)sum_dy_xhat;
-        dbeta[c] += (mt_real)sum_dy;
+        if (dgamma) dgamma[c] += (mt_real)sum_dy_xhat, dbeta[c] += (mt_real)sum_dy;
         if (!dx) continue;
         mt_real *dxc = dx + (size_t)c * cs;
         mt_real a = (mt_real)(sum_dy / M), b = (mt_real)(sum_dy_xhat / M), g = gamma[c] * inv;

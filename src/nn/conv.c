@@ -130,12 +130,21 @@ MT_KERNEL NO_MEMCPY_CALLS static void col2im_stride2(mt_real *x, int B, int nb, 
     int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
     mt_real ph[4 * (TAP_TABLE_MAX + 2 * 32 + 1)], kept[TAP_TABLE_MAX];
+    /* The four unshifted taps (ky, kx ≥ 1) cover one phase each, whole: they write, so only the
+     * guard and zero rows, where shifted taps land too, need zeros. Then the five shifted taps add. */
+    static const int tap_order[9] = {4, 5, 7, 8, 0, 1, 2, 3, 6};
     for (int c = 0; c < C; c++)
         for (int n = 0; n < nb; n++) {
-            memset(ph, 0, 4 * (size_t)(P + Wo + 1) * sizeof *ph);
-            for (int k = 0; k < 9; k++) {
+            for (int q = 0; q < 4; q++)
+                for (int j = 0; j < Wo + 1; j++) ph[(size_t)q * (P + Wo + 1) + j] = 0;
+            for (int t = 0; t < 9; t++) {
+                int k = tap_order[t];
                 mt_real *restrict dst = (mt_real *)tap_source(ph, P, Wo, k / 3, k % 3);
                 const mt_real *restrict in = col + (size_t)(c * 9 + k) * ld + (size_t)n * P;
+                if (t < 4) {
+                    for (int p = 0; p < P; p++) dst[p] = in[p];
+                    continue;
+                }
                 /* A kx = 0 tap's column −1 is padding: its adds (at each output row's start) land on
                  * the phase row before's last entry. Put those back afterwards: exactly, where
                  * subtracting again would round. */
@@ -307,18 +316,18 @@ void MT_(mt_nn_conv_forward)(mt_real *y, const mt_conv_work *cw, const mt_real *
     }
 }
 
-/* dW += dy · colᵀ;  db += Σ dy;  dx = col2im(Wᵀ · dy) */
+/* dW += dy · colᵀ;  db += Σ dy;  dx = col2im(Wᵀ · dy). dW NULL: dx only (db with it). */
 void MT_(mt_nn_conv_backward)(mt_real *dx, mt_real *dW, mt_real *db, const mt_real *dy, const mt_real *x,
                               const mt_real *W, const mt_conv_work *cw, int B, int C, int H, int Wd, int O,
                               int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
-    add_row_sums(db, dy, O, (size_t)BP);
+    if (dW) add_row_sums(db, dy, O, (size_t)BP);
     mt_real *kcol = kept(cw, cw->col, B, C, P);
-    if (kcol) mt_matmul(0, 1, O, K, BP, 1, dy, kcol, 1, dW); /* one product over the whole batch */
-    for (int n0 = 0; n0 < B; n0 += cw->chunk) {
+    if (kcol && dW) mt_matmul(0, 1, O, K, BP, 1, dy, kcol, 1, dW); /* one product over the whole batch */
+    for (int n0 = 0; n0 < B && (dW || dx); n0 += cw->chunk) {
         chunk_t ch = chunk_at(cw, kcol, B, P, n0);
         const mt_real *dyc = dy + (size_t)n0 * P;
-        if (!kcol) {
+        if (!kcol && dW) {
             const mt_real *col = chunk_fields(NULL, cw->scratch, 0, x, ch, B, C, H, Wd, stride);
             mt_matmul_ld(0, 1, O, K, ch.nb * P, 1, dyc, BP, col, (int)ch.ld, 1, dW, K);
         }

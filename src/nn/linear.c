@@ -14,6 +14,7 @@ void MT_(mt_nn_linear_forward)(mt_real *y, const mt_real *x, const mt_real *W, c
 void MT_(mt_nn_linear_backward)(mt_real *dx, mt_real *dW, mt_real *db, const mt_real *dy,
                                 const mt_real *x, const mt_real *W, int B, int I, int O) {
     if (dx) mt_matmul(0, 0, B, I, O, 1, dy, W, 0, dx);
+    if (!dW) return; /* only dx wanted */
     mt_matmul(1, 0, O, I, B, 1, dy, x, 1, dW);
     for (int n = 0; n < B; n++)
         for (int o = 0; o < O; o++) db[o] += dy[(size_t)n * O + o];

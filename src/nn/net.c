@@ -239,7 +239,7 @@ static double loss_value(const ws_t *ws, const batch_t *batch) {
     return MT_(mt_nn_xent_forward)(out, batch->labels, batch->n, (int)net->out_size);
 }
 
-/* Backward pass into grad; with dir, the R-backward pass into hv as well. */
+/* Backward pass into grad (NULL: none, only the deltas); with dir, the R-backward pass into hv. */
 static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, const mt_real *dir,
                      mt_real *grad, mt_real *hv) {
     const mt_nn_net *net = ws->net;
@@ -266,7 +266,7 @@ static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, cons
         mt_real *rdx = l > 0 && dir ? ws->rdelta[1 - cur] : NULL;
         const mt_real *W = params + L->param_offset;
         const mt_real *U = dir ? dir + L->param_offset : NULL;
-        mt_real *dW = grad + L->param_offset, *db = dW + L->weight_count;
+        mt_real *dW = grad ? grad + L->param_offset : NULL, *db = dW ? dW + L->weight_count : NULL;
         mt_real *rdW = hv ? hv + L->param_offset : NULL, *rdb = rdW ? rdW + L->weight_count : NULL;
         size_t n_in = (size_t)B * layer_in_size(L), n_out = (size_t)B * layer_out_size(L);
         switch (L->kind) {
@@ -327,7 +327,7 @@ double MT_(mt_nn_hvp)(ws_t *ws, const mt_real *params, const batch_t *batch, con
                       mt_real *grad, mt_real *hv) {
     forward(ws, params, batch, dir);
     memset(hv, 0, ws->net->n_params * sizeof *hv);
-    memset(grad, 0, ws->net->n_params * sizeof *grad);
+    if (grad) memset(grad, 0, ws->net->n_params * sizeof *grad);
     backward(ws, params, batch, dir, grad, hv);
     return loss_value(ws, batch);
 }
