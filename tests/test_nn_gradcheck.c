@@ -251,6 +251,15 @@ static void check_net(const char *spec, int n, const plan *p) {
     assert_true(mt_nn_hvp_f64(f.ws, f.params, &f.batch, f.dir, NULL, hv_alone) == loss_h);
     if (memcmp(hv_alone, f.hv, f.np * sizeof *hv_alone) != 0) fail_msg("%s: the HVP without a gradient differs", spec);
     free(hv_alone);
+    /* A bias right before batch norm has no effect: its gradient and HVP entries are exactly 0
+     * (the coordinate checks below compare them with finite differences too). */
+    for (int t = 0; t < f.net.n_tensors; t++) {
+        const mt_nn_tensor *T = &f.net.tensors[t];
+        int before_bn = T->layer + 1 < f.net.n_layers && f.net.layers[T->layer + 1].kind == MT_NN_BATCHNORM;
+        if (!before_bn || !strstr(T->name, "/bias")) continue;
+        for (size_t i = T->offset; i < T->offset + T->count; i++)
+            if (f.gm[i] != 0 || f.hv[i] != 0) fail_msg("%s: %s before batch norm has a nonzero derivative", spec, T->name);
+    }
 
     size_t *coords = xcalloc(f.np, sizeof(size_t));
     size_t skip_g = 0, skip_h = 0, skip_d = 0;

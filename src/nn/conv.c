@@ -316,12 +316,12 @@ void MT_(mt_nn_conv_forward)(mt_real *y, const mt_conv_work *cw, const mt_real *
     }
 }
 
-/* dW += dy · colᵀ;  db += Σ dy;  dx = col2im(Wᵀ · dy). dW NULL: dx only (db with it). */
+/* dW += dy · colᵀ;  db += Σ dy;  dx = col2im(Wᵀ · dy). Any of dx, dW, db may be NULL: not wanted. */
 void MT_(mt_nn_conv_backward)(mt_real *dx, mt_real *dW, mt_real *db, const mt_real *dy, const mt_real *x,
                               const mt_real *W, const mt_conv_work *cw, int B, int C, int H, int Wd, int O,
                               int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
-    if (dW) add_row_sums(db, dy, O, (size_t)BP);
+    if (db) add_row_sums(db, dy, O, (size_t)BP);
     mt_real *kcol = kept(cw, cw->col, B, C, P);
     if (kcol && dW) mt_matmul(0, 1, O, K, BP, 1, dy, kcol, 1, dW); /* one product over the whole batch */
     for (int n0 = 0; n0 < B && (dW || dx); n0 += cw->chunk) {
@@ -357,12 +357,13 @@ void MT_(mt_nn_conv_rforward)(mt_real *ry, const mt_conv_work *cw, const mt_real
     }
 }
 
-/* R(dW) += R(dy)·colᵀ + dy·R(col)ᵀ;  R(db) += Σ R(dy);  R(dx) = col2im(Wᵀ·R(dy) + Uᵀ·dy) */
+/* R(dW) += R(dy)·colᵀ + dy·R(col)ᵀ;  R(db) += Σ R(dy) (rdb NULL: not wanted);
+ * R(dx) = col2im(Wᵀ·R(dy) + Uᵀ·dy) */
 void MT_(mt_nn_conv_rbackward)(mt_real *rdx, mt_real *rdW, mt_real *rdb, const mt_real *dy, const mt_real *rdy,
                                const mt_real *x, const mt_real *rx, const mt_real *W, const mt_real *U,
                                const mt_conv_work *cw, int B, int C, int H, int Wd, int O, int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
-    add_row_sums(rdb, rdy, O, (size_t)BP);
+    if (rdb) add_row_sums(rdb, rdy, O, (size_t)BP);
     mt_real *kcol = kept(cw, cw->col, B, C, P), *krcol = kept(cw, cw->rcol, B, C, P);
     if (kcol) {
         mt_matmul(0, 1, O, K, BP, 1, rdy, kcol, 1, rdW);

@@ -14,8 +14,8 @@ void MT_(mt_nn_linear_forward)(mt_real *y, const mt_real *x, const mt_real *W, c
 void MT_(mt_nn_linear_backward)(mt_real *dx, mt_real *dW, mt_real *db, const mt_real *dy,
                                 const mt_real *x, const mt_real *W, int B, int I, int O) {
     if (dx) mt_matmul(0, 0, B, I, O, 1, dy, W, 0, dx);
-    if (!dW) return; /* only dx wanted */
-    mt_matmul(1, 0, O, I, B, 1, dy, x, 1, dW);
+    if (dW) mt_matmul(1, 0, O, I, B, 1, dy, x, 1, dW);
+    if (!db) return;
     for (int n = 0; n < B; n++)
         for (int o = 0; o < O; o++) db[o] += dy[(size_t)n * O + o];
 }
@@ -39,6 +39,7 @@ void MT_(mt_nn_linear_rbackward)(mt_real *rdx, mt_real *rdW, mt_real *rdb, const
     }
     mt_matmul(1, 0, O, I, B, 1, rdy, x, 1, rdW);
     if (rx) mt_matmul(1, 0, O, I, B, 1, dy, rx, 1, rdW);
+    if (!rdb) return;
     for (int n = 0; n < B; n++)
         for (int o = 0; o < O; o++) rdb[o] += rdy[(size_t)n * O + o];
 }

@@ -239,6 +239,16 @@ static double loss_value(const ws_t *ws, const batch_t *batch) {
     return MT_(mt_nn_xent_forward)(out, batch->labels, batch->n, (int)net->out_size);
 }
 
+/* Whether layer l's bias feeds batch norm directly. Batch norm subtracts its batch's mean, so
+ * the bias changes nothing downstream: its gradient is exactly zero (over a channel, batch
+ * norm's dx sums to g·(Σdy − M·mean(dy) − mean(dy·x̂)·Σx̂) = 0), and so is its R-derivative.
+ * Summing dy would only add rounding noise, which Adam would turn into full steps. */
+static int bias_cancels(const mt_nn_net *net, int l) {
+    mt_nn_layer_kind k = net->layers[l].kind;
+    return (k == MT_NN_CONV3X3 || k == MT_NN_LINEAR) && l + 1 < net->n_layers &&
+           net->layers[l + 1].kind == MT_NN_BATCHNORM;
+}
+
 /* Backward pass into grad (NULL: none, only the deltas); with dir, the R-backward pass into hv. */
 static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, const mt_real *dir,
                      mt_real *grad, mt_real *hv) {
@@ -268,6 +278,7 @@ static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, cons
         const mt_real *U = dir ? dir + L->param_offset : NULL;
         mt_real *dW = grad ? grad + L->param_offset : NULL, *db = dW ? dW + L->weight_count : NULL;
         mt_real *rdW = hv ? hv + L->param_offset : NULL, *rdb = rdW ? rdW + L->weight_count : NULL;
+        if (bias_cancels(net, l)) db = rdb = NULL; /* exactly zero, as grad and hv were set */
         size_t n_in = (size_t)B * layer_in_size(L), n_out = (size_t)B * layer_out_size(L);
         switch (L->kind) {
         case MT_NN_LINEAR: {
