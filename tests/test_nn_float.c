@@ -108,10 +108,16 @@ static void test_float_agrees_with_double_on_layers(void **state) {
 static void test_float_agrees_with_double_on_networks(void **state) {
     check_precisions("input 1, linear 40, relu, linear 40, relu, linear 1, mse", 10);
     check_precisions("input 10, linear 10, relu, linear 1, mse", 10);
-    check_precisions("input 1x12x12, conv 4 s2, bn, relu, conv 4 s2, bn, relu, conv 4 s2, bn, relu, "
-                     "conv 4 s2, bn, relu, flatten, linear 5, xent", 5);
-    check_precisions("input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
-                     "conv 64 s2, bn, relu, flatten, linear 5, xent", 5);
+    /* The float convolutions both ways: AVX-512 rows (where the CPU has them) and portable loops */
+    for (int intrinsics = 1; intrinsics >= 0; intrinsics--) {
+        mt_nn_use_intrinsics(intrinsics);
+        check_precisions("input 1x12x12, conv 4 s2, bn, relu, conv 4 s2, bn, relu, conv 4 s2, bn, relu, "
+                         "conv 4 s2, bn, relu, flatten, linear 5, xent", 5);
+        check_precisions("input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
+                         "conv 64 s2, bn, relu, flatten, linear 5, xent", 5);
+        check_precisions("input 3x9x11, conv 5 s2, bn, relu, conv 4 s2, relu, conv 3 s2, flatten, linear 3, xent", 4);
+    }
+    mt_nn_use_intrinsics(1);
     printf("worst float-vs-double relative errors: loss %.2e, gradient %.2e, HVP %.2e (tolerance %.0e)\n",
            worst_loss, worst_grad, worst_hvp, FLOAT_TOL);
 }
@@ -153,12 +159,14 @@ static void test_conv_forward_matches_reference(void **state) {
         /* The reference against an independent double computation: it is a reference only if right. */
         double e_ref = fd_rel_err_f32(yrf, yr, ny);
         /* Three plans (nn_tmpl.h): fields kept for the whole batch in one chunk; kept, in chunks
-         * of 2 samples (views into the kept matrix); not kept, rebuilt 2 samples at a time. */
-        for (int plan = 0; plan < 3; plan++) {
-            int chunk = plan == 0 ? s.B : 2;
-            size_t capacity = plan < 2 ? ncol : 0;
-            mt_nn_conv_work_f64 cw = {.col = plan < 2 ? col : NULL, .scratch = col, .capacity = capacity, .chunk = chunk};
-            mt_nn_conv_work cwf = {.col = plan < 2 ? colf : NULL, .scratch = colf, .capacity = capacity, .chunk = chunk};
+         * of 2 samples (views into the kept matrix); not kept, rebuilt 2 samples at a time. Plans
+         * 3 to 5: the same with the portable loops instead of AVX-512 (mt_nn_use_intrinsics). */
+        for (int plan = 0; plan < 6; plan++) {
+            mt_nn_use_intrinsics(plan < 3);
+            int chunk = plan % 3 == 0 ? s.B : 2, keep = plan % 3 < 2;
+            size_t capacity = keep ? ncol : 0;
+            mt_nn_conv_work_f64 cw = {.col = keep ? col : NULL, .scratch = col, .capacity = capacity, .chunk = chunk};
+            mt_nn_conv_work cwf = {.col = keep ? colf : NULL, .scratch = colf, .capacity = capacity, .chunk = chunk};
             for (size_t i = 0; i < ny; i++) y[i] = yf[i] = NAN;
             mt_nn_conv_forward_f64(y, &cw, x, w, b, s.B, s.C, s.H, s.W, s.O, s.stride);
             mt_nn_conv_forward(yf, &cwf, xf, wf, bf, s.B, s.C, s.H, s.W, s.O, s.stride);
@@ -171,6 +179,7 @@ static void test_conv_forward_matches_reference(void **state) {
                 fail_msg("conv B%d C%d %dx%d O%d s%d plan %d: fast vs reference %.3e (f64) %.3e (f32), f32 ref vs f64 ref %.3e",
                          s.B, s.C, s.H, s.W, s.O, s.stride, plan, e64, e32, e_ref);
         }
+        mt_nn_use_intrinsics(1);
         void *buffers[] = {x, w, b, col, y, yr, xf, wf, bf, colf, yf, yrf};
         for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) free(buffers[i]);
     }

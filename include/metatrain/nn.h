@@ -103,6 +103,11 @@ int mt_nn_find_tensor(const mt_nn_net *net, const char *name);
  * benchmarks' GFLOP/s. One process, one thread: a plain counter. */
 extern double mt_nn_gemm_flops;
 
+/* 1 (the default): where the CPU has AVX-512, stride-2 convolutions on planes at most 16 wide
+ * build and reduce their fields with intrinsics (src/nn/conv.c); 0: the portable loops run
+ * everywhere, so that tests cover both. Process-wide; set it before any work, not during. */
+void mt_nn_use_intrinsics(int on);
+
 /* Elementwise mask of the parameters of the last layer holding parameters (the "head"). */
 void mt_nn_head_range(const mt_nn_net *net, size_t *begin, size_t *end);
 

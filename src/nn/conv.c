@@ -158,6 +158,108 @@ MT_KERNEL NO_MEMCPY_CALLS static void col2im_stride2(mt_real *x, int B, int nb, 
         }
 }
 
+/* Stride 2 on rows of at most 16 entries (the 4-conv network's 14, 7 and 4), with AVX-512: each
+ * input row is loaded once into one register, and its even and odd columns are permuted into place
+ * for the three taps of each kernel row that reads it, so no phase planes are built (on this
+ * workload the phase route spent about 2 cycles per field entry, mostly on short loops). Input
+ * row iy feeds kernel row ky = 1 of output row iy/2 when even, and ky = 2 of output row
+ * (iy − 1)/2 and ky = 0 of (iy + 1)/2 when odd. Tap kx = 1 reads the even columns, kx = 2 the odd
+ * ones, and kx = 0 the odd ones one output to the right, after the padding column. */
+#if !MT_REAL_IS_DOUBLE && defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_ROWS16 1
+#include <immintrin.h>
+
+#define ROWS16_MAX 16
+
+static __mmask16 first_lanes(int n) { return n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1); }
+
+__attribute__((target("avx512f"))) static void im2col_stride2_rows16(float *col, size_t ld, const float *x, int B,
+                                                                    int nb, int C, int H, int Wd) {
+    int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
+    size_t HW = (size_t)H * Wd;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i after_pad = _mm512_setr_epi32(0, 1, 3, 5, 7, 9, 11, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __mmask16 row = first_lanes(Wd), out = first_lanes(Wo);
+    const __m512 zero = _mm512_setzero_ps();
+    for (int c = 0; c < C; c++)
+        for (int n = 0; n < nb; n++) {
+            const float *xn = x + ((size_t)c * B + n) * HW;
+            float *taps = col + (size_t)c * 9 * ld + (size_t)n * P; /* tap k's row at taps + k·ld */
+            for (int kx = 0; kx < 3; kx++) { /* input rows −1 and H (odd H): padding */
+                _mm512_mask_storeu_ps(taps + kx * ld, out, zero);
+                if (H % 2) _mm512_mask_storeu_ps(taps + (6 + kx) * ld + (size_t)(Ho - 1) * Wo, out, zero);
+            }
+            for (int iy = 0; iy < H; iy++) {
+                __m512 r = _mm512_maskz_loadu_ps(row, xn + (size_t)iy * Wd);
+                __m512 e = _mm512_permutexvar_ps(even, r), o = _mm512_permutexvar_ps(odd, r);
+                __m512 s = _mm512_maskz_permutexvar_ps(0xfffe, after_pad, r);
+                float *at = iy % 2 ? taps + 6 * ld + (size_t)(iy - 1) / 2 * Wo : taps + 3 * ld + (size_t)iy / 2 * Wo;
+                _mm512_mask_storeu_ps(at, out, s);
+                _mm512_mask_storeu_ps(at + ld, out, e);
+                _mm512_mask_storeu_ps(at + 2 * ld, out, o);
+                if (iy % 2 && (iy + 1) / 2 < Ho) {
+                    at = taps + (size_t)(iy + 1) / 2 * Wo;
+                    _mm512_mask_storeu_ps(at, out, s);
+                    _mm512_mask_storeu_ps(at + ld, out, e);
+                    _mm512_mask_storeu_ps(at + 2 * ld, out, o);
+                }
+            }
+        }
+}
+
+/* The three taps of kernel row ky at output row oy, added to an input row's even and odd columns */
+__attribute__((target("avx512f"))) static inline void gather_taps(__m512 *e, __m512 *o, const float *at, size_t ld,
+                                                                 __mmask16 out) {
+    const __m512i left = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 15);
+    __m512 s = _mm512_maskz_loadu_ps(out, at); /* kx = 0: output ox + 1 read odd column ox */
+    *o = _mm512_add_ps(*o, _mm512_permutexvar_ps(left, s));
+    *e = _mm512_add_ps(*e, _mm512_maskz_loadu_ps(out, at + ld));
+    *o = _mm512_add_ps(*o, _mm512_maskz_loadu_ps(out, at + 2 * ld));
+}
+
+/* The adjoint: each input row sums its taps' entries in registers and is written once. */
+__attribute__((target("avx512f"))) static void col2im_stride2_rows16(float *x, int B, int nb, const float *col,
+                                                                    size_t ld, int C, int H, int Wd) {
+    int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
+    size_t HW = (size_t)H * Wd;
+    const __m512i weave = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __mmask16 row = first_lanes(Wd), out = first_lanes(Wo);
+    for (int c = 0; c < C; c++)
+        for (int n = 0; n < nb; n++) {
+            float *xn = x + ((size_t)c * B + n) * HW;
+            const float *taps = col + (size_t)c * 9 * ld + (size_t)n * P;
+            for (int iy = 0; iy < H; iy++) {
+                __m512 e = _mm512_setzero_ps(), o = _mm512_setzero_ps();
+                if (iy % 2 == 0) {
+                    gather_taps(&e, &o, taps + 3 * ld + (size_t)iy / 2 * Wo, ld, out);
+                } else {
+                    gather_taps(&e, &o, taps + 6 * ld + (size_t)(iy - 1) / 2 * Wo, ld, out);
+                    if ((iy + 1) / 2 < Ho) gather_taps(&e, &o, taps + (size_t)(iy + 1) / 2 * Wo, ld, out);
+                }
+                _mm512_mask_storeu_ps(xn + (size_t)iy * Wd, row, _mm512_permutex2var_ps(e, weave, o));
+            }
+        }
+}
+#else
+#define HAVE_ROWS16 0
+#define ROWS16_MAX 0
+#endif
+
+#if !MT_REAL_IS_DOUBLE /* one switch for the process, defined by the float build */
+static int intrinsics_wanted = 1;
+void mt_nn_use_intrinsics(int on) { intrinsics_wanted = on; }
+#endif
+
+#if HAVE_ROWS16
+/* Whether a stride-2 plane W wide takes the AVX-512 rows (never in the double build). */
+static int rows16_route(int Wd) {
+    static int have = -1;
+    if (have < 0) have = __builtin_cpu_supports("avx512f") != 0;
+    return have && intrinsics_wanted && Wd <= ROWS16_MAX;
+}
+#endif
+
 /* The receptive fields of samples 0 … nb − 1 of x, whose channel c holds B planes: plane (c, n) at
  * x + (c·B + n)·H·W. col (C·9, nb·P), rows ld apart: sample n's fields in columns n·P … (n+1)·P − 1. */
 MT_KERNEL static void im2col(mt_real *col, size_t ld, const mt_real *x, int B, int nb, int C, int H, int Wd,
@@ -165,6 +267,12 @@ MT_KERNEL static void im2col(mt_real *col, size_t ld, const mt_real *x, int B, i
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
     if (phase_route(stride, P, Wo)) {
+#if HAVE_ROWS16
+        if (rows16_route(Wd)) {
+            im2col_stride2_rows16(col, ld, x, B, nb, C, H, Wd);
+            return;
+        }
+#endif
         im2col_stride2(col, ld, x, B, nb, C, H, Wd);
         return;
     }
@@ -216,6 +324,12 @@ MT_KERNEL static void col2im(mt_real *x, int B, int nb, const mt_real *col, size
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
     if (phase_route(stride, P, Wo)) {
+#if HAVE_ROWS16
+        if (rows16_route(Wd)) {
+            col2im_stride2_rows16(x, B, nb, col, ld, C, H, Wd);
+            return;
+        }
+#endif
         col2im_stride2(x, B, nb, col, ld, C, H, Wd);
         return;
     }
