@@ -33,8 +33,8 @@ void mt_meta_optim_free(mt_meta_optim *opt) {
 }
 
 /* Vectorizes as written (restrict, no errno from sqrt). CMake compiles this file without FMA
- * contraction, so every clone gives the scalar code's bits: a checkpoint resumes the same on any
- * x86-64 CPU. */
+ * contraction, so every clone gives the scalar code's bits: the outer step adds no CPU-dependent
+ * rounding of its own. */
 MT_KERNEL void mt_meta_optim_step(mt_meta_optim *opt, float *restrict params, const float *restrict grad, double lr) {
     float *restrict m = opt->m, *restrict v = opt->v;
     size_t n = opt->n;
