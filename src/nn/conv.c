@@ -8,8 +8,9 @@
  * capacity, and otherwise every pass rebuilds one chunk's fields at a time in a small scratch
  * matrix, so that memory does not grow with batch × fields (the 20-way query batch's fields
  * alone would be 34 MB in one layer, where its 20-image support batch keeps them).
- * im2col and its adjoint take one of three routes: stride 2 on small planes copies from phase
- * planes, stride 1 on small planes gathers through tap tables, large planes go row by row. */
+ * im2col and its adjoint take one of four routes: stride 2 on planes at most 16 wide permutes
+ * whole rows in AVX-512 registers where the CPU has it; other stride-2 small planes copy from phase
+ * planes; stride 1 on small planes gathers through tap tables; large planes go row by row. */
 #include "metatrain/nn.h"
 #include "core/precision.h"
 
@@ -243,7 +244,6 @@ __attribute__((target("avx512f"))) static void col2im_stride2_rows16(float *x, i
 }
 #else
 #define HAVE_ROWS16 0
-#define ROWS16_MAX 0
 #endif
 
 #if !MT_REAL_IS_DOUBLE /* one switch for the process, defined by the float build */
