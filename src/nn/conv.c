@@ -64,7 +64,11 @@ static const int tap_phase[3] = {1, 0, 1}, tap_shift[3] = {-1, 0, 0};
 
 /* The taps' copies and adds are a few to a few hundred entries each: GCC would turn them into
  * calls to memcpy and memset, whose start-up costs more than such a copy. */
+#if defined(__clang__) /* no such attribute (scripts/fuzz builds with clang): it would warn */
+#define NO_MEMCPY_CALLS
+#else
 #define NO_MEMCPY_CALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
 
 /* Each input row is read once and dealt to the two phases of its parity: even columns to b = 0,
  * odd ones to b = 1. */
