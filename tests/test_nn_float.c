@@ -116,6 +116,7 @@ static void test_float_agrees_with_double_on_networks(void **state) {
         check_precisions("input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
                          "conv 64 s2, bn, relu, flatten, linear 5, xent", 5);
         check_precisions("input 3x9x11, conv 5 s2, bn, relu, conv 4 s2, relu, conv 3 s2, flatten, linear 3, xent", 4);
+        check_precisions("input 2x21x16, conv 3 s2, bn, relu, conv 2 s2, flatten, linear 2, mse", 3);
     }
     mt_nn_use_intrinsics(1);
     printf("worst float-vs-double relative errors: loss %.2e, gradient %.2e, HVP %.2e (tolerance %.0e)\n",
@@ -131,6 +132,8 @@ typedef struct {
 static const conv_shape CONV_SHAPES[] = {
     {2, 3, 5, 4, 2, 1}, {2, 3, 5, 4, 2, 2}, {1, 1, 1, 1, 3, 1}, {1, 2, 1, 5, 2, 2}, {3, 4, 7, 5, 3, 2},
     {2, 1, 28, 28, 8, 2}, {2, 16, 7, 7, 16, 2}, {1, 5, 6, 9, 7, 1},
+    /* src/nn/conv.c's AVX-512 rows: tall planes, the widest (16), and one past it (17) */
+    {2, 3, 40, 12, 4, 2}, {1, 2, 3, 16, 2, 2}, {1, 2, 5, 17, 2, 2},
     /* planes above src/nn/conv.c's TAP_TABLE_MAX outputs take the row-by-row path */
     {2, 2, 40, 33, 3, 1}, {2, 2, 70, 66, 3, 2}, {1, 1, 65, 63, 2, 2},
 };
