@@ -72,29 +72,29 @@ MT_KERNEL static uint32_t largest_magnitude_bits(const float *restrict v, size_t
 
 /* fixed[i] += round(v[i] · scale), rounding to nearest even; |v[i] · scale| < 2^62 and exact in
  * double, so this is llrint's value. AVX-512DQ converts eight doubles to int64 at once; the
- * compilers do not vectorize llrint, hence the intrinsics. */
+ * compilers do not vectorize llrint, hence the intrinsics, which take the whole multiples of 8. */
 #if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx512f,avx512dq"))) static void add_fixed_avx512(int64_t *restrict fixed,
-                                                                      const float *restrict v,
-                                                                      size_t n, double scale) {
+__attribute__((target("avx512f,avx512dq"))) static size_t add_fixed_avx512(int64_t *restrict fixed,
+                                                                        const float *restrict v,
+                                                                        size_t n, double scale) {
     __m512d s = _mm512_set1_pd(scale);
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m512i q = _mm512_cvtpd_epi64(_mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(v + i)), s));
         _mm512_storeu_si512(fixed + i, _mm512_add_epi64(_mm512_loadu_si512(fixed + i), q));
     }
-    for (; i < n; i++) fixed[i] += llrint((double)v[i] * scale);
+    return i;
 }
 #endif
 
 static void add_fixed(int64_t *restrict fixed, const float *restrict v, size_t n, double scale) {
+    size_t i = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("avx512dq")) {
-        add_fixed_avx512(fixed, v, n, scale);
-        return;
-    }
+    static int have_avx512dq = -1; /* asked once */
+    if (have_avx512dq < 0) have_avx512dq = __builtin_cpu_supports("avx512dq") != 0;
+    if (have_avx512dq) i = add_fixed_avx512(fixed, v, n, scale);
 #endif
-    for (size_t i = 0; i < n; i++) fixed[i] += llrint((double)v[i] * scale);
+    for (; i < n; i++) fixed[i] += llrint((double)v[i] * scale);
 }
 
 /* sum[i] = fixed[i] · unscale, through double: exact for |fixed| < 2^53, one rounding to float. */
