@@ -22,6 +22,7 @@ typedef enum {
 typedef enum { MT_TASK_SINUSOID, MT_TASK_LINREG, MT_TASK_EPISODES, MT_TASK_GROUPED } mt_task_kind;
 typedef enum { MT_OPT_ADAM, MT_OPT_SGD } mt_optimizer_kind;
 typedef enum { MT_SPLIT_TRAIN, MT_SPLIT_VAL, MT_SPLIT_TEST, MT_SPLIT_ALL } mt_split;
+typedef enum { MT_BALANCE_DYNAMIC, MT_BALANCE_STATIC } mt_balance;
 
 typedef struct {
     /* [train] */
@@ -34,6 +35,7 @@ typedef struct {
     int stop_at;              /* train.stop_at: stop (with a checkpoint) after this iteration, 0 = off */
     int resume;               /* train.resume: 1 = continue from output.dir/checkpoint.h5 if present */
     int threads;              /* train.threads: OpenBLAS threads per rank */
+    mt_balance balance;       /* train.balance: how a node's ranks share the tasks */
     /* [output] */
     char output_dir[MT_CONFIG_STR]; /* output.dir */
     /* [meta] */

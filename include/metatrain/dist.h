@@ -28,6 +28,31 @@ void mt_dist_finalize(mt_dist *d);
  * n_tasks % size ranks taking one more. Some ranks may get none. Local. */
 void mt_dist_shard(int n_tasks, int rank, int size, int *begin, int *end);
 
+/* Who computes which of an iteration's tasks (src/dist/claim.c): a rank's static block, or,
+ * with dynamic claiming, the next free task of its node's pooled blocks. */
+typedef struct {
+    MPI_Comm node;       /* the ranks that share this one's memory */
+    MPI_Win window;      /* dynamic: two int64 counters on the node's first rank */
+    int node_rank, node_size;
+    int owns_node, owns_window, locked; /* what free must release */
+    int dynamic;
+    int *tasks, n_tasks; /* the tasks this rank (static) or node (dynamic) may take, ascending */
+    int capacity;        /* the most tasks this rank takes in one iteration: size its buffers so */
+    int taken;           /* this iteration's, so far */
+} mt_dist_claimer;
+
+/* Collective. Plans the claims of n_tasks tasks per iteration; dynamic claiming applies only to
+ * nodes with more than one rank. */
+mt_status mt_dist_claimer_init(const mt_dist *d, int n_tasks, int dynamic, mt_dist_claimer *c);
+/* Collective once initialized (it frees a window and a communicator); a no-op on a zeroed one. */
+void mt_dist_claimer_free(mt_dist_claimer *c);
+/* Local. Starts an iteration's claims; every rank calls it once per iteration, and the
+ * iterations must be closed by a collective over all ranks (the reduction). */
+void mt_dist_claim_begin(const mt_dist *d, mt_dist_claimer *c, int64_t iteration);
+/* Local. The next task this rank computes in this iteration, or -1 when there is none left for
+ * it. A task returned must be computed: no other rank will take it. An MPI failure aborts. */
+int mt_dist_claim(const mt_dist *d, mt_dist_claimer *c, int64_t iteration);
+
 /* Collective agreement on a status that each rank reached on its own. Every rank failed: all
  * return it and only rank 0 reports. Only some ranks failed: each failed rank prints its
  * message naming itself and the job ends with MPI_Abort. Nobody failed: MT_OK. */

@@ -85,12 +85,13 @@ double mt_meta_clip_grad(float *grad, size_t n, double clip);
 #define MT_TEMPLATE "metatrain/meta_tmpl.h"
 #include "metatrain/both_precisions.h"
 
-/* The meta-batch driver (float, the training path): for tasks [begin, end) of `iteration`, each
- * task's vector [meta-gradient (n_meta) | meta-objective] into vectors ((end − begin) × (n_meta + 1)).
- * The sum over tasks, across ranks, is mt_dist_reduce's job. */
+/* The meta-batch driver (float, the training path): for each task of `iteration` that
+ * next_task(arg) hands out (its index, or -1 when done: mt_dist_claim), the task's vector
+ * [meta-gradient (n_meta) | meta-objective] into the next row of vectors (n_meta + 1 wide).
+ * Returns the number of rows written. The sum over tasks, across ranks, is mt_dist_reduce's job. */
 #define MT_META_VECTOR_EXTRA 1
-void mt_meta_batch_grads(mt_meta_ctx *ctx, mt_task *task, const mt_task_family *fam,
-                         const mt_meta_step_config *sc, const float *meta, uint64_t seed,
-                         int iteration, int begin, int end, float *vectors);
+int mt_meta_batch_grads(mt_meta_ctx *ctx, mt_task *task, const mt_task_family *fam,
+                        const mt_meta_step_config *sc, const float *meta, uint64_t seed,
+                        int iteration, int (*next_task)(void *arg), void *arg, float *vectors);
 
 #endif

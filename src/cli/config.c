@@ -44,12 +44,14 @@ _Static_assert(sizeof(mt_algorithm) == sizeof(int), "enum size");
 _Static_assert(sizeof(mt_task_kind) == sizeof(int), "enum size");
 _Static_assert(sizeof(mt_optimizer_kind) == sizeof(int), "enum size");
 _Static_assert(sizeof(mt_split) == sizeof(int), "enum size");
+_Static_assert(sizeof(mt_balance) == sizeof(int), "enum size");
 
 static const char *const algorithm_names[] = {"maml", "fomaml", "metasgd", "anil", "mamlpp", "reptile",
                                               "imaml", NULL};
 static const char *const optimizer_names[] = {"adam", "sgd", NULL};
 static const char *const task_kind_names[] = {"sinusoid", "linreg", "episodes", "grouped", NULL};
 static const char *const split_names[] = {"train", "val", "test", "all", NULL};
+static const char *const balance_names[] = {"dynamic", "static", NULL};
 
 #define RESUMABLE true
 #define FIXED false
@@ -96,6 +98,9 @@ static const mt_cli_key mt_cli_keys[] = {
     BOOL_KEY("train", "resume", resume, "false", RESUMABLE,
              "continue from output.dir/checkpoint.h5 if it exists"),
     INT_KEY("train", "threads", threads, "1", GE(1), LE(256), RESUMABLE, "OpenBLAS threads per rank"),
+    ENUM_KEY("train", "balance", balance, "dynamic", balance_names, RESUMABLE,
+             "how the ranks of a node share an iteration's tasks: dynamic (each takes the next free one "
+             "when it finishes one) or static (fixed blocks); the same bits either way"),
 
     STRING_KEY("output", "dir", output_dir, "runs/default", 1, RESUMABLE,
                "directory for checkpoints, logs and the effective config"),

@@ -1,6 +1,6 @@
-/* metatrain train: the outer loop. Each rank computes its shard of the meta-batch's tasks
- * (src/meta/meta_batch.c), one reproducible allreduce sums them (src/dist/allreduce.c), and every
- * rank applies the same outer step. Rank 0 prints, writes checkpoints and metrics. */
+/* metatrain train: the outer loop. Each rank computes the meta-batch's tasks it claims
+ * (src/dist/claim.c, src/meta/meta_batch.c), one reproducible allreduce sums them
+ * (src/dist/allreduce.c), and every rank applies the same outer step. Rank 0 prints, writes checkpoints and metrics. */
 #include "cli/cli.h"
 #include "cli/progress.h"
 #include "metatrain/dataset.h"
@@ -41,6 +41,7 @@ typedef struct {
     mt_task task;
     mt_meta_optim opt;
     mt_dist_reducer reducer;
+    mt_dist_claimer claimer;
     mt_cli_history history;
     float *meta, *vectors, *sum;
     size_t vector_len;
@@ -96,7 +97,8 @@ fail:
     return st;
 }
 
-/* Local: every rank plans the same buffers; failures are agreed on by the caller.
+/* Local: every rank plans its buffers (as many vector rows as it may claim); failures are agreed
+ * on by the caller.
  * METATRAIN_FAULT_RANK=R makes rank R alone fail here, so the tests can prove that a failure
  * on one rank ends the whole job (MPI_Abort) instead of leaving the others waiting. */
 static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
@@ -119,12 +121,12 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
     MT_TRY(mt_meta_ctx_create(&p->ctx, lay, mt_task_max_batch(&p->fam)));
     MT_TRY(mt_task_alloc(&p->task, &p->fam));
     MT_TRY(mt_meta_optim_init(&p->opt, cfg, lay->n_meta));
-    int begin, end;
-    mt_dist_shard(cfg->meta_batch, 0, d->size, &begin, &end); /* rank 0 holds the most */
     p->vector_len = lay->n_meta + MT_META_VECTOR_EXTRA;
     p->meta = malloc(lay->n_meta * sizeof(float));
     p->sum = malloc(p->vector_len * sizeof(float));
-    p->vectors = malloc((size_t)(end - begin > 0 ? end - begin : 1) * p->vector_len * sizeof(float));
+    /* As many rows as this rank may claim in one iteration. */
+    int rows = p->claimer.capacity > 0 ? p->claimer.capacity : 1;
+    p->vectors = malloc((size_t)rows * p->vector_len * sizeof(float));
     if (!p->meta || !p->sum || !p->vectors) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-batch buffers");
 
     /* One fixed-point scale per tensor, and one for the objective. */
@@ -151,6 +153,7 @@ static void plan_free(const mt_dist *d, train_plan *p) {
     mt_task_free(&p->task);
     mt_meta_optim_free(&p->opt);
     mt_dist_reducer_free(&p->reducer);
+    mt_dist_claimer_free(&p->claimer);
     mt_cli_history_free(&p->history);
     free(p->meta), free(p->vectors), free(p->sum);
 }
@@ -212,8 +215,38 @@ static double validate(const mt_dist *d, const mt_cli_model *m, train_plan *p, m
     return *st ? NAN : res.mean[res.steps];
 }
 
+/* The tasks this rank computes, as mt_meta_batch_grads asks for them. METATRAIN_SLOW_RANK=R
+ * makes rank R sleep 2 ms before each task, as a rank sharing its core would, so that the
+ * tests can see dynamic claiming move its work to the other ranks. */
+typedef struct {
+    const mt_dist *d;
+    mt_dist_claimer *claimer;
+    int64_t iteration;
+    int64_t computed; /* tasks this rank computed in this run */
+    int slow;
+} claim_source;
+
+static int next_claim(void *arg) {
+    claim_source *s = arg;
+    int t = mt_dist_claim(s->d, s->claimer, s->iteration);
+    if (t >= 0 && s->slow) usleep(2000);
+    s->computed += t >= 0;
+    return t;
+}
+
+/* Collective. The fewest and most tasks any rank computed, for a user judging the balance. */
+static void report_balance(const mt_dist *d, const claim_source *claims, int quiet) {
+    struct { double n; int rank; } mine = {(double)claims->computed, d->rank}, least, most;
+    if (MPI_Allreduce(&mine, &least, 1, MPI_DOUBLE_INT, MPI_MINLOC, d->comm) != MPI_SUCCESS ||
+        MPI_Allreduce(&mine, &most, 1, MPI_DOUBLE_INT, MPI_MAXLOC, d->comm) != MPI_SUCCESS)
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of the task counts failed"));
+    if (d->rank == 0 && d->size > 1 && !quiet)
+        printf("tasks per rank (train.balance = %s): fewest %.0f (rank %d), most %.0f (rank %d)\n",
+               claims->claimer->dynamic ? "dynamic" : "static", least.n, least.rank, most.n, most.rank);
+}
+
 static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p, int64_t start,
-                          int quiet, int *exit_code) {
+                          int quiet, claim_source *claims, int *exit_code) {
     mt_status st = MT_OK;
     const mt_config *cfg = &m->cfg;
     const mt_meta_layout *lay = &m->layout;
@@ -224,15 +257,16 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
     double window_loss = 0;
     int window_n = 0;
     mt_cli_progress_init(&prog, d->rank == 0 && !quiet, cfg->iterations, cfg->log_every, cfg->meta_batch);
-    int begin, end;
-    mt_dist_shard(cfg->meta_batch, d->rank, d->size, &begin, &end);
 
     for (int64_t it = start; it < cfg->iterations; it++) {
         mt_dist_outcome out;
         mt_dist_flags flags = {0, mt_dist_stop_signal()};
         mt_meta_step_config_at(&sc, cfg, (int)it);
-        mt_meta_batch_grads(p->ctx, &p->task, &p->fam, &sc, p->meta, cfg->seed, (int)it, begin, end, p->vectors);
-        st = mt_dist_reduce(d, &p->reducer, p->vectors, end - begin, cfg->meta_batch, flags, p->sum, &out);
+        claims->iteration = it;
+        mt_dist_claim_begin(d, &p->claimer, it);
+        int rows = mt_meta_batch_grads(p->ctx, &p->task, &p->fam, &sc, p->meta, cfg->seed, (int)it, next_claim,
+                                       claims, p->vectors);
+        st = mt_dist_reduce(d, &p->reducer, p->vectors, rows, cfg->meta_batch, flags, p->sum, &out);
         if (st) mt_dist_abort(d, st);
         if (out.any_error) MT_THROW(MT_ERR_IO, "iteration %lld: a rank failed", (long long)it);
         if (out.nonfinite)
@@ -315,6 +349,7 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     openblas_set_num_threads(m.cfg.threads);
     if (m.cfg.task_kind == MT_TASK_EPISODES || m.cfg.task_kind == MT_TASK_GROUPED)
         MT_TRY(mt_task_dataset_load(&p.data, d, m.cfg.task_path, m.cfg.task_kind, NULL));
+    MT_TRY(mt_dist_claimer_init(d, m.cfg.meta_batch, m.cfg.balance == MT_BALANCE_DYNAMIC, &p.claimer));
     MT_TRY(mt_dist_agree(d, plan(&p, d, &m)));
     if (resume_path) {
         MT_TRY(mt_dist_agree(d, mt_cli_state_restore(&ck, resume_path, &m, p.meta, &p.opt, &p.history, &start)));
@@ -335,7 +370,10 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
         printf("--- effective config ---\n%s------------------------\n", m.config_text);
         fflush(stdout);
     }
-    MT_TRY(run_loop(d, &m, &p, start, a.quiet, &exit_code));
+    const char *slow = getenv("METATRAIN_SLOW_RANK");
+    claim_source claims = {d, &p.claimer, start, 0, slow && atoi(slow) == d->rank};
+    MT_TRY(run_loop(d, &m, &p, start, a.quiet, &claims, &exit_code));
+    report_balance(d, &claims, a.quiet);
     if (d->rank == 0 && !a.quiet) printf("checkpoint: %s/checkpoint.h5\n", m.cfg.output_dir);
     plan_free(d, &p);
     if (lock_fd >= 0) close(lock_fd);
