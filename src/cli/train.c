@@ -222,8 +222,11 @@ typedef struct {
     const mt_dist *d;
     mt_dist_claimer *claimer;
     int64_t iteration;
-    int64_t computed; /* tasks this rank computed in this run */
     int slow;
+    /* This run's totals on this rank: tasks computed, seconds computing them, and seconds in
+     * iterations (tasks, reduction and outer step; not validation or checkpoints). */
+    int64_t computed;
+    double task_s, iteration_s;
 } claim_source;
 
 static int next_claim(void *arg) {
@@ -234,15 +237,21 @@ static int next_claim(void *arg) {
     return t;
 }
 
-/* Collective. The fewest and most tasks any rank computed, for a user judging the balance. */
+/* Collective. For a user judging the balance: the fewest and most tasks any rank computed, and
+ * the least and most busy rank's share of the iteration time spent in tasks; the rest went to
+ * waiting for other ranks, the reduction and the outer step. */
 static void report_balance(const mt_dist *d, const claim_source *claims, int quiet) {
-    struct { double n; int rank; } mine = {(double)claims->computed, d->rank}, least, most;
-    if (MPI_Allreduce(&mine, &least, 1, MPI_DOUBLE_INT, MPI_MINLOC, d->comm) != MPI_SUCCESS ||
-        MPI_Allreduce(&mine, &most, 1, MPI_DOUBLE_INT, MPI_MAXLOC, d->comm) != MPI_SUCCESS)
+    typedef struct { double value; int rank; } ranked;
+    double busy = claims->iteration_s > 0 ? claims->task_s / claims->iteration_s : 0;
+    ranked mine[2] = {{(double)claims->computed, d->rank}, {busy, d->rank}}, least[2], most[2];
+    if (MPI_Allreduce(mine, least, 2, MPI_DOUBLE_INT, MPI_MINLOC, d->comm) != MPI_SUCCESS ||
+        MPI_Allreduce(mine, most, 2, MPI_DOUBLE_INT, MPI_MAXLOC, d->comm) != MPI_SUCCESS)
         mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of the task counts failed"));
-    if (d->rank == 0 && d->size > 1 && !quiet)
-        printf("tasks per rank (train.balance = %s): fewest %.0f (rank %d), most %.0f (rank %d)\n",
-               claims->claimer->dynamic ? "dynamic" : "static", least.n, least.rank, most.n, most.rank);
+    if (d->rank == 0 && !quiet)
+        printf("tasks per rank (train.balance = %s): fewest %.0f (rank %d), most %.0f (rank %d); "
+               "time in tasks: %.1f%% (rank %d) to %.1f%% (rank %d) of the iterations\n",
+               claims->claimer->dynamic ? "dynamic" : "static", least[0].value, least[0].rank, most[0].value,
+               most[0].rank, 100 * least[1].value, least[1].rank, 100 * most[1].value, most[1].rank);
 }
 
 static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p, int64_t start,
@@ -263,9 +272,11 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         mt_dist_flags flags = {0, mt_dist_stop_signal()};
         mt_meta_step_config_at(&sc, cfg, (int)it);
         claims->iteration = it;
+        double began = MPI_Wtime();
         mt_dist_claim_begin(d, &p->claimer, it);
         int rows = mt_meta_batch_grads(p->ctx, &p->task, &p->fam, &sc, p->meta, cfg->seed, (int)it, next_claim,
                                        claims, p->vectors);
+        claims->task_s += MPI_Wtime() - began;
         st = mt_dist_reduce(d, &p->reducer, p->vectors, rows, cfg->meta_batch, flags, p->sum, &out);
         if (st) mt_dist_abort(d, st);
         if (out.any_error) MT_THROW(MT_ERR_IO, "iteration %lld: a rank failed", (long long)it);
@@ -279,6 +290,7 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
                         ? mt_meta_cosine_lr(cfg->outer_lr, cfg->min_outer_lr, (int)it, cfg->iterations)
                         : cfg->outer_lr;
         mt_meta_optim_step(&p->opt, p->meta, p->sum, lr);
+        claims->iteration_s += MPI_Wtime() - began;
 
         int64_t done = it + 1;
         int stop_here = cfg->stop_at > 0 && done == cfg->stop_at;
@@ -371,7 +383,7 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
         fflush(stdout);
     }
     const char *slow = getenv("METATRAIN_SLOW_RANK");
-    claim_source claims = {d, &p.claimer, start, 0, slow && atoi(slow) == d->rank};
+    claim_source claims = {d, &p.claimer, start, slow && atoi(slow) == d->rank, 0, 0, 0};
     MT_TRY(run_loop(d, &m, &p, start, a.quiet, &claims, &exit_code));
     report_balance(d, &claims, a.quiet);
     if (d->rank == 0 && !a.quiet) printf("checkpoint: %s/checkpoint.h5\n", m.cfg.output_dir);
