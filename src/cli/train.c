@@ -1,6 +1,7 @@
 /* metatrain train: the outer loop. Each rank computes the meta-batch's tasks it claims
  * (src/dist/claim.c, src/meta/meta_batch.c), one reproducible allreduce sums them
- * (src/dist/allreduce.c), and every rank applies the same outer step. Rank 0 prints, writes checkpoints and metrics. */
+ * (src/dist/allreduce.c), and every rank applies the same outer step. Rank 0 prints, writes
+ * checkpoints and metrics. */
 #include "cli/cli.h"
 #include "cli/progress.h"
 #include "metatrain/dataset.h"

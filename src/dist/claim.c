@@ -75,35 +75,49 @@ fail:
     return st;
 }
 
+/* The ranks that share memory with this one. METATRAIN_RANKS_PER_NODE=K groups world ranks
+ * 0..K-1, K..2K-1, ... instead, so that the tests can run layouts of several nodes, some with a
+ * single rank, on one machine. Collective. */
+static int split_node(const mt_dist *d, MPI_Comm *node) {
+    const char *k = getenv("METATRAIN_RANKS_PER_NODE");
+    if (k && atoi(k) > 0) return MPI_Comm_split(d->comm, d->rank / atoi(k), d->rank, node);
+    return MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, node);
+}
+
 mt_status mt_dist_claimer_init(const mt_dist *d, int n_tasks, int dynamic, mt_dist_claimer *c) {
     mt_status st = MT_OK;
     memset(c, 0, sizeof *c);
-    int rc = MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &c->node);
+    int rc = split_node(d, &c->node);
     c->owns_node = rc == MPI_SUCCESS;
-    MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "MPI_Comm_split_type failed")));
-    MPI_Comm_rank(c->node, &c->node_rank);
-    MPI_Comm_size(c->node, &c->node_size);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(c->node, &c->node_rank);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_size(c->node, &c->node_size);
+    MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "cannot group the ranks by node")));
     MT_TRY(mt_dist_agree(d, plan(d, c, n_tasks, dynamic)));
-    /* Whether a node claims dynamically depends on its size alone, so its ranks agree. */
-    if (!c->dynamic) return MT_OK;
+
+    /* Nodes may differ (a node of one rank claims statically), so every step below that is
+     * collective over all ranks is taken by all ranks; the window is the node's alone. */
     int64_t *counters = NULL;
-    rc = MPI_Win_allocate_shared(c->node_rank == 0 ? (MPI_Aint)(2 * sizeof(int64_t)) : 0, sizeof(int64_t),
-                                 MPI_INFO_NULL, c->node, &counters, &c->window);
-    c->owns_window = rc == MPI_SUCCESS;
+    rc = MPI_SUCCESS;
+    if (c->dynamic)
+        rc = MPI_Win_allocate_shared(c->node_rank == 0 ? (MPI_Aint)(2 * sizeof(int64_t)) : 0, sizeof(int64_t),
+                                     MPI_INFO_NULL, c->node, &counters, &c->window);
+    c->owns_window = c->dynamic && rc == MPI_SUCCESS;
     int outcome[2] = {rc != MPI_SUCCESS, rc == MPI_SUCCESS}; /* some failed, some succeeded */
     if (MPI_Allreduce(MPI_IN_PLACE, outcome, 2, MPI_INT, MPI_MAX, d->comm) != MPI_SUCCESS)
         mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce failed while planning the task counters"));
     if (outcome[0] && outcome[1]) /* a window on some ranks only cannot be freed collectively */
         mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Win_allocate_shared failed on some ranks"));
     if (outcome[0]) MT_THROW(MT_ERR_MPI, "MPI_Win_allocate_shared of the task counters failed on every rank");
-    if (c->node_rank == 0) counters[0] = counters[1] = 0;
-    /* One passive epoch for the whole run; the barrier publishes the zeroed counters. */
-    rc = MPI_Win_lock_all(MPI_MODE_NOCHECK, c->window);
-    if (rc == MPI_SUCCESS) rc = MPI_Win_sync(c->window);
+    if (c->dynamic) {
+        if (c->node_rank == 0) counters[0] = counters[1] = 0;
+        /* One passive epoch for the whole run; the node's barrier below publishes the zeros. */
+        rc = MPI_Win_lock_all(MPI_MODE_NOCHECK, c->window);
+        c->locked = rc == MPI_SUCCESS;
+        if (rc == MPI_SUCCESS) rc = MPI_Win_sync(c->window);
+    }
     MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "MPI_Win_lock_all failed")));
-    c->locked = 1;
-    if (MPI_Barrier(c->node) != MPI_SUCCESS) mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Barrier failed"));
-    MPI_Win_sync(c->window);
+    if (c->dynamic && (MPI_Barrier(c->node) != MPI_SUCCESS || MPI_Win_sync(c->window) != MPI_SUCCESS))
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Barrier on the node failed"));
     return MT_OK;
 fail:
     mt_dist_claimer_free(c);

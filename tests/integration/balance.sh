@@ -8,8 +8,10 @@ args=(--set train.iterations=40 --set train.meta_batch=25 --set train.checkpoint
 mpi 1 train "$CONFIGS/sinusoid-maml.ini" "${args[@]}" --set output.dir=one --quiet || fail "1 rank exited $?"
 
 # run NAME R BALANCE: a run with rank 1 slowed; its "tasks per rank" line goes to NAME.out.
+# METATRAIN_RANKS_PER_NODE, when set, groups the ranks into nodes of that many.
 run() {
-    METATRAIN_SLOW_RANK=1 mpirun -n "$2" --oversubscribe --bind-to none -x METATRAIN_SLOW_RANK "$METATRAIN" \
+    METATRAIN_SLOW_RANK=1 mpirun -n "$2" --oversubscribe --bind-to none -x METATRAIN_SLOW_RANK \
+        ${METATRAIN_RANKS_PER_NODE:+-x METATRAIN_RANKS_PER_NODE} "$METATRAIN" \
         train "$CONFIGS/sinusoid-maml.ini" "${args[@]}" --set "train.balance=$3" --set "output.dir=$1" \
         > "$1.out" || fail "$1 exited $?"
     grep -q "^tasks per rank (train.balance = $3)" "$1.out" || fail "$1: no task count line: $(tail -3 "$1.out")"
@@ -32,4 +34,19 @@ for ranks in 2 3; do
     [ "$rank" = 1 ] && [ "$n" -lt 240 ] || fail "dynamic at $ranks ranks: the slow rank 1 is not the one with the fewest tasks ($n, rank $rank)"
     same_model one/checkpoint.h5 "dynamic$ranks/checkpoint.h5"
 done
+
+# Nodes of two ranks: at 3 ranks a node of two (ranks 0 and 1, dynamic) beside a node of one
+# (rank 2, static), whose collectives must still line up; at 4 ranks two nodes, each pooling its
+# own blocks (ranks 0-1: tasks 0-12, ranks 2-3: tasks 13-24). Rank 1's node mate takes its work.
+export METATRAIN_RANKS_PER_NODE=2
+for ranks in 3 4; do
+    run "nodes$ranks" "$ranks" dynamic
+    read -r n rank <<< "$(fewest "nodes$ranks")"
+    [ "$rank" = 1 ] || fail "nodes of 2 at $ranks ranks: the slow rank 1 is not the one with the fewest tasks ($n, rank $rank)"
+    same_model one/checkpoint.h5 "nodes$ranks/checkpoint.h5"
+done
+# A node computes exactly its ranks' blocks: the 4-rank run's busiest rank did at most its node's
+# 13 tasks per iteration.
+read -r n rank <<< "$(most nodes4)"
+[ "$n" -le 520 ] || fail "nodes of 2 at 4 ranks: rank $rank computed $n tasks, more than its node's 520"
 pass
