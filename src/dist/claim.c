@@ -24,23 +24,24 @@ static int ascending(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Appends world rank `rank`'s static block to c->tasks. */
+static void append_block(const mt_dist *d, mt_dist_claimer *c, int n_tasks, int rank) {
+    int begin, end;
+    mt_dist_shard(n_tasks, rank, d->size, &begin, &end);
+    for (int t = begin; t < end; t++) c->tasks[c->n_tasks++] = t;
+}
+
 /* The union of the static blocks of this node's ranks, ascending, into c->tasks. Local. */
 static mt_status node_tasks(const mt_dist *d, mt_dist_claimer *c, int n_tasks) {
     mt_status st = MT_OK;
     MPI_Group world = MPI_GROUP_NULL, node = MPI_GROUP_NULL;
     int *members = malloc((size_t)c->node_size * sizeof *members), *world_ranks = malloc((size_t)c->node_size * sizeof *world_ranks);
-    c->tasks = malloc((size_t)(n_tasks > 0 ? n_tasks : 1) * sizeof *c->tasks);
-    if (!members || !world_ranks || !c->tasks) MT_THROW(MT_ERR_NOMEM, "out of memory for the task list");
+    if (!members || !world_ranks) MT_THROW(MT_ERR_NOMEM, "out of memory for the task list");
     for (int i = 0; i < c->node_size; i++) members[i] = i;
     if (MPI_Comm_group(c->node, &node) != MPI_SUCCESS || MPI_Comm_group(d->comm, &world) != MPI_SUCCESS ||
         MPI_Group_translate_ranks(node, c->node_size, members, world, world_ranks) != MPI_SUCCESS)
         MT_THROW(MT_ERR_MPI, "cannot map the node's ranks to MPI_COMM_WORLD's");
-    c->n_tasks = 0;
-    for (int i = 0; i < c->node_size; i++) {
-        int begin, end;
-        mt_dist_shard(n_tasks, world_ranks[i], d->size, &begin, &end);
-        for (int t = begin; t < end; t++) c->tasks[c->n_tasks++] = t;
-    }
+    for (int i = 0; i < c->node_size; i++) append_block(d, c, n_tasks, world_ranks[i]);
     qsort(c->tasks, (size_t)c->n_tasks, sizeof *c->tasks, ascending);
 fail:
     if (node != MPI_GROUP_NULL) MPI_Group_free(&node);
@@ -54,14 +55,12 @@ fail:
  * caller agrees on before the window (collective) is made. */
 static mt_status plan(const mt_dist *d, mt_dist_claimer *c, int n_tasks, int dynamic) {
     mt_status st = MT_OK;
-    int begin, end;
-    mt_dist_shard(n_tasks, d->rank, d->size, &begin, &end);
     c->dynamic = dynamic && c->node_size > 1;
+    c->n_tasks = 0;
+    c->tasks = malloc((size_t)(n_tasks > 0 ? n_tasks : 1) * sizeof *c->tasks);
+    if (!c->tasks) MT_THROW(MT_ERR_NOMEM, "out of memory for the task list");
     if (!c->dynamic) {
-        c->tasks = malloc((size_t)(end - begin > 0 ? end - begin : 1) * sizeof *c->tasks);
-        if (!c->tasks) MT_THROW(MT_ERR_NOMEM, "out of memory for the task list");
-        c->n_tasks = end - begin;
-        for (int t = begin; t < end; t++) c->tasks[t - begin] = t;
+        append_block(d, c, n_tasks, d->rank);
         c->capacity = c->n_tasks;
         return MT_OK;
     }
