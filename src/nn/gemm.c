@@ -144,10 +144,44 @@ MT_KERNEL static void axpys(int M, int K, mt_real alpha, const mt_real *restrict
     }
 }
 
-/* dst (K,N) = src (N,K)ᵀ, src's rows ld apart, in 4x4 blocks the compiler turns into register
- * shuffles */
+/* Eight values: the rows and columns of transpose's 8x8 blocks. Shuffles with constant indices
+ * (GCC 12 and clang) compile to the target's unpack and permute instructions. */
+typedef mt_real vec_8 __attribute__((vector_size(8 * sizeof(mt_real))));
+
+#define SHUFFLE_8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+/* Rows i, i+1 → elements 0,1,4,5 and 2,3,6,7 of each, interleaved. */
+#define PAIRS(lo, hi, a, b) (lo = SHUFFLE_8(a, b, 0, 8, 1, 9, 4, 12, 5, 13), hi = SHUFFLE_8(a, b, 2, 10, 3, 11, 6, 14, 7, 15))
+#define QUADS(lo, hi, a, b) (lo = SHUFFLE_8(a, b, 0, 1, 8, 9, 4, 5, 12, 13), hi = SHUFFLE_8(a, b, 2, 3, 10, 11, 6, 7, 14, 15))
+#define HALVES(lo, hi, a, b) (lo = SHUFFLE_8(a, b, 0, 1, 2, 3, 8, 9, 10, 11), hi = SHUFFLE_8(a, b, 4, 5, 6, 7, 12, 13, 14, 15))
+
+/* dst's rows k0 … k0+7, columns j0 … j0+7 (dst's rows N apart) = the block of src at rows j0 …,
+ * columns k0 … (src's rows ld apart), transposed in registers: three rounds of interleaving
+ * pairs, 24 shuffles for 64 values. Named variables, not arrays, keep every value in a register. */
+__attribute__((always_inline)) static inline void transpose_8x8(mt_real *restrict dst, size_t N,
+                                                                const mt_real *restrict src, size_t ld) {
+    vec_8 r0, r1, r2, r3, r4, r5, r6, r7, t0, t1, t2, t3, t4, t5, t6, t7;
+    memcpy(&r0, src, sizeof r0), memcpy(&r1, src + ld, sizeof r1), memcpy(&r2, src + 2 * ld, sizeof r2);
+    memcpy(&r3, src + 3 * ld, sizeof r3), memcpy(&r4, src + 4 * ld, sizeof r4), memcpy(&r5, src + 5 * ld, sizeof r5);
+    memcpy(&r6, src + 6 * ld, sizeof r6), memcpy(&r7, src + 7 * ld, sizeof r7);
+    PAIRS(t0, t1, r0, r1), PAIRS(t2, t3, r2, r3), PAIRS(t4, t5, r4, r5), PAIRS(t6, t7, r6, r7);
+    /* r[m], r[m+4] for m < 4: columns m and m+4 of rows 0-3 and of rows 4-7 */
+    QUADS(r0, r1, t0, t2), QUADS(r2, r3, t1, t3), QUADS(r4, r5, t4, t6), QUADS(r6, r7, t5, t7);
+    HALVES(t0, t4, r0, r4), HALVES(t1, t5, r1, r5), HALVES(t2, t6, r2, r6), HALVES(t3, t7, r3, r7);
+    memcpy(dst, &t0, sizeof t0), memcpy(dst + N, &t1, sizeof t1), memcpy(dst + 2 * N, &t2, sizeof t2);
+    memcpy(dst + 3 * N, &t3, sizeof t3), memcpy(dst + 4 * N, &t4, sizeof t4), memcpy(dst + 5 * N, &t5, sizeof t5);
+    memcpy(dst + 6 * N, &t6, sizeof t6), memcpy(dst + 7 * N, &t7, sizeof t7);
+}
+
+/* dst (K,N) = src (N,K)ᵀ, src's rows ld apart: 8x8 blocks in registers, then 4x4 blocks and
+ * single values at the edges */
 MT_KERNEL static void transpose(mt_real *restrict dst, const mt_real *restrict src, size_t ld, int N, int K) {
     int j = 0;
+    for (; j + 8 <= N; j += 8) {
+        int k = 0;
+        for (; k + 8 <= K; k += 8) transpose_8x8(dst + (size_t)k * N + j, (size_t)N, src + (size_t)j * ld + k, ld);
+        for (; k < K; k++)
+            for (int r = 0; r < 8; r++) dst[(size_t)k * N + j + r] = src[(size_t)(j + r) * ld + k];
+    }
     for (; j + 4 <= N; j += 4) {
         int k = 0;
         for (; k + 4 <= K; k += 4) {
