@@ -80,7 +80,7 @@ static void test_reduce_matches_its_definition(void **state) {
     fill_vectors(v);
     size_t groups[] = {0, 19, N};
     mt_dist_reducer r;
-    assert_int_equal(mt_dist_reducer_init(&r, N, 2, groups), MT_OK);
+    assert_int_equal(mt_dist_reducer_init(&r, N, 2, groups, NULL), MT_OK);
     mt_dist_outcome out;
     mt_dist_flags flags = {0, 0};
     assert_int_equal(mt_dist_reduce(&d, &r, &v[0][0], T, T, flags, sum, &out), MT_OK);

@@ -28,6 +28,10 @@ void mt_dist_finalize(mt_dist *d);
  * n_tasks % size ranks taking one more. Some ranks may get none. Local. */
 void mt_dist_shard(int n_tasks, int rank, int size, int *begin, int *end);
 
+/* Collective. The ranks that share memory with this one (MPI_COMM_TYPE_SHARED), or with
+ * METATRAIN_RANKS_PER_NODE=K set, groups of K consecutive ranks. Returns an MPI error code. */
+int mt_dist_split_node(const mt_dist *d, MPI_Comm *node);
+
 /* Who computes which of an iteration's tasks (src/dist/claim.c): a rank's static block, or,
  * with dynamic claiming, the next free task of its node's pooled blocks. */
 typedef struct {
@@ -77,6 +81,30 @@ typedef struct {
     int nonfinite;            /* some task's vector holds a NaN or infinity */
 } mt_dist_outcome;
 
+/* The int64 sum of one vector of n per rank (src/dist/node_sum.c): through shared memory within
+ * a node, then one MPI_Allreduce among the nodes' first ranks. Buffers are planned once. */
+typedef struct {
+    size_t n;
+    MPI_Comm node, leaders; /* leaders: the nodes' first ranks; MPI_COMM_NULL on the others */
+    MPI_Win window;         /* nodes of several ranks: barrier flags, the total, one slot per rank */
+    int node_rank, node_size, n_nodes;
+    int owns_node, owns_leaders, owns_window; /* what free must release */
+    int64_t *own;           /* this rank's vector: its slot, or private memory on a node of one */
+    int64_t *total;         /* the node's total (shared), or NULL on a node of one */
+    void *flags;            /* the barriers' arrival flags (shared) */
+    size_t slot_stride;     /* int64 values from one slot to the next */
+    int64_t generation;     /* runs so far */
+} mt_dist_node_sum;
+
+/* Collective. */
+mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, mt_dist_node_sum *s);
+/* Collective once initialized; a no-op on a zeroed one. */
+void mt_dist_node_sum_free(mt_dist_node_sum *s);
+/* Collective. Sums every rank's s->own (written before the call) and returns where the total
+ * lies: n values, the same on every rank, valid until the next run. s->own may be rewritten as
+ * soon as this returns. An MPI failure aborts the job: the node's other ranks would be waiting. */
+const int64_t *mt_dist_node_sum_run(const mt_dist *d, mt_dist_node_sum *s);
+
 /* The reducer: vectors of length n split into groups (one per parameter tensor, say), each with
  * its own fixed-point scale. Buffers are planned once. */
 typedef struct {
@@ -84,18 +112,21 @@ typedef struct {
     int n_groups;
     size_t *group_begin;  /* n_groups + 1 boundaries, ascending, 0 … n */
     int *exponents;       /* n_groups + 4 */
-    int64_t *fixed;       /* n */
+    int64_t *fixed;       /* n, when the sum is an MPI_Allreduce over all ranks */
+    mt_dist_node_sum *node_sum; /* or this, which holds the fixed-point values itself */
 } mt_dist_reducer;
 
-/* Local. group_begin has n_groups + 1 entries. */
-mt_status mt_dist_reducer_init(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin);
+/* Local. group_begin has n_groups + 1 entries. node_sum: a sum over n values made beforehand, or
+ * NULL to sum with MPI_Allreduce over all ranks. */
+mt_status mt_dist_reducer_init(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin,
+                               mt_dist_node_sum *node_sum);
 void mt_dist_reducer_free(mt_dist_reducer *r);
 
 /* Collective. Sums vectors[i·n … (i+1)·n) over every rank's n_local vectors into sum (n, same
  * on every rank, bit-identical for any rank count given the same vectors), where n_total is the
- * number of vectors over all ranks. Two allreduces: MPI_MAX of exponents and flags, then
- * MPI_SUM of int64. When the outcome reports an error or a non-finite value, sum is left
- * unwritten; a stop request still completes the sum, so the iteration can finish first. */
+ * number of vectors over all ranks. An MPI_MAX of exponents and flags, then the int64 sum (the
+ * reducer's node sum, or MPI_SUM). When the outcome reports an error or a non-finite value, sum
+ * is left unwritten; a stop request still completes the sum, so the iteration can finish first. */
 mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local,
                          int n_total, mt_dist_flags flags, float *sum, mt_dist_outcome *outcome);
 

@@ -42,6 +42,7 @@ typedef struct {
     mt_task task;
     mt_meta_optim opt;
     mt_dist_reducer reducer;
+    mt_dist_node_sum node_sum; /* the reducer's int64 sum */
     mt_dist_claimer claimer;
     mt_cli_history history;
     float *meta, *vectors, *sum;
@@ -135,7 +136,7 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
     for (int t = 0; t < n; t++) bounds[t] = tensors[t].offset;
     bounds[n] = lay->n_meta;
     bounds[n + 1] = p->vector_len;
-    MT_TRY(mt_dist_reducer_init(&p->reducer, p->vector_len, n + 1, bounds));
+    MT_TRY(mt_dist_reducer_init(&p->reducer, p->vector_len, n + 1, bounds, &p->node_sum));
     size_t log_points = (size_t)cfg->iterations / (size_t)cfg->log_every + 2;
     if (cfg->eval_every > 0) log_points += (size_t)cfg->iterations / (size_t)cfg->eval_every;
     MT_TRY(mt_cli_history_init(&p->history, log_points));
@@ -154,6 +155,7 @@ static void plan_free(const mt_dist *d, train_plan *p) {
     mt_task_free(&p->task);
     mt_meta_optim_free(&p->opt);
     mt_dist_reducer_free(&p->reducer);
+    mt_dist_node_sum_free(&p->node_sum);
     mt_dist_claimer_free(&p->claimer);
     mt_cli_history_free(&p->history);
     free(p->meta), free(p->vectors), free(p->sum);
@@ -363,6 +365,7 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     if (m.cfg.task_kind == MT_TASK_EPISODES || m.cfg.task_kind == MT_TASK_GROUPED)
         MT_TRY(mt_task_dataset_load(&p.data, d, m.cfg.task_path, m.cfg.task_kind, NULL));
     MT_TRY(mt_dist_claimer_init(d, m.cfg.meta_batch, m.cfg.balance == MT_BALANCE_DYNAMIC, &p.claimer));
+    MT_TRY(mt_dist_node_sum_init(d, m.layout.n_meta + MT_META_VECTOR_EXTRA, &p.node_sum));
     MT_TRY(mt_dist_agree(d, plan(&p, d, &m)));
     if (resume_path) {
         MT_TRY(mt_dist_agree(d, mt_cli_state_restore(&ck, resume_path, &m, p.meta, &p.opt, &p.history, &start)));

@@ -4,8 +4,9 @@
  * 2. MPI_Allreduce(MPI_MAX) shares them (with the error, stop and non-finite flags).
  * 3. Each entry becomes round(x · 2^s) in int64, s chosen so that the sum of n_total entries of
  *    magnitude < 2^E cannot exceed 2^62; the rank adds its tasks as integers.
- * 4. MPI_Allreduce(MPI_INT64_T, MPI_SUM); integer addition is associative, so the sum is the
- *    same for every rank count and reduction tree. 5. One conversion back to float.
+ * 4. The int64 sum over all ranks: through shared memory within a node and MPI_Allreduce among
+ *    nodes (node_sum.c), or MPI_Allreduce(MPI_SUM); integer addition is associative, so the sum
+ *    is the same for every rank count and reduction tree. 5. One conversion back to float.
  * Entries within about 2^-30 of their group's largest keep full float precision.
  * The largest exponent is that of the largest magnitude (frexp is monotone in |x|), and scaling
  * by a power of two is exact, so the loops below need no libm call per entry. */
@@ -26,14 +27,17 @@
 enum { FLAG_ERROR, FLAG_OK, FLAG_STOP, FLAG_NONFINITE, N_FLAGS };
 #define NO_EXPONENT (INT_MIN / 2) /* a group of zeros */
 
-mt_status mt_dist_reducer_init(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin) {
+mt_status mt_dist_reducer_init(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin,
+                               mt_dist_node_sum *node_sum) {
     memset(r, 0, sizeof *r);
+    if (node_sum && node_sum->n != n) return MT_RAISE(MT_ERR_ARG, "the node sum holds %zu values, not %zu", node_sum->n, n);
     r->n = n;
     r->n_groups = n_groups;
+    r->node_sum = node_sum;
     r->group_begin = malloc(((size_t)n_groups + 1) * sizeof *r->group_begin);
     r->exponents = malloc(((size_t)n_groups + N_FLAGS) * sizeof *r->exponents);
-    r->fixed = malloc((n ? n : 1) * sizeof *r->fixed);
-    if (!r->group_begin || !r->exponents || !r->fixed) {
+    r->fixed = node_sum ? NULL : malloc((n ? n : 1) * sizeof *r->fixed);
+    if (!r->group_begin || !r->exponents || (!node_sum && !r->fixed)) {
         mt_dist_reducer_free(r);
         return MT_RAISE(MT_ERR_NOMEM, "out of memory for the reduction buffers");
     }
@@ -131,20 +135,24 @@ mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vect
     outcome->nonfinite = e[G + FLAG_NONFINITE];
     if (outcome->any_error || outcome->nonfinite) return MT_OK; /* a stop still completes the sum */
 
-    memset(r->fixed, 0, r->n * sizeof *r->fixed);
+    int64_t *fixed = r->node_sum ? r->node_sum->own : r->fixed;
+    memset(fixed, 0, r->n * sizeof *fixed);
     for (int g = 0; g < G; g++) {
         if (e[g] == NO_EXPONENT) continue;
         double scale = ldexp(1.0, group_shift(e[g], n_total));
         size_t begin = r->group_begin[g], len = r->group_begin[g + 1] - begin;
         for (int t = 0; t < n_local; t++)
-            add_fixed(r->fixed + begin, vectors + (size_t)t * r->n + begin, len, scale);
+            add_fixed(fixed + begin, vectors + (size_t)t * r->n + begin, len, scale);
     }
-    if (MPI_Allreduce(MPI_IN_PLACE, r->fixed, (int)r->n, MPI_INT64_T, MPI_SUM, d->comm) != MPI_SUCCESS)
+    const int64_t *total = fixed;
+    if (r->node_sum)
+        total = mt_dist_node_sum_run(d, r->node_sum);
+    else if (MPI_Allreduce(MPI_IN_PLACE, fixed, (int)r->n, MPI_INT64_T, MPI_SUM, d->comm) != MPI_SUCCESS)
         return MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of the meta-gradient failed");
     for (int g = 0; g < G; g++) {
         double unscale = ldexp(1.0, e[g] == NO_EXPONENT ? 0 : -group_shift(e[g], n_total));
         size_t begin = r->group_begin[g];
-        from_fixed(sum + begin, r->fixed + begin, r->group_begin[g + 1] - begin, unscale);
+        from_fixed(sum + begin, total + begin, r->group_begin[g + 1] - begin, unscale);
     }
     return MT_OK;
 }

@@ -74,19 +74,10 @@ fail:
     return st;
 }
 
-/* The ranks that share memory with this one. METATRAIN_RANKS_PER_NODE=K groups world ranks
- * 0..K-1, K..2K-1, ... instead, so that the tests can run layouts of several nodes, some with a
- * single rank, on one machine. Collective. */
-static int split_node(const mt_dist *d, MPI_Comm *node) {
-    const char *k = getenv("METATRAIN_RANKS_PER_NODE");
-    if (k && atoi(k) > 0) return MPI_Comm_split(d->comm, d->rank / atoi(k), d->rank, node);
-    return MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, node);
-}
-
 mt_status mt_dist_claimer_init(const mt_dist *d, int n_tasks, int dynamic, mt_dist_claimer *c) {
     mt_status st = MT_OK;
     memset(c, 0, sizeof *c);
-    int rc = split_node(d, &c->node);
+    int rc = mt_dist_split_node(d, &c->node);
     c->owns_node = rc == MPI_SUCCESS;
     if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(c->node, &c->node_rank);
     if (rc == MPI_SUCCESS) rc = MPI_Comm_size(c->node, &c->node_size);

@@ -52,6 +52,14 @@ void mt_dist_shard(int n_tasks, int rank, int size, int *begin, int *end) {
     *end = *begin + base + (rank < extra ? 1 : 0);
 }
 
+/* METATRAIN_RANKS_PER_NODE=K groups world ranks 0..K-1, K..2K-1, ... instead of by machine, so
+ * that the tests can run layouts of several nodes, some with a single rank, on one machine. */
+int mt_dist_split_node(const mt_dist *d, MPI_Comm *node) {
+    const char *k = getenv("METATRAIN_RANKS_PER_NODE");
+    if (k && atoi(k) > 0) return MPI_Comm_split(d->comm, d->rank / atoi(k), d->rank, node);
+    return MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, node);
+}
+
 _Noreturn void mt_dist_abort(const mt_dist *d, mt_status st) {
     fprintf(stderr, "metatrain: rank %d: error: %s\n", d->rank,
             mt_error_message()[0] ? mt_error_message() : mt_status_name(st));

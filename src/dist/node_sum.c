@@ -1,0 +1,140 @@
+/* The int64 sum of one vector per rank, through the node's shared memory.
+ *
+ * MPI_Allreduce between two ranks of one machine copies the vector through the shared-memory
+ * transport's fragments, and for the sinusoid's 14 KB that took 4.5 us of a 0.2 ms iteration.
+ * Here every rank of a node writes its vector into its slot of one shared window; after a
+ * barrier each rank adds its 1/K chunk of the node's slots into the shared total; after a
+ * second barrier every rank reads the total where it lies. A node's first rank then adds the
+ * nodes' totals with one MPI_Allreduce among the first ranks, and a third barrier publishes it.
+ * Integer addition is associative, so the sum is the same bits for every layout.
+ *
+ * The barriers are flags in the window: a rank stores the run's generation into its own flag
+ * (release) and waits until every flag of the node holds it (acquire). C11 atomics on memory
+ * that two processes map are address-free where they are lock-free, as int64 is on every target
+ * here. A waiting rank spins briefly, then yields the core, so that ranks oversubscribed onto
+ * fewer cores still run. One set of buffers suffices: a rank rewrites its slot only after
+ * passing the second barrier of the previous run, which every reader of the slot passes after
+ * reading it, and a chunk of the total is rewritten only after the next run's first barrier,
+ * which every reader of the total reaches after reading it. */
+#include "metatrain/dist.h"
+
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LINE 64                /* bytes: flags and slots start on their own cache lines */
+#define SPINS_BEFORE_YIELD 100 /* about a microsecond of pause instructions */
+enum { BARRIER_WRITTEN, BARRIER_ADDED, BARRIER_NODES_ADDED, N_BARRIERS };
+
+typedef struct {
+    _Atomic int64_t generation;
+    char pad[LINE - sizeof(int64_t)];
+} arrival;
+
+static size_t round_up(size_t bytes) { return (bytes + LINE - 1) / LINE * LINE; }
+
+static void pause_briefly(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Local to the node: returns once every rank of the node has called it for this generation. */
+static void node_barrier(mt_dist_node_sum *s, int which) {
+    arrival *flags = (arrival *)s->flags + (size_t)which * s->node_size;
+    atomic_store_explicit(&flags[s->node_rank].generation, s->generation, memory_order_release);
+    for (int r = 0; r < s->node_size; r++)
+        for (int spins = 0; atomic_load_explicit(&flags[r].generation, memory_order_acquire) < s->generation; spins++)
+            if (spins < SPINS_BEFORE_YIELD) pause_briefly();
+            else sched_yield();
+}
+
+mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, mt_dist_node_sum *s) {
+    mt_status st = MT_OK;
+    memset(s, 0, sizeof *s);
+    s->n = n;
+    s->node = s->leaders = MPI_COMM_NULL;
+    int rc = mt_dist_split_node(d, &s->node);
+    s->owns_node = rc == MPI_SUCCESS;
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(s->node, &s->node_rank);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_size(s->node, &s->node_size);
+    MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "cannot group the ranks by node")));
+    /* The nodes' first ranks, and how many nodes there are. */
+    int first = s->node_rank == 0;
+    rc = MPI_Comm_split(d->comm, first ? 0 : MPI_UNDEFINED, d->rank, &s->leaders);
+    s->owns_leaders = rc == MPI_SUCCESS && s->leaders != MPI_COMM_NULL;
+    MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "cannot group the nodes' first ranks")));
+    if (MPI_Allreduce(&first, &s->n_nodes, 1, MPI_INT, MPI_SUM, d->comm) != MPI_SUCCESS)
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce failed while counting the nodes"));
+
+    /* Nodes may differ (a node of one rank needs no window), so every rank takes every world
+     * collective and the window is the node's alone. */
+    size_t slot = round_up(n * sizeof(int64_t)), flags = round_up((size_t)N_BARRIERS * s->node_size * sizeof(arrival));
+    char *base = NULL;
+    rc = MPI_SUCCESS;
+    if (s->node_size > 1) {
+        MPI_Aint bytes = s->node_rank == 0 ? (MPI_Aint)(flags + slot * ((size_t)s->node_size + 1)) : 0;
+        rc = MPI_Win_allocate_shared(bytes, LINE, MPI_INFO_NULL, s->node, &base, &s->window);
+        s->owns_window = rc == MPI_SUCCESS;
+        MPI_Aint size;
+        int unit;
+        if (rc == MPI_SUCCESS) rc = MPI_Win_shared_query(s->window, 0, &size, &unit, &base);
+    } else {
+        s->own = malloc(slot ? slot : LINE);
+        if (!s->own) rc = MPI_ERR_NO_MEM;
+    }
+    int outcome[2] = {rc != MPI_SUCCESS, rc == MPI_SUCCESS}; /* some failed, some succeeded */
+    if (MPI_Allreduce(MPI_IN_PLACE, outcome, 2, MPI_INT, MPI_MAX, d->comm) != MPI_SUCCESS)
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce failed while planning the node's sum"));
+    if (outcome[0] && outcome[1]) /* a window on some ranks only cannot be freed collectively */
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "the node's shared memory for the sum failed on some ranks"));
+    if (outcome[0]) MT_THROW(MT_ERR_MPI, "the shared memory for the node's sum failed on every rank");
+    if (s->node_size > 1) {
+        s->flags = base;
+        s->total = (int64_t *)(base + flags);
+        s->own = (int64_t *)(base + flags + slot * (size_t)(s->node_rank + 1));
+        s->slot_stride = slot / sizeof(int64_t);
+        if (s->node_rank == 0) memset(base, 0, flags); /* generation 0: nobody has arrived */
+        if (MPI_Barrier(s->node) != MPI_SUCCESS) /* the zeros are published before any run */
+            mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Barrier on the node failed"));
+    }
+    return MT_OK;
+fail:
+    mt_dist_node_sum_free(s);
+    return st;
+}
+
+void mt_dist_node_sum_free(mt_dist_node_sum *s) {
+    if (s->owns_window) MPI_Win_free(&s->window);
+    else free(s->own);
+    if (s->owns_leaders) MPI_Comm_free(&s->leaders);
+    if (s->owns_node) MPI_Comm_free(&s->node);
+    memset(s, 0, sizeof *s);
+}
+
+const int64_t *mt_dist_node_sum_run(const mt_dist *d, mt_dist_node_sum *s) {
+    int64_t *total = s->own;
+    if (s->node_size > 1) {
+        s->generation++;
+        node_barrier(s, BARRIER_WRITTEN);
+        /* This rank's chunk of the node's total, rank 0's slot first: any order gives the same. */
+        size_t begin = s->n * (size_t)s->node_rank / (size_t)s->node_size;
+        size_t end = s->n * (size_t)(s->node_rank + 1) / (size_t)s->node_size;
+        const int64_t *slots = s->total + s->slot_stride;
+        memcpy(s->total + begin, slots + begin, (end - begin) * sizeof(int64_t));
+        for (int r = 1; r < s->node_size; r++) {
+            const int64_t *slot = slots + (size_t)r * s->slot_stride;
+            for (size_t i = begin; i < end; i++) s->total[i] += slot[i];
+        }
+        node_barrier(s, BARRIER_ADDED);
+        total = s->total;
+    }
+    if (s->n_nodes > 1) {
+        if (s->leaders != MPI_COMM_NULL &&
+            MPI_Allreduce(MPI_IN_PLACE, total, (int)s->n, MPI_INT64_T, MPI_SUM, s->leaders) != MPI_SUCCESS)
+            mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of the nodes' sums failed"));
+        if (s->node_size > 1) node_barrier(s, BARRIER_NODES_ADDED);
+    }
+    return total;
+}
