@@ -9,6 +9,7 @@ typedef struct {
     MT_(mt_nn_ws) *ws;
     MT_REAL *theta_steps; /* θ_0 … θ_K, (K+1) × n_theta: kept so the reverse sweep recomputes activations */
     MT_REAL *alpha;       /* the rates of one step, expanded to n_theta */
+    double alpha_fixed_rate; /* MAML and ANIL: the inner_lr alpha holds, or NAN (refill) */
     MT_REAL *v, *u, *g, *hv, *gq; /* n_theta each */
     MT_REAL *cg_r, *cg_p, *cg_ap; /* iMAML conjugate gradient */
     double last_cg_residual;      /* ‖r‖/‖b‖ reached by the last iMAML solve */

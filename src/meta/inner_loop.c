@@ -21,6 +21,7 @@ mt_status MT_(mt_meta_ctx_create)(ctx_t **out, const mt_meta_layout *layout, int
     ctx_t *ctx = calloc(1, sizeof *ctx);
     if (!ctx) MT_THROW(MT_ERR_NOMEM, "out of memory for the inner loop");
     ctx->layout = layout;
+    ctx->alpha_fixed_rate = NAN;
     MT_TRY(MT_(mt_nn_ws_create)(&ctx->ws, layout->net, max_batch));
     size_t n = layout->n_theta, K = (size_t)layout->inner_steps;
     ctx->theta_steps = malloc((K + 1) * n * sizeof(mt_real));
@@ -61,6 +62,11 @@ static void expand_rates(ctx_t *ctx, const mt_meta_step_config *sc, const mt_rea
     const mt_real *rates = meta + lay->n_theta;
     mt_real *alpha = ctx->alpha;
     size_t n = lay->n_theta;
+    /* Learned rates change with meta; a fixed rate is expanded once per value, not per step of
+     * every task (2% of a sinusoid task). */
+    int fixed = lay->algorithm != MT_ALGO_METASGD && lay->algorithm != MT_ALGO_MAMLPP;
+    if (fixed && ctx->alpha_fixed_rate == sc->inner_lr) return;
+    ctx->alpha_fixed_rate = fixed ? sc->inner_lr : NAN;
     switch (lay->algorithm) {
     case MT_ALGO_METASGD:
         memcpy(alpha, rates, n * sizeof *alpha);

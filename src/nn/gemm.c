@@ -208,12 +208,15 @@ void MT_(mt_nn_matmul_ld)(int ta, int tb, int M, int N, int K, mt_real alpha, co
                 alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    for (int i = 0; i < M; i++) {
-        mt_real *c = C + (size_t)i * ldc;
-        if (beta == 0) memset(c, 0, (size_t)N * sizeof *c);
-        else if (beta != 1)
-            for (int j = 0; j < N; j++) c[j] *= beta;
-    }
+    if (beta == 0 && ldc == N) /* one call, not one per row: the rows of the MLPs are 40 wide */
+        memset(C, 0, (size_t)M * N * sizeof *C);
+    else
+        for (int i = 0; i < M; i++) {
+            mt_real *c = C + (size_t)i * ldc;
+            if (beta == 0) memset(c, 0, (size_t)N * sizeof *c);
+            else if (beta != 1)
+                for (int j = 0; j < N; j++) c[j] *= beta;
+        }
     /* A's (i,k) is A[i·lda + k], or A[k·lda + i] when transposed */
     size_t ai = ta ? 1 : (size_t)lda, ak = ta ? (size_t)lda : 1;
     if (ta && !tb && N == 1) { /* C (M,1) += Σ_k A's row k · B[k]: axpys along A's contiguous rows */
