@@ -48,6 +48,44 @@ DEFINE_TILE(tile_4_half, vec_half, 4)
 DEFINE_TILE(tile_2_half, vec_half, 2)
 DEFINE_TILE(tile_1_half, vec_half, 1)
 
+/* AVX-512 only: C (MR, two vectors) += alpha · A (MR,K) · B (K, two vectors). Twice the
+ * accumulators of a one-vector tile, so that eight independent FMA chains hide the FMA latency
+ * and each broadcast of A feeds two FMAs. Each C entry is summed over k in the same order as in
+ * the one-vector tiles, so the results are the same bits. With AVX2 the accumulators would not
+ * fit the sixteen registers, hence a plain target, chosen at run time, not a clone. */
+#if defined(__x86_64__) && defined(__GNUC__) && !(defined(__clang__) && __clang_major__ < 18)
+#define HAVE_WIDE_TILES 1
+#define DEFINE_WIDE_TILE(NAME, MR_)                                                                     \
+    __attribute__((target("avx512f"))) static void NAME(int K, mt_real alpha, const mt_real *restrict A,   \
+                                                        size_t ai, size_t ak, const mt_real *restrict B,   \
+                                                        size_t ldb, mt_real *restrict C, size_t ldc) {     \
+        vec_full acc0[MR_], acc1[MR_], b0, b1, c;                                                        \
+        for (int r = 0; r < MR_; r++) acc0[r] = (vec_full){0}, acc1[r] = (vec_full){0};                  \
+        for (int k = 0; k < K; k++) {                                                                    \
+            memcpy(&b0, B + (size_t)k * ldb, sizeof b0);                                                 \
+            memcpy(&b1, B + (size_t)k * ldb + FULL, sizeof b1);                                          \
+            for (int r = 0; r < MR_; r++) {                                                              \
+                mt_real a = A[r * ai + (size_t)k * ak];                                                  \
+                acc0[r] += a * b0;                                                                       \
+                acc1[r] += a * b1;                                                                       \
+            }                                                                                            \
+        }                                                                                                \
+        for (int r = 0; r < MR_; r++) {                                                                  \
+            memcpy(&c, C + r * ldc, sizeof c);                                                           \
+            c += alpha * acc0[r];                                                                        \
+            memcpy(C + r * ldc, &c, sizeof c);                                                           \
+            memcpy(&c, C + r * ldc + FULL, sizeof c);                                                    \
+            c += alpha * acc1[r];                                                                        \
+            memcpy(C + r * ldc + FULL, &c, sizeof c);                                                    \
+        }                                                                                                \
+    }
+DEFINE_WIDE_TILE(wide_tile_4, 4)
+DEFINE_WIDE_TILE(wide_tile_2, 2)
+DEFINE_WIDE_TILE(wide_tile_1, 1)
+#else
+#define HAVE_WIDE_TILES 0
+#endif
+
 /* Any tile narrower than half a vector: the ragged right edge (and products with small N). */
 static void tile_edge(int mr, int nr, int K, mt_real alpha, const mt_real *A, size_t ai, size_t ak,
                       const mt_real *B, size_t ldb, mt_real *C, size_t ldc) {
@@ -83,7 +121,19 @@ static void edge_gemm(int M, int nr, int K, mt_real alpha, const mt_real *A, siz
  * (i,j) at C[i·ldc + j]. */
 static void small_gemm(int M, int N, int K, mt_real alpha, const mt_real *A, size_t ai, size_t ak,
                        const mt_real *B, size_t ldb, mt_real *C, size_t ldc) {
-    for (int j = 0; j < N;) {
+    int j = 0;
+#if HAVE_WIDE_TILES
+    static int have_avx512f = -1; /* asked once */
+    if (have_avx512f < 0) have_avx512f = __builtin_cpu_supports("avx512f") != 0;
+    for (; have_avx512f && j + 2 * FULL <= N; j += 2 * FULL)
+        for (int i = 0; i < M;) {
+            int mr = M - i >= 4 ? 4 : M - i >= 2 ? 2 : 1;
+            (mr == 4 ? wide_tile_4 : mr == 2 ? wide_tile_2 : wide_tile_1)(K, alpha, A + (size_t)i * ai, ai, ak, B + j,
+                                                                       ldb, C + (size_t)i * ldc + j, ldc);
+            i += mr;
+        }
+#endif
+    while (j < N) {
         int nr = N - j >= FULL ? FULL : N - j >= HALF ? HALF : N - j;
         if (nr < HALF && (size_t)K * HALF <= TRANSPOSE_MAX) {
             edge_gemm(M, nr, K, alpha, A, ai, ak, B + j, ldb, C + j, ldc);
