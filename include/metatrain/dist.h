@@ -31,6 +31,9 @@ void mt_dist_shard(int n_tasks, int rank, int size, int *begin, int *end);
 /* Collective. The ranks that share memory with this one (MPI_COMM_TYPE_SHARED), or with
  * METATRAIN_RANKS_PER_NODE=K set, groups of K consecutive ranks. Returns an MPI error code. */
 int mt_dist_split_node(const mt_dist *d, MPI_Comm *node);
+/* Collective. mt_dist_split_node with this rank's place in the node and the node's size, agreed:
+ * all ranks succeed or all return the error. *node is MPI_COMM_NULL if the split failed here. */
+mt_status mt_dist_join_node(const mt_dist *d, MPI_Comm *node, int *node_rank, int *node_size);
 
 /* Who computes which of an iteration's tasks (src/dist/claim.c): a rank's static block, or,
  * with dynamic claiming, the next free task of its node's pooled blocks. */

@@ -77,17 +77,15 @@ fail:
 mt_status mt_dist_claimer_init(const mt_dist *d, int n_tasks, int dynamic, mt_dist_claimer *c) {
     mt_status st = MT_OK;
     memset(c, 0, sizeof *c);
-    int rc = mt_dist_split_node(d, &c->node);
-    c->owns_node = rc == MPI_SUCCESS;
-    if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(c->node, &c->node_rank);
-    if (rc == MPI_SUCCESS) rc = MPI_Comm_size(c->node, &c->node_size);
-    MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "cannot group the ranks by node")));
+    st = mt_dist_join_node(d, &c->node, &c->node_rank, &c->node_size);
+    c->owns_node = c->node != MPI_COMM_NULL;
+    if (st) goto fail;
     MT_TRY(mt_dist_agree(d, plan(d, c, n_tasks, dynamic)));
 
     /* Nodes may differ (a node of one rank claims statically), so every step below that is
      * collective over all ranks is taken by all ranks; the window is the node's alone. */
     int64_t *counters = NULL;
-    rc = MPI_SUCCESS;
+    int rc = MPI_SUCCESS;
     if (c->dynamic)
         rc = MPI_Win_allocate_shared(c->node_rank == 0 ? (MPI_Aint)(2 * sizeof(int64_t)) : 0, sizeof(int64_t),
                                      MPI_INFO_NULL, c->node, &counters, &c->window);

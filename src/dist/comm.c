@@ -60,6 +60,14 @@ int mt_dist_split_node(const mt_dist *d, MPI_Comm *node) {
     return MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, node);
 }
 
+mt_status mt_dist_join_node(const mt_dist *d, MPI_Comm *node, int *node_rank, int *node_size) {
+    *node = MPI_COMM_NULL;
+    int rc = mt_dist_split_node(d, node);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(*node, node_rank);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_size(*node, node_size);
+    return mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "cannot group the ranks by node"));
+}
+
 _Noreturn void mt_dist_abort(const mt_dist *d, mt_status st) {
     fprintf(stderr, "metatrain: rank %d: error: %s\n", d->rank,
             mt_error_message()[0] ? mt_error_message() : mt_status_name(st));

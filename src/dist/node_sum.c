@@ -55,14 +55,12 @@ mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, mt_dist_node_sum *s)
     memset(s, 0, sizeof *s);
     s->n = n;
     s->node = s->leaders = MPI_COMM_NULL;
-    int rc = mt_dist_split_node(d, &s->node);
-    s->owns_node = rc == MPI_SUCCESS;
-    if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(s->node, &s->node_rank);
-    if (rc == MPI_SUCCESS) rc = MPI_Comm_size(s->node, &s->node_size);
-    MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "cannot group the ranks by node")));
+    st = mt_dist_join_node(d, &s->node, &s->node_rank, &s->node_size);
+    s->owns_node = s->node != MPI_COMM_NULL;
+    if (st) goto fail;
     /* The nodes' first ranks, and how many nodes there are. */
     int first = s->node_rank == 0;
-    rc = MPI_Comm_split(d->comm, first ? 0 : MPI_UNDEFINED, d->rank, &s->leaders);
+    int rc = MPI_Comm_split(d->comm, first ? 0 : MPI_UNDEFINED, d->rank, &s->leaders);
     s->owns_leaders = rc == MPI_SUCCESS && s->leaders != MPI_COMM_NULL;
     MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "cannot group the nodes' first ranks")));
     if (MPI_Allreduce(&first, &s->n_nodes, 1, MPI_INT, MPI_SUM, d->comm) != MPI_SUCCESS)
