@@ -90,12 +90,8 @@ mt_status mt_dist_claimer_init(const mt_dist *d, int n_tasks, int dynamic, mt_di
         rc = MPI_Win_allocate_shared(c->node_rank == 0 ? (MPI_Aint)(2 * sizeof(int64_t)) : 0, sizeof(int64_t),
                                      MPI_INFO_NULL, c->node, &counters, &c->window);
     c->owns_window = c->dynamic && rc == MPI_SUCCESS;
-    int outcome[2] = {rc != MPI_SUCCESS, rc == MPI_SUCCESS}; /* some failed, some succeeded */
-    if (MPI_Allreduce(MPI_IN_PLACE, outcome, 2, MPI_INT, MPI_MAX, d->comm) != MPI_SUCCESS)
-        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce failed while planning the task counters"));
-    if (outcome[0] && outcome[1]) /* a window on some ranks only cannot be freed collectively */
-        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Win_allocate_shared failed on some ranks"));
-    if (outcome[0]) MT_THROW(MT_ERR_MPI, "MPI_Win_allocate_shared of the task counters failed on every rank");
+    /* A window made on some ranks only cannot be freed collectively: mt_dist_agree aborts then. */
+    MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "MPI_Win_allocate_shared of the task counters failed")));
     if (c->dynamic) {
         if (c->node_rank == 0) counters[0] = counters[1] = 0;
         /* One passive epoch for the whole run; the node's barrier below publishes the zeros. */

@@ -82,12 +82,11 @@ mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, mt_dist_node_sum *s)
         s->own = malloc(slot ? slot : LINE);
         if (!s->own) rc = MPI_ERR_NO_MEM;
     }
-    int outcome[2] = {rc != MPI_SUCCESS, rc == MPI_SUCCESS}; /* some failed, some succeeded */
-    if (MPI_Allreduce(MPI_IN_PLACE, outcome, 2, MPI_INT, MPI_MAX, d->comm) != MPI_SUCCESS)
-        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce failed while planning the node's sum"));
-    if (outcome[0] && outcome[1]) /* a window on some ranks only cannot be freed collectively */
-        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "the node's shared memory for the sum failed on some ranks"));
-    if (outcome[0]) MT_THROW(MT_ERR_MPI, "the shared memory for the node's sum failed on every rank");
+    /* A window made on some ranks only cannot be freed collectively: mt_dist_agree aborts then. */
+    if (rc != MPI_SUCCESS)
+        st = s->node_size > 1 ? MT_RAISE(MT_ERR_MPI, "MPI_Win_allocate_shared of the node's sum failed")
+                              : MT_RAISE(MT_ERR_NOMEM, "out of memory for the sum");
+    MT_TRY(mt_dist_agree(d, st));
     if (s->node_size > 1) {
         s->flags = base;
         s->total = (int64_t *)(base + flags);
