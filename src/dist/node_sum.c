@@ -24,7 +24,7 @@
 #include <string.h>
 
 #define LINE 64                /* bytes: flags and slots start on their own cache lines */
-#define SPINS_BEFORE_YIELD 100 /* about a microsecond of pause instructions */
+#define SPINS_BEFORE_YIELD 100 /* a few microseconds of pause instructions */
 enum { BARRIER_WRITTEN, BARRIER_ADDED, BARRIER_NODES_ADDED, N_BARRIERS };
 
 typedef struct {
