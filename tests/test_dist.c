@@ -5,7 +5,8 @@
  * - mt_dist_reduce against its definition, entry by entry: round(v · 2^s) to nearest even, summed
  *   as integers, times 2^−s, with the shift from each group's largest exponent. The vectorized
  *   conversion (AVX-512DQ) runs here; under scripts/valgrind, which hides AVX-512, the scalar
- *   one does. Integration tests check the sums across rank counts (same_bits.sh). */
+ *   one does. Integration tests check the sums across rank counts (same_bits.sh).
+ * - The node sum on one rank, alone and inside a reducer. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -112,11 +113,47 @@ static void test_reduce_matches_its_definition(void **state) {
     mt_dist_reducer_free(&r);
 }
 
+/* On one rank the node sum is this rank's own vector, with no window; through a reducer it gives
+ * the same bits as the plain MPI_Allreduce. The shared-memory path (several ranks per node, and
+ * several nodes) is checked bit for bit against one rank by same_bits.sh and balance.sh. */
+static void test_node_sum_on_one_rank(void **state) {
+    (void)state;
+    mt_dist d;
+    int argc = 0;
+    char **argv = NULL;
+    assert_int_equal(mt_dist_init(&d, &argc, &argv), MT_OK);
+    mt_dist_node_sum s;
+    assert_int_equal(mt_dist_node_sum_init(&d, N, &s), MT_OK);
+    assert_int_equal(s.node_size, 1);
+    assert_int_equal(s.n_nodes, 1);
+    assert_null(s.total);
+    for (int i = 0; i < N; i++) s.own[i] = (int64_t)i * 1000003 - 17;
+    const int64_t *total = mt_dist_node_sum_run(&d, &s);
+    for (int i = 0; i < N; i++) assert_true(total[i] == (int64_t)i * 1000003 - 17);
+
+    static float v[T][N], plain[N], shared[N];
+    fill_vectors(v);
+    size_t groups[] = {0, 19, N};
+    mt_dist_reducer r_plain, r_shared, r_wrong;
+    mt_dist_outcome out;
+    mt_dist_flags flags = {0, 0};
+    assert_int_equal(mt_dist_reducer_init(&r_plain, N, 2, groups, NULL), MT_OK);
+    assert_int_equal(mt_dist_reducer_init(&r_shared, N, 2, groups, &s), MT_OK);
+    assert_int_equal(mt_dist_reducer_init(&r_wrong, N - 1, 2, groups, &s), MT_ERR_ARG); /* sizes differ */
+    assert_int_equal(mt_dist_reduce(&d, &r_plain, &v[0][0], T, T, flags, plain, &out), MT_OK);
+    assert_int_equal(mt_dist_reduce(&d, &r_shared, &v[0][0], T, T, flags, shared, &out), MT_OK);
+    assert_memory_equal(plain, shared, sizeof plain);
+    mt_dist_reducer_free(&r_plain);
+    mt_dist_reducer_free(&r_shared);
+    mt_dist_node_sum_free(&s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_users_eager_limit_wins), /* first: it forks before MPI starts */
         cmocka_unit_test(test_the_eager_limit_is_raised_by_default),
         cmocka_unit_test(test_reduce_matches_its_definition), /* after the test that starts MPI */
+        cmocka_unit_test(test_node_sum_on_one_rank),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     mt_dist d = {0};
