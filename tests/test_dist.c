@@ -70,13 +70,19 @@ static void fill_vectors(float v[T][N]) {
     v[0][6] = 0x1p-58f, v[1][6] = 7 * 0x1p-58f, v[2][6] = 0;                   /* 0.5, 3.5, 0 */
 }
 
-static void test_reduce_matches_its_definition(void **state) {
-    (void)state;
+/* MPI on this process's one rank (started by the first caller). */
+static mt_dist one_rank(void) {
     mt_dist d;
     int argc = 0;
     char **argv = NULL;
     assert_int_equal(mt_dist_init(&d, &argc, &argv), MT_OK);
     assert_int_equal(d.size, 1);
+    return d;
+}
+
+static void test_reduce_matches_its_definition(void **state) {
+    (void)state;
+    mt_dist d = one_rank();
     static float v[T][N], sum[N];
     fill_vectors(v);
     size_t groups[] = {0, 19, N};
@@ -118,10 +124,7 @@ static void test_reduce_matches_its_definition(void **state) {
  * several nodes) is checked bit for bit against one rank by same_bits.sh and balance.sh. */
 static void test_node_sum_on_one_rank(void **state) {
     (void)state;
-    mt_dist d;
-    int argc = 0;
-    char **argv = NULL;
-    assert_int_equal(mt_dist_init(&d, &argc, &argv), MT_OK);
+    mt_dist d = one_rank();
     mt_dist_node_sum s;
     assert_int_equal(mt_dist_node_sum_init(&d, N, &s), MT_OK);
     assert_int_equal(s.node_size, 1);
