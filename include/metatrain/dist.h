@@ -2,8 +2,9 @@
  * meta-gradients, and the handling of errors that some or all ranks see.
  *
  * Sums do not depend on the rank count: per-task meta-gradients are converted to 64-bit fixed
- * point at a scale shared by all ranks (from an MPI_MAX of exponents) and summed as integers,
- * which is associative (../shared/notes/reproducible-reduction.md). */
+ * point at a scale shared by all ranks (predicted from the previous sum, or from an MPI_MAX of
+ * exponents) and summed as integers, which is associative
+ * (../shared/notes/reproducible-reduction.md). */
 #ifndef METATRAIN_DIST_H
 #define METATRAIN_DIST_H
 
@@ -72,7 +73,7 @@ mt_status mt_dist_share_status(const mt_dist *d, mt_status root_status);
 /* Ends the whole job from one rank after printing "metatrain: rank R: <message>". Local. */
 _Noreturn void mt_dist_abort(const mt_dist *d, mt_status st);
 
-/* Conditions that ride along with the reduction, agreed by MPI_MAX. */
+/* Conditions that ride along with the reduction. */
 typedef struct {
     int local_error; /* this rank failed computing its tasks */
     int stop;        /* the signal number that asked this rank to stop, or 0 */
@@ -82,14 +83,17 @@ typedef struct {
     int any_error, all_error; /* some ranks / every rank failed */
     int stop;                 /* the largest stop signal number any rank saw, or 0 */
     int nonfinite;            /* some task's vector holds a NaN or infinity */
+    int exact;                /* the sum took the exact path (no prediction, or one was exceeded) */
 } mt_dist_outcome;
 
-/* The int64 sum of one vector of n per rank (src/dist/node_sum.c): through shared memory within
- * a node, then one MPI_Allreduce among the nodes' first ranks. Buffers are planned once. */
+/* The node's shared workspace for the sum (src/dist/node_sum.c): the int64 sum of one vector of
+ * n per rank, through shared memory within a node and one MPI_Allreduce among the nodes' first
+ * ranks; and each rank's float rows (its tasks' vectors), which any rank of the node may take
+ * to convert once they are published. Buffers are planned once. */
 typedef struct {
     size_t n;
     MPI_Comm node, leaders; /* leaders: the nodes' first ranks; MPI_COMM_NULL on the others */
-    MPI_Win window;         /* nodes of several ranks: barrier flags, the total, one slot per rank */
+    MPI_Win window;         /* nodes of several ranks: flags, the total, slots, row states, rows */
     int node_rank, node_size, n_nodes;
     int owns_node, owns_leaders, owns_window; /* what free must release */
     int64_t *own;           /* this rank's vector: its slot, or private memory on a node of one */
@@ -97,39 +101,76 @@ typedef struct {
     void *flags;            /* the barriers' arrival flags (shared) */
     size_t slot_stride;     /* int64 values from one slot to the next */
     int64_t generation;     /* runs so far */
+    int rows;               /* float rows per rank (0: none) */
+    size_t row_len, row_stride; /* floats per row; from one rank's first row to the next rank's */
+    float *row_base;        /* rank 0's first row; this rank's are mt_dist_node_sum_rows */
+    void *row_states;       /* per row: the round it was published (2r + 1) or taken (2r + 2) */
+    size_t state_stride;    /* row states from one rank's to the next rank's */
 } mt_dist_node_sum;
 
-/* Collective. */
-mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, mt_dist_node_sum *s);
+/* Collective. rows > 0 gives each rank `rows` float rows of row_len, shared within the node. */
+mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, int rows, size_t row_len, mt_dist_node_sum *s);
 /* Collective once initialized; a no-op on a zeroed one. */
 void mt_dist_node_sum_free(mt_dist_node_sum *s);
 /* Collective. Sums every rank's s->own (written before the call) and returns where the total
  * lies: n values, the same on every rank, valid until the next run. s->own may be rewritten as
  * soon as this returns. An MPI failure aborts the job: the node's other ranks would be waiting. */
 const int64_t *mt_dist_node_sum_run(const mt_dist *d, mt_dist_node_sum *s);
+/* Local. This rank's rows: row i starts at i · row_len. NULL without rows. */
+float *mt_dist_node_sum_rows(const mt_dist_node_sum *s);
+/* Local. Row i of this rank is final for round `round`: from now any rank of the node may take it.
+ * A row already published or taken for this round is left alone. */
+void mt_dist_node_sum_publish(mt_dist_node_sum *s, int i, int64_t round);
+/* Local. One pass over the node's rows, this rank's first: the next one published for `round`
+ * and not yet taken, now taken by this rank; NULL when the pass is over. *cursor starts at 0.
+ * A row published after the pass went by is taken by its own rank, which passes after it. */
+const float *mt_dist_node_sum_take(mt_dist_node_sum *s, int64_t round, int *cursor);
 
 /* The reducer: vectors of length n split into groups (one per parameter tensor, say), each with
- * its own fixed-point scale. Buffers are planned once. */
+ * its own fixed-point scale. Buffers are planned once.
+ *
+ * Two paths give sums that do not depend on the rank count. Exact: an MPI_MAX of the groups'
+ * exponents, then the int64 sum at scales from them. Predicted: the scales are fixed before the
+ * iteration, from the exponents the previous sum reported, so a rank converts its rows as soon
+ * as they are done, and a rank out of tasks converts the rows of the node's busier ranks; the
+ * flags and the next prediction ride along in the one int64 sum. A row beyond its prediction
+ * makes every rank redo that iteration's sum on the exact path. The predictions are part of the
+ * training state: a resume restores them (mt_dist_reducer_predictions). */
 typedef struct {
     size_t n;
     int n_groups;
     size_t *group_begin;  /* n_groups + 1 boundaries, ascending, 0 … n */
-    int *exponents;       /* n_groups + 4 */
-    int64_t *fixed;       /* n, when the sum is an MPI_Allreduce over all ranks */
+    int *exponents;       /* n_groups + 4, the exact path's MPI_MAX */
+    int *predicted;       /* n_groups: every |v| of group g is below 2^predicted[g], if have_prediction */
+    int have_prediction;
+    double *scales;       /* n_groups: this round's 2^shift */
+    size_t sum_len;       /* int64 values summed: n, one signature per group, flags */
+    int64_t *fixed;       /* sum_len, when the sum is an MPI_Allreduce over all ranks */
     mt_dist_node_sum *node_sum; /* or this, which holds the fixed-point values itself */
+    int64_t round;        /* reductions so far: rows are published for the next one */
 } mt_dist_reducer;
 
-/* Local. group_begin has n_groups + 1 entries. node_sum: a sum over n values made beforehand, or
- * NULL to sum with MPI_Allreduce over all ranks. */
+/* Local. The int64 values a reducer of n values in n_groups groups sums: size its node sum so. */
+size_t mt_dist_reducer_sum_len(size_t n, int n_groups);
+/* Local. group_begin has n_groups + 1 entries. node_sum: a sum of mt_dist_reducer_sum_len values
+ * made beforehand, or NULL to sum with MPI_Allreduce over all ranks. */
 mt_status mt_dist_reducer_init(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin,
                                mt_dist_node_sum *node_sum);
 void mt_dist_reducer_free(mt_dist_reducer *r);
+/* Local. Sets the predictions (n_groups exponents, each in [MT_DIST_EXPONENT_MIN,
+ * MT_DIST_EXPONENT_MAX]) as a checkpoint holds them; NULL forgets them (the next sum is exact). */
+mt_status mt_dist_reducer_set_predictions(mt_dist_reducer *r, const int64_t *exponents, int n);
+#define MT_DIST_EXPONENT_MIN (-150) /* below every nonzero float */
+#define MT_DIST_EXPONENT_MAX 128    /* above every finite float */
+/* Local. Row `row` of this rank's vectors is final: with a node sum's shared rows, another rank
+ * of the node may convert it from now on. A no-op otherwise. */
+void mt_dist_reducer_publish(mt_dist_reducer *r, int row);
 
 /* Collective. Sums vectors[i·n … (i+1)·n) over every rank's n_local vectors into sum (n, same
- * on every rank, bit-identical for any rank count given the same vectors), where n_total is the
- * number of vectors over all ranks. An MPI_MAX of exponents and flags, then the int64 sum (the
- * reducer's node sum, or MPI_SUM). When the outcome reports an error or a non-finite value, sum
- * is left unwritten; a stop request still completes the sum, so the iteration can finish first. */
+ * on every rank, bit-identical for any rank count given the same vectors and predictions), where
+ * n_total is the number of vectors over all ranks. With a node sum that has rows, vectors must be
+ * this rank's rows. When the outcome reports an error or a non-finite value, sum is left
+ * unwritten; a stop request still completes the sum, so the iteration can finish first. */
 mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local,
                          int n_total, mt_dist_flags flags, float *sum, mt_dist_outcome *outcome);
 

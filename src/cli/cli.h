@@ -62,12 +62,16 @@ mt_status mt_cli_history_init(mt_cli_history *h, size_t capacity);
 void mt_cli_history_free(mt_cli_history *h);
 void mt_cli_history_add(mt_cli_history *h, int64_t iteration, double meta_loss, double val_metric,
                         double elapsed_s);
+/* reducer (may be NULL): its predicted exponents, which an exact resume needs, when it has them. */
 mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float *meta,
-                            const mt_meta_optim *opt, int64_t next_iteration, const mt_cli_history *h);
-/* Restores the meta-parameters, optimizer (may be NULL) and history (may be NULL) from a read
+                            const mt_meta_optim *opt, const mt_dist_reducer *reducer, int64_t next_iteration,
+                            const mt_cli_history *h);
+/* Restores the meta-parameters, optimizer (may be NULL), the reducer's predictions (may be NULL;
+ * a checkpoint without them makes the first sum exact) and history (may be NULL) from a read
  * checkpoint whose layout must match m's. Returns the next iteration in *next_iteration. */
 mt_status mt_cli_state_restore(const mt_ckpt *ck, const char *path, const mt_cli_model *m, float *meta,
-                               mt_meta_optim *opt, mt_cli_history *h, int64_t *next_iteration);
+                               mt_meta_optim *opt, mt_dist_reducer *reducer, mt_cli_history *h,
+                               int64_t *next_iteration);
 /* Reads a checkpoint and the config stored in it (cfg), once a child process has read it whole
  * without crashing (mt_isolate_run). Local. */
 mt_status mt_cli_state_read(const char *path, mt_ckpt *ck, mt_config *cfg);

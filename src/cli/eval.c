@@ -154,7 +154,7 @@ int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
     MT_TRY(mt_task_family_init(&fam, &m.cfg, &m.net, data, m.cfg.eval_split, m.cfg.eval_queries));
     meta = malloc(m.layout.n_meta * sizeof *meta);
     if (!meta) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-parameters");
-    MT_TRY(mt_cli_state_restore(&ck, path, &m, meta, NULL, NULL, &iteration));
+    MT_TRY(mt_cli_state_restore(&ck, path, &m, meta, NULL, NULL, NULL, &iteration));
     mt_ckpt_free(&ck);
     int steps = mt_cli_config_eval_steps(&m.cfg);
     int tasks = fam.fixed_episodes ? data->n_episodes : m.cfg.eval_tasks;

@@ -42,10 +42,10 @@ typedef struct {
     mt_task task;
     mt_meta_optim opt;
     mt_dist_reducer reducer;
-    mt_dist_node_sum node_sum; /* the reducer's int64 sum */
+    mt_dist_node_sum node_sum; /* the reducer's int64 sum, and the rows of the tasks' vectors */
     mt_dist_claimer claimer;
     mt_cli_history history;
-    float *meta, *vectors, *sum;
+    float *meta, *vectors, *sum; /* vectors: this rank's rows of node_sum */
     size_t vector_len;
 } train_plan;
 
@@ -99,6 +99,17 @@ fail:
     return st;
 }
 
+/* The reducer's groups, one fixed-point scale each: one per tensor, and one for the objective.
+ * Fills bounds (groups + 1 entries) and returns how many groups there are. */
+static int reduction_groups(const mt_meta_layout *lay, size_t *bounds) {
+    static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
+    int n = mt_meta_tensors(lay, tensors, MT_CLI_MAX_META_TENSORS);
+    for (int t = 0; t < n; t++) bounds[t] = tensors[t].offset;
+    bounds[n] = lay->n_meta;
+    bounds[n + 1] = lay->n_meta + MT_META_VECTOR_EXTRA;
+    return n + 1;
+}
+
 /* Local: every rank plans its buffers (as many vector rows as it may claim); failures are agreed
  * on by the caller.
  * METATRAIN_FAULT_RANK=R makes rank R alone fail here, so the tests can prove that a failure
@@ -110,7 +121,6 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
         MT_THROW(MT_ERR_IO, "failure injected on this rank (METATRAIN_FAULT_RANK=%s)", fault);
     const mt_config *cfg = &m->cfg;
     const mt_meta_layout *lay = &m->layout;
-    static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
     size_t bounds[MT_CLI_MAX_META_TENSORS + 2];
     MT_TRY(mt_task_family_init(&p->fam, cfg, &m->net, p->data, MT_SPLIT_TRAIN, 0));
     if (cfg->eval_every > 0) {
@@ -123,20 +133,12 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
     MT_TRY(mt_meta_ctx_create(&p->ctx, lay, mt_task_max_batch(&p->fam)));
     MT_TRY(mt_task_alloc(&p->task, &p->fam));
     MT_TRY(mt_meta_optim_init(&p->opt, cfg, lay->n_meta));
-    p->vector_len = lay->n_meta + MT_META_VECTOR_EXTRA;
     p->meta = malloc(lay->n_meta * sizeof(float));
     p->sum = malloc(p->vector_len * sizeof(float));
-    /* As many rows as this rank may claim in one iteration. */
-    int rows = p->claimer.capacity > 0 ? p->claimer.capacity : 1;
-    p->vectors = malloc((size_t)rows * p->vector_len * sizeof(float));
-    if (!p->meta || !p->sum || !p->vectors) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-batch buffers");
-
-    /* One fixed-point scale per tensor, and one for the objective. */
-    int n = mt_meta_tensors(lay, tensors, MT_CLI_MAX_META_TENSORS);
-    for (int t = 0; t < n; t++) bounds[t] = tensors[t].offset;
-    bounds[n] = lay->n_meta;
-    bounds[n + 1] = p->vector_len;
-    MT_TRY(mt_dist_reducer_init(&p->reducer, p->vector_len, n + 1, bounds, &p->node_sum));
+    p->vectors = mt_dist_node_sum_rows(&p->node_sum);
+    if (!p->meta || !p->sum) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-batch buffers");
+    int groups = reduction_groups(lay, bounds);
+    MT_TRY(mt_dist_reducer_init(&p->reducer, p->vector_len, groups, bounds, &p->node_sum));
     size_t log_points = (size_t)cfg->iterations / (size_t)cfg->log_every + 2;
     if (cfg->eval_every > 0) log_points += (size_t)cfg->iterations / (size_t)cfg->eval_every;
     MT_TRY(mt_cli_history_init(&p->history, log_points));
@@ -158,7 +160,7 @@ static void plan_free(const mt_dist *d, train_plan *p) {
     mt_dist_node_sum_free(&p->node_sum);
     mt_dist_claimer_free(&p->claimer);
     mt_cli_history_free(&p->history);
-    free(p->meta), free(p->vectors), free(p->sum);
+    free(p->meta), free(p->sum);
 }
 
 /* Rank 0 holds an flock on output.dir/lock for the whole run, so a second run pointed at the same
@@ -194,7 +196,7 @@ static mt_status save(const mt_dist *d, const mt_cli_model *m, train_plan *p, in
         char path[4200], csv[4200];
         snprintf(path, sizeof path, "%s/checkpoint.h5", m->cfg.output_dir);
         snprintf(csv, sizeof csv, "%s/metrics.csv", m->cfg.output_dir);
-        st = mt_cli_state_save(path, m, p->meta, &p->opt, next_iteration, &p->history);
+        st = mt_cli_state_save(path, m, p->meta, &p->opt, &p->reducer, next_iteration, &p->history);
         if (!st) st = mt_ckpt_keep_copy(path, m->cfg.output_dir, (int)next_iteration, m->cfg.keep_checkpoints);
         if (!st) st = mt_cli_history_write_csv(&p->history, csv);
     }
@@ -207,7 +209,7 @@ static mt_status save_best(const mt_dist *d, const mt_cli_model *m, train_plan *
     if (d->rank == 0) {
         char path[4200];
         snprintf(path, sizeof path, "%s/best.h5", m->cfg.output_dir);
-        st = mt_cli_state_save(path, m, p->meta, &p->opt, next_iteration, &p->history);
+        st = mt_cli_state_save(path, m, p->meta, &p->opt, &p->reducer, next_iteration, &p->history);
     }
     return mt_dist_share_status(d, st);
 }
@@ -224,19 +226,25 @@ static double validate(const mt_dist *d, const mt_cli_model *m, train_plan *p, m
 typedef struct {
     const mt_dist *d;
     mt_dist_claimer *claimer;
+    mt_dist_reducer *reducer;
     int64_t iteration;
     int slow;
+    int rows; /* this iteration's, so far */
     /* This run's totals on this rank: tasks computed, seconds computing them, and seconds in
      * iterations (tasks, reduction and outer step; not validation or checkpoints). */
     int64_t computed;
     double task_s, iteration_s;
 } claim_source;
 
+/* Called before each task and after the last: the row just finished goes to the node's ranks
+ * out of tasks to convert, before this rank goes on. */
 static int next_claim(void *arg) {
     claim_source *s = arg;
+    if (s->rows > 0) mt_dist_reducer_publish(s->reducer, s->rows - 1);
     int t = mt_dist_claim(s->d, s->claimer, s->iteration);
     if (t >= 0 && s->slow) usleep(2000);
     s->computed += t >= 0;
+    s->rows += t >= 0;
     return t;
 }
 
@@ -275,6 +283,7 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         mt_dist_flags flags = {0, mt_dist_stop_signal()};
         mt_meta_step_config_at(&sc, cfg, (int)it);
         claims->iteration = it;
+        claims->rows = 0;
         double began = MPI_Wtime();
         mt_dist_claim_begin(d, &p->claimer, it);
         int rows = mt_meta_batch_grads(p->ctx, &p->task, &p->fam, &sc, p->meta, cfg->seed, (int)it, next_claim,
@@ -365,10 +374,17 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     if (m.cfg.task_kind == MT_TASK_EPISODES || m.cfg.task_kind == MT_TASK_GROUPED)
         MT_TRY(mt_task_dataset_load(&p.data, d, m.cfg.task_path, m.cfg.task_kind, NULL));
     MT_TRY(mt_dist_claimer_init(d, m.cfg.meta_batch, m.cfg.balance == MT_BALANCE_DYNAMIC, &p.claimer));
-    MT_TRY(mt_dist_node_sum_init(d, m.layout.n_meta + MT_META_VECTOR_EXTRA, &p.node_sum));
+    {
+        size_t bounds[MT_CLI_MAX_META_TENSORS + 2];
+        p.vector_len = m.layout.n_meta + MT_META_VECTOR_EXTRA;
+        size_t sum_len = mt_dist_reducer_sum_len(p.vector_len, reduction_groups(&m.layout, bounds));
+        /* As many rows as this rank may claim in one iteration. */
+        int rows = p.claimer.capacity > 0 ? p.claimer.capacity : 1;
+        MT_TRY(mt_dist_node_sum_init(d, sum_len, rows, p.vector_len, &p.node_sum));
+    }
     MT_TRY(mt_dist_agree(d, plan(&p, d, &m)));
     if (resume_path) {
-        MT_TRY(mt_dist_agree(d, mt_cli_state_restore(&ck, resume_path, &m, p.meta, &p.opt, &p.history, &start)));
+        MT_TRY(mt_dist_agree(d, mt_cli_state_restore(&ck, resume_path, &m, p.meta, &p.opt, &p.reducer, &p.history, &start)));
         mt_ckpt_free(&ck);
     } else {
         mt_meta_init_params(&m.layout, m.cfg.seed, m.cfg.inner_lr, p.meta);
@@ -387,7 +403,7 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
         fflush(stdout);
     }
     const char *slow = getenv("METATRAIN_SLOW_RANK");
-    claim_source claims = {d, &p.claimer, start, slow && atoi(slow) == d->rank, 0, 0, 0};
+    claim_source claims = {d, &p.claimer, &p.reducer, start, slow && atoi(slow) == d->rank, 0, 0, 0, 0};
     MT_TRY(run_loop(d, &m, &p, start, a.quiet, &claims, &exit_code));
     report_balance(d, &claims, a.quiet);
     if (d->rank == 0 && !a.quiet) printf("checkpoint: %s/checkpoint.h5\n", m.cfg.output_dir);

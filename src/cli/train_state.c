@@ -71,10 +71,12 @@ fail:
 }
 
 mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float *meta,
-                            const mt_meta_optim *opt, int64_t next_iteration, const mt_cli_history *h) {
+                            const mt_meta_optim *opt, const mt_dist_reducer *reducer, int64_t next_iteration,
+                            const mt_cli_history *h) {
     mt_status st = MT_OK;
     static mt_ckpt ck; /* large (array table); one writer per process */
     static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
+    static int64_t exponents[MT_CLI_MAX_META_TENSORS + 1];
     memset(&ck, 0, sizeof ck);
     int n = mt_meta_tensors(&m->layout, tensors, MT_CLI_MAX_META_TENSORS);
     uint64_t one = 1, series = h->n;
@@ -92,6 +94,11 @@ mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float
         MT_TRY(add_tensors(&ck, tensors, n, "/optimizer/velocity", opt->m));
     }
     MT_TRY(mt_ckpt_add(&ck, "/train/iteration", MT_CKPT_I64, 1, &one, &iteration));
+    if (reducer && reducer->have_prediction) {
+        uint64_t groups = (uint64_t)reducer->n_groups;
+        for (int g = 0; g < reducer->n_groups; g++) exponents[g] = reducer->predicted[g];
+        MT_TRY(mt_ckpt_add(&ck, "/train/reduction_exponents", MT_CKPT_I64, 1, &groups, exponents));
+    }
     MT_TRY(mt_ckpt_add(&ck, "/metrics/iteration", MT_CKPT_I64, 1, &series, h->iteration));
     MT_TRY(mt_ckpt_add(&ck, "/metrics/meta_loss", MT_CKPT_F64, 1, &series, h->meta_loss));
     MT_TRY(mt_ckpt_add(&ck, "/metrics/val_metric", MT_CKPT_F64, 1, &series, h->val_metric));
@@ -134,7 +141,8 @@ static mt_status read_i64(const mt_ckpt *ck, const char *path, const char *name,
 }
 
 mt_status mt_cli_state_restore(const mt_ckpt *ck, const char *path, const mt_cli_model *m, float *meta,
-                               mt_meta_optim *opt, mt_cli_history *h, int64_t *next_iteration) {
+                               mt_meta_optim *opt, mt_dist_reducer *reducer, mt_cli_history *h,
+                               int64_t *next_iteration) {
     mt_status st = MT_OK;
     static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
     int n = mt_meta_tensors(&m->layout, tensors, MT_CLI_MAX_META_TENSORS);
@@ -149,6 +157,19 @@ mt_status mt_cli_state_restore(const mt_ckpt *ck, const char *path, const mt_cli
         } else {
             MT_TRY(restore_tensors(ck, path, tensors, n, "/optimizer/velocity", opt->m));
         }
+    }
+    if (reducer) { /* absent from older checkpoints: the first sum is then exact */
+        const char *name = "/train/reduction_exponents";
+        const mt_ckpt_array *a = mt_ckpt_find(ck, name);
+        if (a && (a->dtype != MT_CKPT_I64 || a->rank != 1 || a->dims[0] != (uint64_t)reducer->n_groups))
+            MT_THROW(MT_ERR_FORMAT, "%s: %s: not %d int64 values", path, name, reducer->n_groups);
+        for (uint64_t g = 0; a && g < a->dims[0]; g++) {
+            int64_t e = ((const int64_t *)a->data)[g];
+            if (e < MT_DIST_EXPONENT_MIN || e > MT_DIST_EXPONENT_MAX)
+                MT_THROW(MT_ERR_FORMAT, "%s: %s[%llu]: %lld is outside [%d, %d]", path, name, (unsigned long long)g,
+                         (long long)e, MT_DIST_EXPONENT_MIN, MT_DIST_EXPONENT_MAX);
+        }
+        MT_TRY(mt_dist_reducer_set_predictions(reducer, a ? a->data : NULL, a ? (int)a->dims[0] : 0));
     }
     if (h) {
         const char *names[4] = {"/metrics/iteration", "/metrics/meta_loss", "/metrics/val_metric", "/metrics/elapsed_s"};

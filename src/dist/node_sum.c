@@ -15,7 +15,13 @@
  * fewer cores still run. One set of buffers suffices: a rank rewrites its slot only after
  * passing the second barrier of the previous run, which every reader of the slot passes after
  * reading it, and a chunk of the total is rewritten only after the next run's first barrier,
- * which every reader of the total reaches after reading it. */
+ * which every reader of the total reaches after reading it.
+ *
+ * The window also holds each rank's float rows, its tasks' vectors, and one state per row: the
+ * round it was published for (2r + 1), or taken for (2r + 2). The owner publishes a finished row
+ * with a release store; a rank out of tasks takes it by compare-and-swap (acquire) and converts
+ * it into its own slot. Rounds only grow, so states need no reset. The owner rewrites a row only
+ * in the next round, after the sum's second barrier, which every taker reaches after reading. */
 #include "metatrain/dist.h"
 
 #include <sched.h>
@@ -50,17 +56,36 @@ static void node_barrier(mt_dist_node_sum *s, int which) {
             else sched_yield();
 }
 
-mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, mt_dist_node_sum *s) {
+typedef _Atomic int64_t row_state;
+
+static row_state *state_of(const mt_dist_node_sum *s, int rank, int row) {
+    return (row_state *)s->row_states + (size_t)rank * s->state_stride + (size_t)row;
+}
+
+/* Points the rows and their states into `base` (states first) for a node of node_size ranks. */
+static void place_rows(mt_dist_node_sum *s, char *base, size_t states) {
+    s->row_states = base;
+    s->state_stride = states / sizeof(row_state);
+    s->row_base = (float *)(base + states * (size_t)s->node_size);
+}
+
+mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, int rows, size_t row_len, mt_dist_node_sum *s) {
     mt_status st = MT_OK;
     memset(s, 0, sizeof *s);
     s->n = n;
+    s->rows = rows > 0 ? rows : 0;
     s->node = s->leaders = MPI_COMM_NULL;
     st = mt_dist_join_node(d, &s->node, &s->node_rank, &s->node_size);
     s->owns_node = s->node != MPI_COMM_NULL;
     if (st) goto fail;
+    /* The rows each rank gets: the most any rank of the node asks for, so that every rank lays
+     * out the window alike (a static split gives ranks blocks of different sizes). */
+    int rc = MPI_Allreduce(MPI_IN_PLACE, &s->rows, 1, MPI_INT, MPI_MAX, s->node);
+    MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "cannot agree on the node's rows")));
+    s->row_len = s->rows ? row_len : 0;
     /* The nodes' first ranks, and how many nodes there are. */
     int first = s->node_rank == 0;
-    int rc = MPI_Comm_split(d->comm, first ? 0 : MPI_UNDEFINED, d->rank, &s->leaders);
+    rc = MPI_Comm_split(d->comm, first ? 0 : MPI_UNDEFINED, d->rank, &s->leaders);
     s->owns_leaders = rc == MPI_SUCCESS && s->leaders != MPI_COMM_NULL;
     MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "cannot group the nodes' first ranks")));
     if (MPI_Allreduce(&first, &s->n_nodes, 1, MPI_INT, MPI_SUM, d->comm) != MPI_SUCCESS)
@@ -69,30 +94,38 @@ mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, mt_dist_node_sum *s)
     /* Nodes may differ (a node of one rank needs no window), so every rank takes every world
      * collective and the window is the node's alone. */
     size_t slot = round_up(n * sizeof(int64_t)), flags = round_up((size_t)N_BARRIERS * s->node_size * sizeof(arrival));
+    size_t states = round_up((size_t)s->rows * sizeof(row_state));
+    s->row_stride = round_up((size_t)s->rows * s->row_len * sizeof(float)) / sizeof(float);
+    size_t rows_bytes = (states + s->row_stride * sizeof(float)) * (size_t)s->node_size;
     char *base = NULL;
     rc = MPI_SUCCESS;
     if (s->node_size > 1) {
-        MPI_Aint bytes = s->node_rank == 0 ? (MPI_Aint)(flags + slot * ((size_t)s->node_size + 1)) : 0;
+        MPI_Aint bytes = s->node_rank == 0 ? (MPI_Aint)(flags + slot * ((size_t)s->node_size + 1) + rows_bytes) : 0;
         rc = MPI_Win_allocate_shared(bytes, LINE, MPI_INFO_NULL, s->node, &base, &s->window);
         s->owns_window = rc == MPI_SUCCESS;
         MPI_Aint size;
         int unit;
         if (rc == MPI_SUCCESS) rc = MPI_Win_shared_query(s->window, 0, &size, &unit, &base);
     } else {
-        s->own = malloc(slot ? slot : LINE);
+        s->own = malloc(slot + rows_bytes + LINE);
         if (!s->own) rc = MPI_ERR_NO_MEM;
+        else place_rows(s, (char *)s->own + slot, states);
     }
     /* A window made on some ranks only cannot be freed collectively: mt_dist_agree aborts then. */
     if (rc != MPI_SUCCESS)
         st = s->node_size > 1 ? MT_RAISE(MT_ERR_MPI, "MPI_Win_allocate_shared of the node's sum failed")
                               : MT_RAISE(MT_ERR_NOMEM, "out of memory for the sum");
     MT_TRY(mt_dist_agree(d, st));
+    if (s->node_size == 1)
+        for (int i = 0; i < s->rows; i++) atomic_init(state_of(s, 0, i), 0);
     if (s->node_size > 1) {
         s->flags = base;
         s->total = (int64_t *)(base + flags);
         s->own = (int64_t *)(base + flags + slot * (size_t)(s->node_rank + 1));
         s->slot_stride = slot / sizeof(int64_t);
+        place_rows(s, base + flags + slot * ((size_t)s->node_size + 1), states);
         if (s->node_rank == 0) memset(base, 0, flags); /* generation 0: nobody has arrived */
+        for (int i = 0; i < s->rows; i++) atomic_init(state_of(s, s->node_rank, i), 0); /* never published */
         if (MPI_Barrier(s->node) != MPI_SUCCESS) /* the zeros are published before any run */
             mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Barrier on the node failed"));
     }
@@ -134,4 +167,29 @@ const int64_t *mt_dist_node_sum_run(const mt_dist *d, mt_dist_node_sum *s) {
         if (s->node_size > 1) node_barrier(s, BARRIER_NODES_ADDED);
     }
     return total;
+}
+
+float *mt_dist_node_sum_rows(const mt_dist_node_sum *s) {
+    return s->rows ? s->row_base + (size_t)s->node_rank * s->row_stride : NULL;
+}
+
+void mt_dist_node_sum_publish(mt_dist_node_sum *s, int i, int64_t round) {
+    row_state *state = state_of(s, s->node_rank, i);
+    /* Only this rank moves its rows to "published", so a plain load cannot race with that. */
+    if (atomic_load_explicit(state, memory_order_relaxed) < 2 * round + 1)
+        atomic_store_explicit(state, 2 * round + 1, memory_order_release);
+}
+
+const float *mt_dist_node_sum_take(mt_dist_node_sum *s, int64_t round, int *cursor) {
+    int node_rows = s->rows * s->node_size;
+    while (*cursor < node_rows) {
+        int k = (*cursor)++, rank = (s->node_rank + k / s->rows) % s->node_size, row = k % s->rows;
+        row_state *state = state_of(s, rank, row);
+        int64_t published = 2 * round + 1;
+        if (atomic_load_explicit(state, memory_order_relaxed) == published &&
+            atomic_compare_exchange_strong_explicit(state, &published, published + 1, memory_order_acquire,
+                                                    memory_order_relaxed))
+            return s->row_base + (size_t)rank * s->row_stride + (size_t)row * s->row_len;
+    }
+    return NULL;
 }

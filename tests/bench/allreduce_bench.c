@@ -42,7 +42,7 @@ static double median(double *times, int reps) {
  * same sum by MPI_Allreduce, reps times. */
 static void bench_pair(const mt_dist *d, long n64, int n_int, int reps) {
     mt_dist_node_sum node;
-    if (mt_dist_node_sum_init(d, (size_t)n64, &node) != MT_OK) {
+    if (mt_dist_node_sum_init(d, (size_t)n64, 0, 0, &node) != MT_OK) {
         fprintf(stderr, "bench_allreduce: %s\n", mt_error_message());
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
