@@ -8,11 +8,11 @@
 good=good/checkpoint.h5
 "$METATRAIN" info "$good" > /dev/null || fail "the good checkpoint does not verify"
 
-# refused FILE WHAT [info]: info, and train --resume unless "info" is given, exit 1 or 2 with a
-# one-line error naming the file.
+# refused FILE WHAT [info|resume]: info and train --resume, or only the one named, exit 1 or 2
+# with a one-line error naming the file.
 refused() {
     for cmd in info resume; do
-        [ "${3:-}" = info ] && [ $cmd = resume ] && continue
+        [ -n "${3:-}" ] && [ $cmd != "$3" ] && continue
         code=0
         if [ $cmd = info ]; then "$METATRAIN" info "$1" > out.txt 2> err.txt || code=$?
         else "$METATRAIN" train --resume "$1" --set train.iterations=30 --quiet > out.txt 2> err.txt || code=$?; fi
@@ -74,6 +74,59 @@ for offset in 0 15 16 20 28 32 35 36 511; do
     corrupt $offset 1
     refused bad.h5 "byte $offset of the checksum header" info
 done
+
+# /train/reduction_exponents, the reducer's predicted scales: one int64 per /params tensor and
+# one for the meta-loss, each in [MT_DIST_EXPONENT_MIN, MT_DIST_EXPONENT_MAX] (include/metatrain/dist.h).
+/usr/bin/python3 - "$good" <<'PY' || fail "the good checkpoint's /train/reduction_exponents"
+import sys, h5py
+with h5py.File(sys.argv[1], "r") as f:
+    tensors = []
+    f["params"].visititems(lambda name, obj: tensors.append(name) if isinstance(obj, h5py.Dataset) else None)
+    e = f["train/reduction_exponents"]
+    assert e.dtype == "<i8" and e.shape == (len(tensors) + 1,), (e.dtype, e.shape, len(tensors))
+    assert all(-150 <= v <= 128 for v in e[()]), e[()]
+PY
+# rewrite OUT CODE: OUT is the good checkpoint with the Python CODE run on it by h5py (r+, the
+# dataset as e, replace(values) putting a new one in its place as metatrain writes it: chunked,
+# Fletcher32), then sealed with a new checksum header (layout in src/ckpt/ckpt_h5.h), so that only
+# the content checks can refuse it.
+rewrite() {
+    cp "$good" "$1"
+    /usr/bin/python3 - "$1" "$2" <<'PY' || fail "rewrite $1: $2"
+import struct, sys, zlib, h5py
+with h5py.File(sys.argv[1], "r+") as f:
+    e = f["train/reduction_exponents"]
+    def replace(values): # by name: e.name is None once unlinked
+        del f["train/reduction_exponents"]
+        f.create_dataset("train/reduction_exponents", data=values, dtype="<i8", chunks=(len(values),), fletcher32=True, track_times=False)
+    exec(sys.argv[2])
+with open(sys.argv[1], "r+b") as out:
+    out.seek(512)
+    body = out.read()
+    head = b"metatrain-ckpt".ljust(16, b"\0") + struct.pack("<IQI", 1, len(body), zlib.crc32(body))
+    out.seek(0)
+    out.write(head + struct.pack("<I", zlib.crc32(head)) + bytes(476))
+PY
+}
+# The control: the same values in a new dataset, resealed, differ from the good checkpoint but resume.
+rewrite same.h5 'replace(e[()])'
+cmp -s "$good" same.h5 && fail "rewriting /train/reduction_exponents left the file unchanged"
+/usr/bin/python3 - "$good" same.h5 <<'PY' || fail "same.h5 does not hold the good checkpoint's reduction exponents"
+import sys, h5py
+a, b = (h5py.File(p, "r")["train/reduction_exponents"][()].tolist() for p in sys.argv[1:])
+assert a == b, (a, b)
+PY
+"$METATRAIN" train --resume same.h5 --set train.iterations=30 --set output.dir=same --quiet 2> err.txt ||
+    fail "train --resume refused the resealed checkpoint: $(cat err.txt)"
+[ "$(ckpt_iteration same/checkpoint.h5)" = 30 ] || fail "the resealed checkpoint did not resume to iteration 30"
+# info does not look at the field (it builds no reducer): train --resume alone refuses these.
+rewrite bad.h5 'e[0] = 999'
+refused bad.h5 "a reduction exponent of 999" resume
+grep -q "/train/reduction_exponents\[0\]: 999 is outside \[-150, 128\]" err.txt || fail "an exponent of 999: $(cat err.txt)"
+rewrite bad.h5 'replace(e[:-1])'
+refused bad.h5 "one reduction exponent too few" resume
+grep -q "/train/reduction_exponents: not [0-9]* int64 values" err.txt || fail "one exponent too few: $(cat err.txt)"
+report "checkpoint, resealed: a reduction exponent of 999, one exponent too few" "each refused by --resume with one line naming /train/reduction_exponents and exit 1 or 2 (info does not read the field); the same values resealed resume"
 
 # Truncated at several lengths, without the header, and other things in its place.
 for keep in 0 8 100 511 512 1000 $((size / 2)) $((size - 100)) $((size - 1)); do
