@@ -4,9 +4,10 @@
  * usage: mpirun -n P bench_allreduce [--reps R] N_INT64:N_INT...
  *
  * Each N_INT64:N_INT pair is one iteration's reduction as src/dist/allreduce.c does it: an
- * MPI_Allreduce(MPI_MAX) of N_INT ints (per-tensor exponents and flags), then the sum of
- * N_INT64 int64 values (the fixed-point meta-gradient and meta-loss) through the node's shared
- * memory and among nodes (mt_dist_node_sum). For comparison it also times that sum as one
+ * MPI_Allreduce(MPI_MAX) of N_INT ints (the exact path's exponents and flags; N_INT = 0 for the
+ * predicted path, which has none), then the sum of N_INT64 int64 values (the fixed-point
+ * meta-gradient and meta-loss, and on the predicted path the signatures and counts) through the
+ * node's shared memory and among nodes (mt_dist_node_sum). For comparison it also times that sum as one
  * MPI_Allreduce(MPI_SUM) over all ranks, as metatrain did before. After a warm-up, R repetitions
  * (default 200), each started by a barrier, are timed on every rank; a repetition's time is its
  * slowest rank's. Rank 0 prints one JSON object per pair with the median and minimum of the
@@ -59,7 +60,7 @@ static void bench_pair(const mt_dist *d, long n64, int n_int, int reps) {
         for (int i = 0; i < n_int; i++) exps[i] = i - d->rank;
         CHECK(MPI_Barrier(MPI_COMM_WORLD));
         double t0 = MPI_Wtime();
-        CHECK(MPI_Allreduce(MPI_IN_PLACE, exps, n_int, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+        if (n_int > 0) CHECK(MPI_Allreduce(MPI_IN_PLACE, exps, n_int, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
         double t1 = MPI_Wtime();
         memcpy(node.own, sum, (size_t)n64 * sizeof *sum); /* metatrain converts straight into it */
         const int64_t *total = mt_dist_node_sum_run(d, &node);
