@@ -3,7 +3,7 @@
  *   /params/...     one dataset per meta-parameter tensor ("/params/conv1/weight"),
  *                   learned inner rates under "/params/inner_lr/..."
  *   /optimizer/...  optimizer state ("/optimizer/m/conv1/weight", "/optimizer/step")
- *   /train/...      iteration, seed, schedule state: everything an exact resume needs
+ *   /train/...      iteration, the reduction's predicted scales: everything an exact resume needs
  *   /metrics/...    the logged series
  * File format: HDF5 with library version bounds 1.10 or later, so object headers and other
  * metadata carry checksums; every dataset is chunked with the Fletcher32 filter (scalars are

@@ -1,7 +1,9 @@
 /* The training state in a checkpoint:
  *   /params/<tensor>                meta-parameters, learned rates under /params/inner_lr/...
  *   /optimizer/step, /optimizer/{m,v}/<tensor> (Adam) or /optimizer/velocity/<tensor> (SGD)
- *   /train/iteration                the next iteration to run; with the config, all a resume needs
+ *   /train/iteration                the next iteration to run
+ *   /train/reduction_exponents      the reducer's predicted scales (src/dist/allreduce.c); with the
+ *                                   iteration and the config, all an exact resume needs
  *   /metrics/{iteration,meta_loss,val_metric,elapsed_s}
  *   root attributes: config, algorithm, model_spec, metatrain_version, created */
 #include "cli/cli.h"
