@@ -160,7 +160,7 @@ static void test_reduce_matches_its_definition(void **state) {
     assert_sum_is_fixed_point(v, groups, shift, sum);
     assert_int_equal(r.predicted[0], 21 + 2);
 
-    /* A stop rides along and the sum completes; the largest signal wins. */
+    /* A stop rides along, and the sum still completes. */
     flags.stop = 15;
     for (int g = 0; g < 2; g++) shift[g] = 62 - r.predicted[g] - 2 - 1;
     assert_int_equal(mt_dist_reduce(&d, &r, &v[0][0], T, T, flags, sum, &out), MT_OK);

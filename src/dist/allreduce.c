@@ -291,9 +291,9 @@ static mt_status reduce_predicted(const mt_dist *d, mt_dist_reducer *r, const fl
 
     from_fixed_groups(r, total, r->predicted, n_total, sum);
     for (int g = 0; g < G; g++) {
-        int floor = r->predicted[g] - SIGNATURE_WINDOW; /* rows below it signed nothing */
+        int lowest = r->predicted[g] - SIGNATURE_WINDOW; /* rows below it signed nothing */
         int leading = signature[g] > 0 ? 63 - __builtin_clzll((unsigned long long)signature[g]) : 0;
-        r->predicted[g] = clamp_exponent(floor + leading + HEADROOM);
+        r->predicted[g] = clamp_exponent(lowest + leading + HEADROOM);
     }
     return MT_OK;
 }
