@@ -231,9 +231,11 @@ typedef struct {
     int slow;
     int rows; /* this iteration's, so far */
     /* This run's totals on this rank: tasks computed, seconds computing them, and seconds in
-     * iterations (tasks, reduction and outer step; not validation or checkpoints). */
+     * iterations (tasks, reduction and outer step; not validation or checkpoints); iterations, and
+     * those whose sum took the exact path (the same on every rank). */
     int64_t computed;
     double task_s, iteration_s;
+    int64_t iterations, exact_sums;
 } claim_source;
 
 /* Called before each task and after the last: the row just finished goes to the node's ranks
@@ -263,6 +265,9 @@ static void report_balance(const mt_dist *d, const claim_source *claims, int qui
                "time in tasks: %.1f%% (rank %d) to %.1f%% (rank %d) of the iterations\n",
                claims->claimer->dynamic ? "dynamic" : "static", least[0].value, least[0].rank, most[0].value,
                most[0].rank, 100 * least[1].value, least[1].rank, 100 * most[1].value, most[1].rank);
+    if (d->rank == 0 && !quiet)
+        printf("sums on the exact path (no predicted scale yet, or a task beyond it): %lld of %lld iterations\n",
+               (long long)claims->exact_sums, (long long)claims->iterations);
 }
 
 static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p, int64_t start,
@@ -291,6 +296,8 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         claims->task_s += MPI_Wtime() - began;
         st = mt_dist_reduce(d, &p->reducer, p->vectors, rows, cfg->meta_batch, flags, p->sum, &out);
         if (st) mt_dist_abort(d, st);
+        claims->iterations++;
+        claims->exact_sums += out.exact;
         if (out.any_error) MT_THROW(MT_ERR_IO, "iteration %lld: a rank failed", (long long)it);
         if (out.nonfinite)
             MT_THROW(MT_ERR_NUMERIC, "iteration %lld: the meta-gradient or meta-loss is not finite (diverged); "
@@ -403,7 +410,7 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
         fflush(stdout);
     }
     const char *slow = getenv("METATRAIN_SLOW_RANK");
-    claim_source claims = {d, &p.claimer, &p.reducer, start, slow && atoi(slow) == d->rank, 0, 0, 0, 0};
+    claim_source claims = {d, &p.claimer, &p.reducer, start, slow && atoi(slow) == d->rank, 0, 0, 0, 0, 0, 0};
     MT_TRY(run_loop(d, &m, &p, start, a.quiet, &claims, &exit_code));
     report_balance(d, &claims, a.quiet);
     if (d->rank == 0 && !a.quiet) printf("checkpoint: %s/checkpoint.h5\n", m.cfg.output_dir);

@@ -24,6 +24,15 @@ done
 "$METATRAIN" train --resume auto/checkpoint.h5 --set train.iterations=90 --quiet || fail "resume without CONFIG"
 [ "$(ckpt_iteration auto/checkpoint.h5)" = 90 ] || fail "resume without CONFIG did not reach 90"
 
+# The reduction's predicted scales are part of the state: a fresh run sums its first iteration on the
+# exact path (nothing is predicted yet); a resumed one restores the scales and needs no exact sum.
+"$METATRAIN" train "$CONFIGS/sinusoid-maml.ini" --set train.meta_batch=10 --set train.iterations=10 \
+    --set output.dir=fresh > fresh.txt || fail "fresh run"
+grep -q "^sums on the exact path .*: 1 of 10 iterations" fresh.txt || fail "fresh run: $(grep exact fresh.txt)"
+mpi 2 train --resume auto/checkpoint.h5 --set train.iterations=100 > resumed.txt || fail "resume to 100"
+grep -q "^sums on the exact path .*: 0 of 10 iterations" resumed.txt ||
+    fail "the resumed run did not restore the predicted scales: $(grep exact resumed.txt)"
+
 # Changing a key that alters the math is refused, naming it; exit non-zero, checkpoint untouched.
 before=$(md5sum < auto/checkpoint.h5)
 if "$METATRAIN" train --resume auto/checkpoint.h5 --set meta.inner_lr=0.02 2> refused.txt; then
