@@ -410,7 +410,8 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
         fflush(stdout);
     }
     const char *slow = getenv("METATRAIN_SLOW_RANK");
-    claim_source claims = {d, &p.claimer, &p.reducer, start, slow && atoi(slow) == d->rank, 0, 0, 0, 0, 0, 0};
+    claim_source claims = {.d = d, .claimer = &p.claimer, .reducer = &p.reducer, .iteration = start,
+                           .slow = slow && atoi(slow) == d->rank};
     MT_TRY(run_loop(d, &m, &p, start, a.quiet, &claims, &exit_code));
     report_balance(d, &claims, a.quiet);
     if (d->rank == 0 && !a.quiet) printf("checkpoint: %s/checkpoint.h5\n", m.cfg.output_dir);

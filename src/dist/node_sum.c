@@ -116,8 +116,6 @@ mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, int rows, size_t row
         st = s->node_size > 1 ? MT_RAISE(MT_ERR_MPI, "MPI_Win_allocate_shared of the node's sum failed")
                               : MT_RAISE(MT_ERR_NOMEM, "out of memory for the sum");
     MT_TRY(mt_dist_agree(d, st));
-    if (s->node_size == 1)
-        for (int i = 0; i < s->rows; i++) atomic_init(state_of(s, 0, i), 0);
     if (s->node_size > 1) {
         s->flags = base;
         s->total = (int64_t *)(base + flags);
@@ -125,10 +123,10 @@ mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, int rows, size_t row
         s->slot_stride = slot / sizeof(int64_t);
         place_rows(s, base + flags + slot * ((size_t)s->node_size + 1), states);
         if (s->node_rank == 0) memset(base, 0, flags); /* generation 0: nobody has arrived */
-        for (int i = 0; i < s->rows; i++) atomic_init(state_of(s, s->node_rank, i), 0); /* never published */
-        if (MPI_Barrier(s->node) != MPI_SUCCESS) /* the zeros are published before any run */
-            mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Barrier on the node failed"));
     }
+    for (int i = 0; i < s->rows; i++) atomic_init(state_of(s, s->node_rank, i), 0); /* never published */
+    if (s->node_size > 1 && MPI_Barrier(s->node) != MPI_SUCCESS) /* the zeros are published before any run */
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Barrier on the node failed"));
     return MT_OK;
 fail:
     mt_dist_node_sum_free(s);
