@@ -9,7 +9,10 @@ job=$!
 for _ in $(seq 200); do [ -f k9/checkpoint.h5 ] && break; sleep 0.1; done
 [ -f k9/checkpoint.h5 ] || fail "no checkpoint was written"
 sleep 0.5
-victim=$(pgrep -f "^$METATRAIN train .*output.dir=k9" | tail -1)
+# A rank: a child of mpirun ($job, which mpi_exec became). Rank 0's checkpoint writer is a forked
+# child with the same command line; killed after its verdict, it would end nothing.
+victim=$(pgrep -P "$job" -f "^$METATRAIN train .*output.dir=k9" | tail -1)
+[ -n "$victim" ] || fail "no rank of the job found to kill"
 kill -9 "$victim"
 start=$(date +%s)
 code=0
