@@ -41,12 +41,14 @@ done
 export METATRAIN_RANKS_PER_NODE=2
 for ranks in 3 4; do
     run "nodes$ranks" "$ranks" dynamic
-    read -r n rank <<< "$(fewest "nodes$ranks")"
-    [ "$rank" = 1 ] || fail "nodes of 2 at $ranks ranks: the slow rank 1 is not the one with the fewest tasks ($n, rank $rank)"
     same_model one/checkpoint.h5 "nodes$ranks/checkpoint.h5"
 done
-# A node computes exactly its ranks' blocks: the 4-rank run's busiest rank did at most its node's
-# 13 tasks per iteration.
+read -r n rank <<< "$(fewest nodes3)"
+[ "$rank" = 1 ] || fail "nodes of 2 at 3 ranks: the slow rank 1 is not the one with the fewest tasks ($n, rank $rank)"
+# At 4 ranks (4 processes on 2 cores) the other node can starve one of its own ranks (seen under the
+# sanitizers: rank 3 did 21 tasks), so which rank did fewest is not checked there; the 3-rank run
+# checks that rank 1's node mate takes its work. A node computes exactly its ranks' blocks: no
+# rank did more than its node's 13 tasks an iteration (520).
 read -r n rank <<< "$(most nodes4)"
 [ "$n" -le 520 ] || fail "nodes of 2 at 4 ranks: rank $rank computed $n tasks, more than its node's 520"
 pass
