@@ -47,6 +47,8 @@ typedef struct {
     mt_cli_history history;
     float *meta, *vectors, *sum; /* vectors: this rank's rows of node_sum */
     size_t vector_len;
+    int n_groups;                                 /* the reducer's: one per tensor, one for the objective */
+    size_t group_begin[MT_CLI_MAX_META_TENSORS + 2];
 } train_plan;
 
 static mt_status parse_args(int argc, char **argv, train_args *a, int *help) {
@@ -121,7 +123,6 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
         MT_THROW(MT_ERR_IO, "failure injected on this rank (METATRAIN_FAULT_RANK=%s)", fault);
     const mt_config *cfg = &m->cfg;
     const mt_meta_layout *lay = &m->layout;
-    size_t bounds[MT_CLI_MAX_META_TENSORS + 2];
     MT_TRY(mt_task_family_init(&p->fam, cfg, &m->net, p->data, MT_SPLIT_TRAIN, 0));
     if (cfg->eval_every > 0) {
         /* Synthetic families validate on held-out task keys; datasets on their val split. */
@@ -137,8 +138,7 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
     p->sum = malloc(p->vector_len * sizeof(float));
     p->vectors = mt_dist_node_sum_rows(&p->node_sum);
     if (!p->meta || !p->sum) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-batch buffers");
-    int groups = reduction_groups(lay, bounds);
-    MT_TRY(mt_dist_reducer_init(&p->reducer, p->vector_len, groups, bounds, &p->node_sum));
+    MT_TRY(mt_dist_reducer_init(&p->reducer, p->vector_len, p->n_groups, p->group_begin, &p->node_sum));
     size_t log_points = (size_t)cfg->iterations / (size_t)cfg->log_every + 2;
     if (cfg->eval_every > 0) log_points += (size_t)cfg->iterations / (size_t)cfg->eval_every;
     MT_TRY(mt_cli_history_init(&p->history, log_points));
@@ -381,14 +381,12 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     if (m.cfg.task_kind == MT_TASK_EPISODES || m.cfg.task_kind == MT_TASK_GROUPED)
         MT_TRY(mt_task_dataset_load(&p.data, d, m.cfg.task_path, m.cfg.task_kind, NULL));
     MT_TRY(mt_dist_claimer_init(d, m.cfg.meta_batch, m.cfg.balance == MT_BALANCE_DYNAMIC, &p.claimer));
-    {
-        size_t bounds[MT_CLI_MAX_META_TENSORS + 2];
-        p.vector_len = m.layout.n_meta + MT_META_VECTOR_EXTRA;
-        size_t sum_len = mt_dist_reducer_sum_len(p.vector_len, reduction_groups(&m.layout, bounds));
-        /* As many rows as this rank may claim in one iteration. */
-        int rows = p.claimer.capacity > 0 ? p.claimer.capacity : 1;
-        MT_TRY(mt_dist_node_sum_init(d, sum_len, rows, p.vector_len, &p.node_sum));
-    }
+    p.vector_len = m.layout.n_meta + MT_META_VECTOR_EXTRA;
+    p.n_groups = reduction_groups(&m.layout, p.group_begin);
+    /* As many rows as this rank may claim in one iteration. */
+    int rows = p.claimer.capacity > 0 ? p.claimer.capacity : 1;
+    MT_TRY(mt_dist_node_sum_init(d, mt_dist_reducer_sum_len(p.vector_len, p.n_groups), rows, p.vector_len,
+                                 &p.node_sum));
     MT_TRY(mt_dist_agree(d, plan(&p, d, &m)));
     if (resume_path) {
         MT_TRY(mt_dist_agree(d, mt_cli_state_restore(&ck, resume_path, &m, p.meta, &p.opt, &p.reducer, &p.history, &start)));

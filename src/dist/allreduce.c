@@ -172,6 +172,13 @@ static int exponent_of(uint32_t largest_bits, int *nonfinite) {
     return ex;
 }
 
+/* This rank's sum_len int64 values, zeroed: its node sum slot, or the reducer's own buffer. */
+static int64_t *zeroed_fixed(mt_dist_reducer *r) {
+    int64_t *fixed = r->node_sum ? r->node_sum->own : r->fixed;
+    memset(fixed, 0, r->sum_len * sizeof *fixed);
+    return fixed;
+}
+
 /* The sum of every rank's `fixed` (sum_len values): the node sum's total, or in place. */
 static const int64_t *sum_over_ranks(const mt_dist *d, mt_dist_reducer *r, int64_t *fixed, mt_status *st) {
     *st = MT_OK;
@@ -215,8 +222,7 @@ static mt_status reduce_exact(const mt_dist *d, mt_dist_reducer *r, const float 
     outcome->nonfinite = e[G + FLAG_NONFINITE];
     if (outcome->any_error || outcome->nonfinite) return MT_OK; /* a stop still completes the sum */
 
-    int64_t *fixed = r->node_sum ? r->node_sum->own : r->fixed;
-    memset(fixed, 0, r->sum_len * sizeof *fixed);
+    int64_t *fixed = zeroed_fixed(r);
     for (int g = 0; g < G; g++) {
         if (e[g] == NO_EXPONENT) continue;
         double scale = ldexp(1.0, group_shift(e[g], n_total));
@@ -259,8 +265,7 @@ static mt_status reduce_predicted(const mt_dist *d, mt_dist_reducer *r, const fl
                                   int n_total, mt_dist_flags flags, float *sum, mt_dist_outcome *outcome,
                                   int *redo) {
     int G = r->n_groups;
-    int64_t *fixed = r->node_sum ? r->node_sum->own : r->fixed;
-    memset(fixed, 0, r->sum_len * sizeof *fixed);
+    int64_t *fixed = zeroed_fixed(r);
     int64_t *words = fixed + r->n + G;
     words[WORD_ERROR] = flags.local_error != 0;
     words[WORD_OK] = flags.local_error == 0;
