@@ -33,7 +33,7 @@ static mt_status load_text(mt_config *cfg, const char *name, const char *text) {
     assert_non_null(f);
     fputs(text, f);
     assert_int_equal(fclose(f), 0);
-    mt_status st = mt_cli_config_load(cfg, tmp_path);
+    mt_status st = mt_config_load(cfg, tmp_path);
     assert_int_equal(unlink(tmp_path), 0);
     return st;
 }
@@ -47,7 +47,7 @@ static void assert_contains(const char *haystack, const char *needle) {
 static void expect_file_error(const char *text, int line, const char *key) {
     mt_config cfg, before;
     char where[32];
-    mt_cli_config_defaults(&cfg);
+    mt_config_defaults(&cfg);
     before = cfg;
     mt_error_clear();
     assert_int_equal(load_text(&cfg, "bad.ini", text), MT_ERR_CONFIG);
@@ -63,7 +63,7 @@ static void expect_file_error(const char *text, int line, const char *key) {
 
 static void test_defaults(void **state) {
     mt_config c;
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     assert_string_equal(mt_error_message(), "");
     assert_true(c.seed == 1);
     assert_int_equal(c.iterations, 1000);
@@ -99,16 +99,16 @@ static void test_defaults(void **state) {
     assert_int_equal(c.eval_split, MT_SPLIT_TEST);
     assert_int_equal(c.eval_every, 0);
     assert_int_equal(c.eval_val_tasks, 100);
-    assert_int_equal(mt_cli_config_validate(&c), MT_OK);
-    assert_string_equal(mt_cli_algorithm_name(MT_ALGO_IMAML), "imaml");
-    assert_string_equal(mt_cli_optimizer_name(MT_OPT_SGD), "sgd");
-    assert_string_equal(mt_cli_task_kind_name(MT_TASK_GROUPED), "grouped");
-    assert_string_equal(mt_cli_split_name(MT_SPLIT_VAL), "val");
+    assert_int_equal(mt_config_validate(&c), MT_OK);
+    assert_string_equal(mt_config_algorithm_name(MT_ALGO_IMAML), "imaml");
+    assert_string_equal(mt_config_optimizer_name(MT_OPT_SGD), "sgd");
+    assert_string_equal(mt_config_task_kind_name(MT_TASK_GROUPED), "grouped");
+    assert_string_equal(mt_config_split_name(MT_SPLIT_VAL), "val");
 }
 
 static void test_good_file(void **state) {
     mt_config c;
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     const char *text = "; a comment\n"
                        "# another\n"
                        "[train]\n"
@@ -155,7 +155,7 @@ static void test_good_file(void **state) {
     assert_int_equal(c.eval_split, MT_SPLIT_VAL);
     assert_int_equal(c.eval_steps, 10);
     assert_int_equal(c.meta_batch, 25); /* untouched keys keep their values */
-    assert_int_equal(mt_cli_config_validate(&c), MT_OK);
+    assert_int_equal(mt_config_validate(&c), MT_OK);
 
     /* A second file overrides the first; a key may appear once per file. */
     assert_int_equal(load_text(&c, "more.ini", "[train]\niterations = 30\n"), MT_OK);
@@ -167,7 +167,7 @@ static void test_bools(void **state) {
     const char *yes[] = {"true", "yes", "on", "1", "TRUE"}, *no[] = {"false", "no", "off", "0", "No"};
     char text[64];
     mt_config c;
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     for (int i = 0; i < 5; i++) {
         snprintf(text, sizeof text, "[train]\nresume = %s\n", yes[i]);
         assert_int_equal(load_text(&c, "b.ini", text), MT_OK);
@@ -218,7 +218,7 @@ static void test_file_errors(void **state) {
     /* A line of exactly the limit is fine. */
     snprintf(text, sizeof text, "[output]\ndir = %0*d\n", 197 - 6, 7);
     mt_config c;
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     assert_int_equal(load_text(&c, "edge.ini", text), MT_OK);
     assert_int_equal(strlen(c.output_dir), 197 - 6);
     snprintf(text, sizeof text, "[output]\ndir = %0*d\n", 197 - 5, 7);
@@ -228,16 +228,16 @@ static void test_file_errors(void **state) {
 static void test_missing_file(void **state) {
     mt_config c;
     char path[300];
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     snprintf(path, sizeof path, "%s/none.ini", tmp_dir);
-    assert_int_equal(mt_cli_config_load(&c, path), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_load(&c, path), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), path);
     assert_contains(mt_error_message(), "cannot read: No such file or directory");
 }
 
 static void test_continuation(void **state) {
     mt_config c;
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     const char *text = "[model]\n"
                        "spec = input 1, linear 40, relu,\n"
                        "    linear 40, relu,   ; a comment\n"
@@ -261,14 +261,14 @@ static void test_continuation(void **state) {
 
 static void test_set(void **state) {
     mt_config c;
-    mt_cli_config_defaults(&c);
-    assert_int_equal(mt_cli_config_set(&c, "meta.inner_lr=0.1", "--set"), MT_OK);
+    mt_config_defaults(&c);
+    assert_int_equal(mt_config_set(&c, "meta.inner_lr=0.1", "--set"), MT_OK);
     assert_true(c.inner_lr == 0.1);
-    assert_int_equal(mt_cli_config_set(&c, " meta.algorithm = reptile ", "--set"), MT_OK);
+    assert_int_equal(mt_config_set(&c, " meta.algorithm = reptile ", "--set"), MT_OK);
     assert_int_equal(c.algorithm, MT_ALGO_REPTILE);
-    assert_int_equal(mt_cli_config_set(&c, "model.spec=input 2, linear 1, mse", "--set"), MT_OK);
+    assert_int_equal(mt_config_set(&c, "model.spec=input 2, linear 1, mse", "--set"), MT_OK);
     assert_string_equal(c.model_spec, "input 2, linear 1, mse");
-    assert_int_equal(mt_cli_config_set(&c, "train.resume=on", "--set"), MT_OK);
+    assert_int_equal(mt_config_set(&c, "train.resume=on", "--set"), MT_OK);
     assert_int_equal(c.resume, 1);
 
     struct {
@@ -287,7 +287,7 @@ static void test_set(void **state) {
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         mt_config before = c;
         mt_error_clear();
-        assert_int_equal(mt_cli_config_set(&c, bad[i].assignment, "--set"), MT_ERR_CONFIG);
+        assert_int_equal(mt_config_set(&c, bad[i].assignment, "--set"), MT_ERR_CONFIG);
         assert_contains(mt_error_message(), bad[i].expect);
         assert_memory_equal(&c, &before, sizeof c);
     }
@@ -296,45 +296,45 @@ static void test_set(void **state) {
 
 static void test_validate(void **state) {
     mt_config c;
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     c.min_outer_lr = 0.01;
-    assert_int_equal(mt_cli_config_validate(&c), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_validate(&c), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), "meta.min_outer_lr");
     assert_contains(mt_error_message(), "meta.outer_lr");
     mt_error_clear();
 
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     c.task_kind = MT_TASK_EPISODES;
     c.ways = 5;
-    assert_int_equal(mt_cli_config_validate(&c), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_validate(&c), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), "task.path");
     mt_error_clear();
     snprintf(c.task_path, sizeof c.task_path, "data/x.h5");
-    assert_int_equal(mt_cli_config_validate(&c), MT_OK);
+    assert_int_equal(mt_config_validate(&c), MT_OK);
     c.ways = 1;
-    assert_int_equal(mt_cli_config_validate(&c), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_validate(&c), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), "task.ways");
     mt_error_clear();
 
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     c.task_kind = MT_TASK_GROUPED;
-    assert_int_equal(mt_cli_config_validate(&c), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_validate(&c), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), "task.path");
     mt_error_clear();
 
     /* Single-key ranges are checked again for configs changed in code. */
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     c.eval_steps = 300;
-    assert_int_equal(mt_cli_config_validate(&c), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_validate(&c), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), "eval.steps");
     mt_error_clear();
     /* eval.steps = 0 stands for meta.inner_steps: 100 inner steps evaluate with 100. */
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     c.inner_steps = 100;
-    assert_int_equal(mt_cli_config_validate(&c), MT_OK);
-    mt_cli_config_defaults(&c);
+    assert_int_equal(mt_config_validate(&c), MT_OK);
+    mt_config_defaults(&c);
     c.inner_lr = -1;
-    assert_int_equal(mt_cli_config_validate(&c), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_validate(&c), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), "meta.inner_lr: must be > 0, got -1");
     mt_error_clear();
 }
@@ -351,7 +351,7 @@ static void assert_lines_fit(const char *text) {
 static void test_round_trip(void **state) {
     mt_config a, b;
     static char text[16384], again[16384];
-    mt_cli_config_defaults(&a);
+    mt_config_defaults(&a);
     a.seed = UINT64_MAX;
     a.iterations = 123456;
     a.resume = 1;
@@ -372,74 +372,74 @@ static void test_round_trip(void **state) {
     for (int i = 0; i < 25; i++)
         len += (size_t)snprintf(a.model_spec + len, sizeof a.model_spec - len, ", conv 64 3 #%d", i);
     snprintf(a.model_spec + len, sizeof a.model_spec - len, ", linear 5, xent");
-    assert_int_equal(mt_cli_config_validate(&a), MT_OK);
+    assert_int_equal(mt_config_validate(&a), MT_OK);
 
-    size_t n = mt_cli_config_format(&a, text, sizeof text);
+    size_t n = mt_config_format(&a, text, sizeof text);
     assert_true(n < sizeof text);
     assert_int_equal(n, strlen(text));
-    assert_int_equal(mt_cli_config_format(&a, NULL, 0), n);
+    assert_int_equal(mt_config_format(&a, NULL, 0), n);
     assert_lines_fit(text);
     assert_contains(text, "[meta]\n");
     assert_contains(text, "inner_lr = 0.30000000000000004\n");
     assert_contains(text, "seed = 18446744073709551615\n");
 
-    mt_cli_config_defaults(&b);
-    assert_int_equal(mt_cli_config_load_string(&b, text, "formatted"), MT_OK);
+    mt_config_defaults(&b);
+    assert_int_equal(mt_config_load_string(&b, text, "formatted"), MT_OK);
     assert_true(a.inner_lr == b.inner_lr && a.outer_lr == b.outer_lr && a.min_outer_lr == b.min_outer_lr);
     assert_true(a.adam_eps == b.adam_eps && a.beta2 == b.beta2 && a.clip_norm == b.clip_norm);
     assert_true(a.seed == b.seed);
     assert_string_equal(a.model_spec, b.model_spec);
     assert_string_equal(a.output_dir, b.output_dir);
     assert_string_equal(a.task_path, b.task_path);
-    mt_cli_config_format(&b, again, sizeof again);
+    mt_config_format(&b, again, sizeof again);
     assert_string_equal(text, again);
 
     /* Through a file too, and for the defaults. */
-    mt_cli_config_defaults(&b);
+    mt_config_defaults(&b);
     assert_int_equal(load_text(&b, "rt.ini", text), MT_OK);
-    mt_cli_config_format(&b, again, sizeof again);
+    mt_config_format(&b, again, sizeof again);
     assert_string_equal(text, again);
-    mt_cli_config_defaults(&a);
-    mt_cli_config_format(&a, text, sizeof text);
+    mt_config_defaults(&a);
+    mt_config_format(&a, text, sizeof text);
     assert_int_equal(load_text(&b, "rt.ini", text), MT_OK);
-    mt_cli_config_format(&b, again, sizeof again);
+    mt_config_format(&b, again, sizeof again);
     assert_string_equal(text, again);
 
     /* A truncated buffer still holds a terminated prefix. */
     char small[10];
-    assert_int_equal(mt_cli_config_format(&a, small, sizeof small), strlen(text));
+    assert_int_equal(mt_config_format(&a, small, sizeof small), strlen(text));
     assert_int_equal(strlen(small), sizeof small - 1);
 }
 
 static void test_unwritable_strings(void **state) {
     mt_config c;
     char assignment[700];
-    mt_cli_config_defaults(&c);
+    mt_config_defaults(&c);
     /* A word too long for any INI line could not be written back. */
     snprintf(assignment, sizeof assignment, "task.path=%0250d", 1);
-    assert_int_equal(mt_cli_config_set(&c, assignment, "--set"), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_set(&c, assignment, "--set"), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), "--set task.path:");
     mt_error_clear();
     size_t len = (size_t)snprintf(assignment, sizeof assignment, "model.spec=input 1");
     while (len < 600) len += (size_t)snprintf(assignment + len, sizeof assignment - len, ", relu");
-    assert_int_equal(mt_cli_config_set(&c, assignment, "--set"), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_set(&c, assignment, "--set"), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), "longer than 511");
     mt_error_clear();
 }
 
 static void test_check_resume(void **state) {
     mt_config saved, now;
-    mt_cli_config_defaults(&saved);
+    mt_config_defaults(&saved);
     now = saved;
     now.iterations = 5000;
     now.threads = 8;
     now.resume = 1;
     snprintf(now.output_dir, sizeof now.output_dir, "elsewhere");
     now.eval_tasks = 10;
-    assert_int_equal(mt_cli_config_check_resume(&saved, &now), MT_OK);
+    assert_int_equal(mt_config_check_resume(&saved, &now), MT_OK);
 
     now.inner_lr = 0.02;
-    assert_int_equal(mt_cli_config_check_resume(&saved, &now), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_check_resume(&saved, &now), MT_ERR_CONFIG);
     assert_string_equal(mt_error_message(),
                         "config key 'meta.inner_lr' differs from the checkpoint (0.01 there, 0.02 now): it "
                         "changes the model or the math, so a resumed run cannot change it");
@@ -447,12 +447,12 @@ static void test_check_resume(void **state) {
 
     now = saved;
     snprintf(now.model_spec, sizeof now.model_spec, "input 1, linear 1, mse");
-    assert_int_equal(mt_cli_config_check_resume(&saved, &now), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_check_resume(&saved, &now), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), "'model.spec'");
     mt_error_clear();
     now = saved;
     now.seed = 2;
-    assert_int_equal(mt_cli_config_check_resume(&saved, &now), MT_ERR_CONFIG);
+    assert_int_equal(mt_config_check_resume(&saved, &now), MT_ERR_CONFIG);
     assert_contains(mt_error_message(), "'train.seed'");
     mt_error_clear();
 }
@@ -460,8 +460,8 @@ static void test_check_resume(void **state) {
 static void test_reference(void **state) {
     static char ref[16384], ini[16384];
     mt_config c;
-    mt_cli_config_defaults(&c);
-    size_t n = mt_cli_config_reference(ref, sizeof ref);
+    mt_config_defaults(&c);
+    size_t n = mt_config_reference(ref, sizeof ref);
     assert_true(n < sizeof ref);
     assert_contains(ref, "| key | type | default |");
     assert_contains(ref, "| `meta.inner_lr` | double | `0.01` | > 0 | no |");
@@ -469,7 +469,7 @@ static void test_reference(void **state) {
     assert_contains(ref, "| `meta.algorithm` | enum | `maml` | `maml`, `fomaml`");
     assert_contains(ref, "| `task.path` | string | (empty) |");
     /* One row per key: as many as the formatted config has `key = value` lines. */
-    mt_cli_config_format(&c, ini, sizeof ini);
+    mt_config_format(&c, ini, sizeof ini);
     int rows = 0, keys = 0;
     for (const char *p = ref; (p = strstr(p, "\n| `")); p++) rows++;
     for (const char *p = ini; (p = strstr(p, " =")); p++) keys++;

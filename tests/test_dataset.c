@@ -796,7 +796,7 @@ static int teardown(void **state) {
 static void family_for(mt_task_family *fam, mt_nn_net *net, const char *spec, const mt_task_dataset *ds,
                        mt_task_kind kind, int ways, int shots, int queries, mt_split split) {
     mt_config cfg;
-    mt_cli_config_defaults(&cfg);
+    mt_config_defaults(&cfg);
     cfg.task_kind = kind, cfg.ways = ways, cfg.shots = shots, cfg.queries = queries;
     assert_int_equal(mt_nn_parse(net, spec, "test"), MT_OK);
     if (mt_task_family_init(fam, &cfg, net, ds, split, 0) != MT_OK) fail_msg("family: %s", mt_error_message());

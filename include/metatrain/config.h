@@ -1,6 +1,6 @@
 /* Run configuration: INI files read with libinih, overridden by --set section.key=value.
  *
- * One table (src/cli/config.c) lists every key with its type, default, valid range and whether
+ * One table (src/config/config.c) lists every key with its type, default, valid range and whether
  * it may change when a run is resumed; parsing, validation, printing the effective config and
  * the README's key reference all come from it. Parsing is local; every rank parses the same
  * file and so reaches the same verdict without communicating. */
@@ -74,41 +74,41 @@ typedef struct {
 } mt_config;
 
 /* Defaults for every key. */
-void mt_cli_config_defaults(mt_config *cfg);
+void mt_config_defaults(mt_config *cfg);
 
 /* Reads an INI file over cfg. Unknown sections or keys, bad types and out-of-range values fail
  * with "FILE:LINE: section.key: reason". */
-mt_status mt_cli_config_load(mt_config *cfg, const char *path);
+mt_status mt_config_load(mt_config *cfg, const char *path);
 
 /* Same, from INI text in memory (the config stored in a checkpoint); `origin` stands for the
  * file name in messages. */
-mt_status mt_cli_config_load_string(mt_config *cfg, const char *text, const char *origin);
+mt_status mt_config_load_string(mt_config *cfg, const char *text, const char *origin);
 
 /* Applies one "section.key=value" override; `origin` names it in messages ("--set"). */
-mt_status mt_cli_config_set(mt_config *cfg, const char *assignment, const char *origin);
+mt_status mt_config_set(mt_config *cfg, const char *assignment, const char *origin);
 
 /* Checks the relations between keys (for example min_outer_lr against outer_lr); call once
  * after all files and overrides. Model and dataset fit are checked where those are built. */
-mt_status mt_cli_config_validate(const mt_config *cfg);
+mt_status mt_config_validate(const mt_config *cfg);
 /* Inner steps at evaluation: eval.steps, or meta.inner_steps when it is 0. */
-int mt_cli_config_eval_steps(const mt_config *cfg);
+int mt_config_eval_steps(const mt_config *cfg);
 
 /* The effective configuration as INI text, every key, in table order. Returns the length, or
  * the length it would need when it does not fit (like snprintf). */
-size_t mt_cli_config_format(const mt_config *cfg, char *out, size_t size);
+size_t mt_config_format(const mt_config *cfg, char *out, size_t size);
 
 /* Compares a resumed run's config with the checkpoint's: only keys that set the run's length
  * and output may differ. Fails naming the first key that changes the model or the math. */
-mt_status mt_cli_config_check_resume(const mt_config *saved, const mt_config *now);
+mt_status mt_config_check_resume(const mt_config *saved, const mt_config *now);
 
 /* Every key as a Markdown table (key, type, default, valid values, resumable, description), for
- * the README. Returns the length like mt_cli_config_format. */
-size_t mt_cli_config_reference(char *out, size_t size);
+ * the README. Returns the length like mt_config_format. */
+size_t mt_config_reference(char *out, size_t size);
 
 /* Names for the enums, as written in configs. */
-const char *mt_cli_algorithm_name(mt_algorithm a);
-const char *mt_cli_optimizer_name(mt_optimizer_kind o);
-const char *mt_cli_task_kind_name(mt_task_kind k);
-const char *mt_cli_split_name(mt_split s);
+const char *mt_config_algorithm_name(mt_algorithm a);
+const char *mt_config_optimizer_name(mt_optimizer_kind o);
+const char *mt_config_task_kind_name(mt_task_kind k);
+const char *mt_config_split_name(mt_split s);
 
 #endif

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metatrain/ckpt.h"
 #include "metatrain/config.h"
 #include "metatrain/error.h"
 #include "metatrain/nn.h"
@@ -45,6 +46,16 @@ typedef struct {
 
 /* Fills up to `max` tensors in vector order; returns how many there are. */
 int mt_meta_tensors(const mt_meta_layout *layout, mt_meta_tensor *out, int max);
+/* Every layout's tensor count fits: the network's, and as many learned-rate tensors again. */
+#define MT_META_MAX_TENSORS (2 * MT_NN_MAX_TENSORS)
+
+/* Adds the tensors of `vector` (n_meta floats, laid out by `layout`) to a checkpoint being
+ * assembled, as "<prefix>/<tensor name>" float32 arrays (no copy). Local. */
+mt_status mt_meta_ckpt_add(mt_ckpt *ck, const mt_meta_layout *layout, const char *prefix, const float *vector);
+/* Copies them back from a read checkpoint, refusing a missing tensor or another dtype or shape
+ * with a message naming `path` (the file) and the array. Local. */
+mt_status mt_meta_ckpt_restore(const mt_ckpt *ck, const char *path, const mt_meta_layout *layout,
+                               const char *prefix, float *vector);
 
 /* Per-iteration settings of the inner loop, from the config and the schedules. */
 typedef struct {

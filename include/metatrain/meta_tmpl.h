@@ -29,6 +29,17 @@ double MT_(mt_meta_task_grad)(MT_(mt_meta_ctx) *ctx, const mt_meta_step_config *
 double MT_(mt_meta_task_objective)(MT_(mt_meta_ctx) *ctx, const mt_meta_step_config *sc,
                                    const MT_REAL *meta, const MT_(mt_task) *task);
 
+/* Adaptation as meta-training defined it, the one path that eval, adapt and predict share: step k
+ * of the inner loop on `support` with the algorithm's rates (fixed, learned per parameter, or
+ * MAML++'s per layer and step; the last step's rates repeat beyond the trained number of steps;
+ * ANIL moves only the head; iMAML adds its proximal pull toward meta's θ), in place on theta
+ * (n_theta). Uses the ctx's workspace; allocates nothing. */
+void MT_(mt_meta_adapt_step)(MT_(mt_meta_ctx) *ctx, const mt_meta_step_config *sc, const MT_REAL *meta,
+                             const MT_(mt_nn_batch) *support, int k, MT_REAL *theta);
+/* theta = meta's θ, then `steps` steps of mt_meta_adapt_step. */
+void MT_(mt_meta_adapt)(MT_(mt_meta_ctx) *ctx, const mt_meta_step_config *sc, const MT_REAL *meta,
+                        const MT_(mt_nn_batch) *support, int steps, MT_REAL *theta);
+
 /* Evaluation: adapts for `steps` inner steps with the meta-learned rates (the last step's rates
  * repeat beyond the trained number of steps) and records, for s = 0..steps, the query loss and,
  * when classifying, the number of correct query predictions. */

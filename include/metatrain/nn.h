@@ -100,8 +100,8 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what);
 int mt_nn_find_tensor(const mt_nn_net *net, const char *name);
 
 /* Floating-point operations done by the layers' matrix products so far (2·M·N·K each), for the
- * benchmarks' GFLOP/s. One process, one thread: a plain counter. */
-extern double mt_nn_gemm_flops;
+ * benchmarks' GFLOP/s. Per thread, so that threads driving their own models never race on it. */
+extern _Thread_local double mt_nn_gemm_flops;
 
 /* 1 (the default): where the CPU has AVX-512, stride-2 convolutions on planes at most 16 wide
  * build and reduce their fields with intrinsics (src/nn/conv.c); 0: the portable loops run

@@ -64,6 +64,13 @@ double MT_(mt_nn_grad)(MT_(mt_nn_ws) *ws, const MT_REAL *params, const MT_(mt_nn
 double MT_(mt_nn_hvp)(MT_(mt_nn_ws) *ws, const MT_REAL *params, const MT_(mt_nn_batch) *batch,
                       const MT_REAL *dir, MT_REAL *grad, MT_REAL *hv);
 
+/* Forward pass alone: returns the network's output (batch->n, out_size), logits for xent, inside
+ * the workspace (valid until its next pass). batch->y and batch->labels are not read. */
+const MT_REAL *MT_(mt_nn_forward)(MT_(mt_nn_ws) *ws, const MT_REAL *params, const MT_(mt_nn_batch) *batch);
+
+/* Index of the largest of z[0..n), the first on ties: the predicted class, everywhere. */
+int MT_(mt_nn_argmax)(const MT_REAL *z, int n);
+
 /* Number of samples whose arg-max output equals the label (classification only). */
 int MT_(mt_nn_count_correct)(const MT_(mt_nn_ws) *ws, const MT_(mt_nn_batch) *batch);
 

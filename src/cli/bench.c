@@ -130,7 +130,7 @@ static mt_status bench_meta(const char *name, double seconds, int json) {
         if (strcmp(meta_workloads[i].name, name) == 0) w = &meta_workloads[i];
     if (!w) MT_THROW(MT_ERR_ARG, "bench meta: unknown workload '%s' (see metatrain bench --help)", name);
     MT_TRY(mt_nn_parse(&net, w->spec, w->name));
-    mt_cli_config_defaults(&cfg);
+    mt_config_defaults(&cfg);
     cfg.algorithm = w->algorithm;
     cfg.inner_steps = w->steps;
     cfg.inner_lr = w->inner_lr;

@@ -2,6 +2,8 @@
 #ifndef METATRAIN_CLI_H
 #define METATRAIN_CLI_H
 
+#include <hdf5.h>
+#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -9,11 +11,11 @@
 #include "metatrain/config.h"
 #include "metatrain/dist.h"
 #include "metatrain/meta.h"
+#include "metatrain/model.h"
 #include "metatrain/nn.h"
 #include "metatrain/task.h"
 
 #define MT_CLI_MAX_SETS 128
-#define MT_CLI_MAX_META_TENSORS (2 * MT_NN_MAX_TENSORS)
 #define MT_CLI_CONFIG_TEXT 16384
 
 /* Exit codes. MT_EXIT_REQUEUE (signals.h) is the third. */
@@ -40,12 +42,19 @@ typedef struct {
     double *meta_loss, *val_metric, *elapsed_s; /* val_metric is NaN where none was measured */
 } mt_cli_history;
 
-/* Verbs: each returns the process exit code. Collective over d. */
+/* The "distribution" of the verbs that run without MPI: one process, rank 0 of 1. Such a verb
+ * must not pass d to a collective. */
+#define MT_CLI_NO_MPI ((mt_dist){.comm = MPI_COMM_NULL, .rank = 0, .size = 1})
+
+/* Verbs: each returns the process exit code. Collective over d (info, adapt and predict get
+ * MT_CLI_NO_MPI and make no MPI call). */
 int mt_cli_train(const mt_dist *d, int argc, char **argv);
 int mt_cli_eval(const mt_dist *d, int argc, char **argv);
 int mt_cli_info(const mt_dist *d, int argc, char **argv);
 int mt_cli_bench(const mt_dist *d, int argc, char **argv);
 int mt_cli_config_verb(const mt_dist *d, int argc, char **argv);
+int mt_cli_adapt(const mt_dist *d, int argc, char **argv);
+int mt_cli_predict(const mt_dist *d, int argc, char **argv);
 
 /* Prints the recorded error once (rank 0) and returns the exit code for `st`. Local. */
 int mt_cli_report(const mt_dist *d, mt_status st);
@@ -102,8 +111,51 @@ void mt_cli_evaluator_free(mt_cli_evaluator *ev);
 mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *meta, uint32_t key_iteration,
                           mt_cli_eval_result *res);
 
+/* Rows of a support or input file (src/cli/rows.c), read chunk by chunk. */
+typedef struct {
+    char path[4096];
+    hid_t file, x, answers; /* answers: /labels or /targets, or H5I_INVALID_HID */
+    int images, has_labels, has_targets;
+    const char *answer_name;
+    int64_t rows;
+    size_t width, outputs; /* floats per row of x; the model's outputs */
+    double pixel_scale, pixel_offset;
+    int chunk;
+    uint8_t *pixels;       /* one chunk of images */
+} mt_cli_rows;
+/* Opens `path` and checks it against the model: the x dataset's dtype and shape, and the answers'
+ * when present. chunk: the most rows one read takes. Local. */
+mt_status mt_cli_rows_open(mt_cli_rows *r, const char *path, const mt_model_info *mi, int chunk);
+/* Rows [first, first + n), n <= chunk: x (n × width), and labels or targets where the file has
+ * them and the pointer is not NULL; refuses non-finite values and labels outside the model's
+ * classes, naming the file, dataset and row. */
+mt_status mt_cli_rows_read(mt_cli_rows *r, int64_t first, int n, float *x, int32_t *labels, float *targets);
+void mt_cli_rows_close(mt_cli_rows *r);
+/* The number of rows of the file's /images or /features, for planning before the model is open;
+ * 0 and an error when there is none. Local. */
+mt_status mt_cli_rows_count(const char *path, int64_t *rows);
+
+/* Using a trained model (src/cli/adapt.c): opens MODEL after checking it in a child process
+ * (mt_isolate_run), with `steps` inner steps (0: the model's) and room for max_batch rows. */
+mt_status mt_cli_model_open(mt_model **m, const char *path, int steps, int max_batch);
+/* Reads a whole support set, checks that it has labels or targets, adapts, and fills the
+ * support's SHA-256 (65 bytes). */
+mt_status mt_cli_adapt_on(mt_model *m, const char *support, char sha256[65]);
+/* "--set eval.steps=N": the only key these verbs take; returns 1 when argv[*i] was one. */
+int mt_cli_take_steps(int argc, char **argv, int *i, int *steps, mt_status *st);
+
+/* A JSON string for any C string: bytes that are not UTF-8 become U+FFFD. */
+json_t *mt_cli_json_string(const char *s);
+/* Prints a JSON value on one line to stdout and frees it. */
+mt_status mt_cli_json_print(json_t *value);
+
 /* Writes `text` to `path` atomically (temporary beside it, fsync, rename, fsync directory). */
 mt_status mt_cli_write_file_atomic(const char *path, const char *text, size_t len);
+/* Makes a finished temporary file `tmp` the file `path`: fsync, rename, fsync of the directory;
+ * removes tmp on failure. Every atomic write ends here. */
+mt_status mt_cli_commit_file(const char *tmp, const char *path);
+/* Refuses an output path whose directory does not exist, before any work. */
+mt_status mt_cli_check_output_dir(const char *path);
 /* mkdir -p. */
 mt_status mt_cli_make_dirs(const char *path);
 

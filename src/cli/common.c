@@ -42,13 +42,13 @@ int mt_cli_take_set(int argc, char **argv, int *i, mt_cli_sets *sets, mt_status 
 
 mt_status mt_cli_model_build(mt_cli_model *m, const mt_cli_sets *sets) {
     mt_status st = MT_OK;
-    for (int i = 0; sets && i < sets->n; i++) MT_TRY(mt_cli_config_set(&m->cfg, sets->items[i], "--set"));
-    MT_TRY(mt_cli_config_validate(&m->cfg));
+    for (int i = 0; sets && i < sets->n; i++) MT_TRY(mt_config_set(&m->cfg, sets->items[i], "--set"));
+    MT_TRY(mt_config_validate(&m->cfg));
     char what[sizeof m->cfg.model_spec_origin + 16];
     snprintf(what, sizeof what, "%s%smodel.spec", m->cfg.model_spec_origin, m->cfg.model_spec_origin[0] ? " " : "");
     MT_TRY(mt_nn_parse(&m->net, m->cfg.model_spec, what));
     mt_meta_layout_init(&m->layout, &m->net, m->cfg.algorithm, m->cfg.inner_steps);
-    if (mt_cli_config_format(&m->cfg, m->config_text, sizeof m->config_text) >= sizeof m->config_text)
+    if (mt_config_format(&m->cfg, m->config_text, sizeof m->config_text) >= sizeof m->config_text)
         MT_THROW(MT_ERR_CONFIG, "the effective configuration is longer than %zu bytes", sizeof m->config_text);
     return MT_OK;
 fail:
@@ -86,10 +86,35 @@ static mt_status fsync_parent_dir(const char *path) {
     return MT_OK;
 }
 
+mt_status mt_cli_commit_file(const char *tmp, const char *path) {
+    mt_status st = MT_OK;
+    int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) MT_THROW(MT_ERR_IO, "%s: cannot reopen its temporary file: %s", path, strerror(errno));
+    int synced = fsync(fd) == 0, err = errno;
+    close(fd);
+    if (!synced) MT_THROW(MT_ERR_IO, "%s: fsync failed: %s", path, strerror(err));
+    if (rename(tmp, path) != 0) MT_THROW(MT_ERR_IO, "%s: cannot replace: %s", path, strerror(errno));
+    return fsync_parent_dir(path);
+fail:
+    unlink(tmp);
+    return st;
+}
+
+mt_status mt_cli_check_output_dir(const char *path) {
+    char buf[4096];
+    struct stat sb;
+    if (!path[0]) return MT_RAISE(MT_ERR_ARG, "the output path is empty");
+    snprintf(buf, sizeof buf, "%s", path);
+    const char *dir = dirname(buf);
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return MT_RAISE(MT_ERR_IO, "%s: directory %s does not exist", path, dir);
+    return MT_OK;
+}
+
 mt_status mt_cli_write_file_atomic(const char *path, const char *text, size_t len) {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return MT_RAISE(MT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
     size_t done = 0;
     while (done < len) {
@@ -103,15 +128,49 @@ mt_status mt_cli_write_file_atomic(const char *path, const char *text, size_t le
         }
         done += (size_t)w;
     }
-    if (fsync(fd) != 0 || close(fd) != 0) {
+    if (close(fd) != 0) {
         int err = errno;
         unlink(tmp);
-        return MT_RAISE(MT_ERR_IO, "%s: fsync failed: %s", path, strerror(err));
+        return MT_RAISE(MT_ERR_IO, "%s: write failed: %s", path, strerror(err));
     }
-    if (rename(tmp, path) != 0) {
-        int err = errno;
-        unlink(tmp);
-        return MT_RAISE(MT_ERR_IO, "%s: cannot replace: %s", path, strerror(err));
+    return mt_cli_commit_file(tmp, path);
+}
+
+json_t *mt_cli_json_string(const char *s) {
+    json_t *j = json_string(s);
+    if (j) return j;
+    /* Not UTF-8 (a path's bytes): each byte of a broken sequence becomes U+FFFD. */
+    size_t n = strlen(s);
+    char *fixed = malloc(3 * n + 1);
+    if (!fixed) return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = len > 0 && i + (size_t)len <= n;
+        for (int k = 1; ok && k < len; k++) ok = ((unsigned char)s[i + k] >> 6) == 2;
+        if (ok) { /* jansson refuses overlong forms and surrogates too */
+            json_t *probe = json_stringn(s + i, (size_t)len);
+            ok = probe != NULL;
+            json_decref(probe);
+        }
+        if (ok) {
+            memcpy(fixed + o, s + i, (size_t)len), o += (size_t)len, i += (size_t)len;
+        } else {
+            memcpy(fixed + o, "\xEF\xBF\xBD", 3), o += 3, i++;
+        }
     }
-    return fsync_parent_dir(path);
+    fixed[o] = '\0';
+    j = json_string(fixed);
+    free(fixed);
+    return j;
+}
+
+mt_status mt_cli_json_print(json_t *value) {
+    char *text = value ? json_dumps(value, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(value);
+    if (!text) return MT_RAISE(MT_ERR_NOMEM, "out of memory printing JSON");
+    printf("%s\n", text);
+    free(text);
+    return MT_OK;
 }

@@ -33,13 +33,13 @@ int mt_cli_config_verb(const mt_dist *d, int argc, char **argv) {
     }
     if (reference) {
         static char text[65536];
-        if (mt_cli_config_reference(text, sizeof text) >= sizeof text)
+        if (mt_config_reference(text, sizeof text) >= sizeof text)
             MT_THROW(MT_ERR_ARG, "config: the reference is longer than %zu bytes", sizeof text);
         if (d->rank == 0) fputs(text, stdout);
         return MT_EXIT_OK;
     }
-    mt_cli_config_defaults(&m.cfg);
-    if (path) MT_TRY(mt_cli_config_load(&m.cfg, path));
+    mt_config_defaults(&m.cfg);
+    if (path) MT_TRY(mt_config_load(&m.cfg, path));
     MT_TRY(mt_cli_model_build(&m, &sets));
     if (d->rank == 0) fputs(m.config_text, stdout);
     return MT_EXIT_OK;

@@ -100,7 +100,7 @@ static void print_result(const mt_cli_model *m, const mt_task_family *fam, const
         print_json_number("ci95", r->ci95[S]);
         printf(", \"tasks\": %d, \"steps\": %d, \"shots\": %d, \"ways\": %d, \"queries\": %d, "
                "\"algorithm\": \"%s\", \"per_step\": [",
-               r->tasks, S, fam->shots, fam->ways, fam->queries, mt_cli_algorithm_name(m->cfg.algorithm));
+               r->tasks, S, fam->shots, fam->ways, fam->queries, mt_config_algorithm_name(m->cfg.algorithm));
         for (int s = 0; s <= S; s++) {
             printf("%s{\"step\": %d, ", s ? ", " : "", s);
             print_json_number("mean", r->mean[s]);
@@ -112,7 +112,7 @@ static void print_result(const mt_cli_model *m, const mt_task_family *fam, const
         return;
     }
     printf("%s on %d new tasks (%d-shot%s, %d queries), %s\n", metric, r->tasks, fam->shots,
-           r->classification ? "" : " regression", fam->queries, mt_cli_algorithm_name(m->cfg.algorithm));
+           r->classification ? "" : " regression", fam->queries, mt_config_algorithm_name(m->cfg.algorithm));
     printf("%6s  %12s  %10s\n", "step", "mean", "ci95");
     for (int s = 0; s <= S; s++) printf("%6d  %12.5g  %10.3g\n", s, r->mean[s], r->ci95[s]);
 }
@@ -156,7 +156,7 @@ int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
     if (!meta) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-parameters");
     MT_TRY(mt_cli_state_restore(&ck, path, &m, meta, NULL, NULL, NULL, &iteration));
     mt_ckpt_free(&ck);
-    int steps = mt_cli_config_eval_steps(&m.cfg);
+    int steps = mt_config_eval_steps(&m.cfg);
     int tasks = fam.fixed_episodes ? data->n_episodes : m.cfg.eval_tasks;
     MT_TRY(mt_dist_agree(d, mt_cli_evaluator_create(&ev, &m, &fam, tasks, steps)));
     MT_TRY(mt_cli_evaluate(d, &ev, meta, MT_RNG_EVAL_ITERATION, &res));

@@ -48,7 +48,7 @@ typedef struct {
     float *meta, *vectors, *sum; /* vectors: this rank's rows of node_sum */
     size_t vector_len;
     int n_groups;                                 /* the reducer's: one per tensor, one for the objective */
-    size_t group_begin[MT_CLI_MAX_META_TENSORS + 2];
+    size_t group_begin[MT_META_MAX_TENSORS + 2];
 } train_plan;
 
 static mt_status parse_args(int argc, char **argv, train_args *a, int *help) {
@@ -79,8 +79,8 @@ static mt_status setup(const mt_dist *d, const train_args *a, mt_cli_model *m, m
                        const char **resume_path, char *auto_path, size_t auto_len) {
     mt_status st = MT_OK;
     static mt_config saved;
-    mt_cli_config_defaults(&m->cfg);
-    if (a->config_path) MT_TRY(mt_cli_config_load(&m->cfg, a->config_path)); /* else defaults */
+    mt_config_defaults(&m->cfg);
+    if (a->config_path) MT_TRY(mt_config_load(&m->cfg, a->config_path)); /* else defaults */
     MT_TRY(mt_cli_model_build(m, &a->sets));
 
     *resume_path = a->resume_path;
@@ -95,7 +95,7 @@ static mt_status setup(const mt_dist *d, const train_args *a, mt_cli_model *m, m
         m->cfg = saved;
         MT_TRY(mt_cli_model_build(m, &a->sets));
     }
-    MT_TRY(mt_cli_config_check_resume(&saved, &m->cfg));
+    MT_TRY(mt_config_check_resume(&saved, &m->cfg));
     return MT_OK;
 fail:
     return st;
@@ -104,8 +104,8 @@ fail:
 /* The reducer's groups, one fixed-point scale each: one per tensor, and one for the objective.
  * Fills bounds (groups + 1 entries) and returns how many groups there are. */
 static int reduction_groups(const mt_meta_layout *lay, size_t *bounds) {
-    static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
-    int n = mt_meta_tensors(lay, tensors, MT_CLI_MAX_META_TENSORS);
+    static mt_meta_tensor tensors[MT_META_MAX_TENSORS];
+    int n = mt_meta_tensors(lay, tensors, MT_META_MAX_TENSORS);
     for (int t = 0; t < n; t++) bounds[t] = tensors[t].offset;
     bounds[n] = lay->n_meta;
     bounds[n + 1] = lay->n_meta + MT_META_VECTOR_EXTRA;
@@ -129,7 +129,7 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
         mt_split split = p->data ? MT_SPLIT_VAL : MT_SPLIT_TRAIN;
         MT_TRY(mt_task_family_init(&p->val_fam, cfg, &m->net, p->data, split, cfg->eval_queries));
         MT_TRY(mt_cli_evaluator_create(&p->validator, m, &p->val_fam, cfg->eval_val_tasks,
-                                       mt_cli_config_eval_steps(cfg)));
+                                       mt_config_eval_steps(cfg)));
     }
     MT_TRY(mt_meta_ctx_create(&p->ctx, lay, mt_task_max_batch(&p->fam)));
     MT_TRY(mt_task_alloc(&p->task, &p->fam));
@@ -401,7 +401,7 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     MT_TRY(mt_dist_share_status(d, st));
     if (d->rank == 0 && !a.quiet) {
         printf("metatrain %s: %s on %s, %zu meta-parameters, %d rank%s%s\n", METATRAIN_VERSION,
-               mt_cli_algorithm_name(m.cfg.algorithm), mt_cli_task_kind_name(m.cfg.task_kind),
+               mt_config_algorithm_name(m.cfg.algorithm), mt_config_task_kind_name(m.cfg.task_kind),
                m.layout.n_meta, d->size, d->size == 1 ? "" : "s", resume_path ? ", resumed" : "");
         if (resume_path) printf("resuming from %s at iteration %lld\n", resume_path, (long long)start);
         printf("--- effective config ---\n%s------------------------\n", m.config_text);

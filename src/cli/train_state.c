@@ -56,44 +56,26 @@ void mt_cli_history_add(mt_cli_history *h, int64_t iteration, double meta_loss, 
     h->n++;
 }
 
-/* Adds the meta-tensors of `vector` under prefix ("/params", "/optimizer/m"). */
-static mt_status add_tensors(mt_ckpt *ck, const mt_meta_tensor *tensors, int n, const char *prefix,
-                             const float *vector) {
-    mt_status st = MT_OK;
-    for (int t = 0; t < n; t++) {
-        char path[MT_CKPT_PATH_LEN];
-        uint64_t dims[4];
-        for (int i = 0; i < 4; i++) dims[i] = (uint64_t)tensors[t].dims[i];
-        if (snprintf(path, sizeof path, "%s/%s", prefix, tensors[t].name) >= (int)sizeof path)
-            MT_THROW(MT_ERR_ARG, "checkpoint path too long: %s/%s", prefix, tensors[t].name);
-        MT_TRY(mt_ckpt_add(ck, path, MT_CKPT_F32, tensors[t].rank, dims, vector + tensors[t].offset));
-    }
-fail:
-    return st;
-}
-
 mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float *meta,
                             const mt_meta_optim *opt, const mt_dist_reducer *reducer, int64_t next_iteration,
                             const mt_cli_history *h) {
     mt_status st = MT_OK;
     static mt_ckpt ck; /* large (array table); one writer per process */
-    static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
-    static int64_t exponents[MT_CLI_MAX_META_TENSORS + 1];
+    static int64_t exponents[MT_META_MAX_TENSORS + 1];
     memset(&ck, 0, sizeof ck);
-    int n = mt_meta_tensors(&m->layout, tensors, MT_CLI_MAX_META_TENSORS);
     uint64_t one = 1, series = h->n;
     int64_t step = opt->step, iteration = next_iteration;
     char created[64];
     time_t now = time(NULL);
     strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
 
-    MT_TRY(add_tensors(&ck, tensors, n, "/params", meta));
+    MT_TRY(mt_meta_ckpt_add(&ck, &m->layout, "/params", meta));
     MT_TRY(mt_ckpt_add(&ck, "/optimizer/step", MT_CKPT_I64, 1, &one, &step));
     if (opt->kind == MT_OPT_ADAM) {
-        MT_TRY(add_tensors(&ck, tensors, n, "/optimizer/m", opt->m));
-        MT_TRY(add_tensors(&ck, tensors, n, "/optimizer/v", opt->v));
+        MT_TRY(mt_meta_ckpt_add(&ck, &m->layout, "/optimizer/m", opt->m));
+        MT_TRY(mt_meta_ckpt_add(&ck, &m->layout, "/optimizer/v", opt->v));
     } else {
-        MT_TRY(add_tensors(&ck, tensors, n, "/optimizer/velocity", opt->m));
+        MT_TRY(mt_meta_ckpt_add(&ck, &m->layout, "/optimizer/velocity", opt->m));
     }
     MT_TRY(mt_ckpt_add(&ck, "/train/iteration", MT_CKPT_I64, 1, &one, &iteration));
     if (reducer && reducer->have_prediction) {
@@ -106,32 +88,13 @@ mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float
     MT_TRY(mt_ckpt_add(&ck, "/metrics/val_metric", MT_CKPT_F64, 1, &series, h->val_metric));
     MT_TRY(mt_ckpt_add(&ck, "/metrics/elapsed_s", MT_CKPT_F64, 1, &series, h->elapsed_s));
     MT_TRY(mt_ckpt_add_attr(&ck, "config", m->config_text));
-    MT_TRY(mt_ckpt_add_attr(&ck, "algorithm", mt_cli_algorithm_name(m->cfg.algorithm)));
+    MT_TRY(mt_ckpt_add_attr(&ck, "algorithm", mt_config_algorithm_name(m->cfg.algorithm)));
     MT_TRY(mt_ckpt_add_attr(&ck, "model_spec", m->cfg.model_spec));
     MT_TRY(mt_ckpt_add_attr(&ck, "metatrain_version", METATRAIN_VERSION));
     MT_TRY(mt_ckpt_add_attr(&ck, "created", created));
     MT_TRY(mt_ckpt_write(path, &ck));
 fail:
     return st;
-}
-
-/* Copies a float32 tensor of the expected shape from the checkpoint into vector. */
-static mt_status restore_tensors(const mt_ckpt *ck, const char *path, const mt_meta_tensor *tensors,
-                                 int n, const char *prefix, float *vector) {
-    for (int t = 0; t < n; t++) {
-        char name[MT_CKPT_PATH_LEN];
-        if (snprintf(name, sizeof name, "%s/%s", prefix, tensors[t].name) >= (int)sizeof name)
-            return MT_RAISE(MT_ERR_ARG, "checkpoint path too long: %s/%s", prefix, tensors[t].name);
-        const mt_ckpt_array *a = mt_ckpt_find(ck, name);
-        if (!a) return MT_RAISE(MT_ERR_FORMAT, "%s: %s: missing", path, name);
-        uint64_t count = a->rank > 0 ? 1 : 0;
-        for (int i = 0; i < a->rank; i++) count *= a->dims[i];
-        if (a->dtype != MT_CKPT_F32 || a->rank != tensors[t].rank || count != tensors[t].count)
-            return MT_RAISE(MT_ERR_FORMAT, "%s: %s: expected float32 of %zu entries in %d dimensions",
-                            path, name, tensors[t].count, tensors[t].rank);
-        memcpy(vector + tensors[t].offset, a->data, tensors[t].count * sizeof(float));
-    }
-    return MT_OK;
 }
 
 static mt_status read_i64(const mt_ckpt *ck, const char *path, const char *name, int64_t *value) {
@@ -146,18 +109,16 @@ mt_status mt_cli_state_restore(const mt_ckpt *ck, const char *path, const mt_cli
                                mt_meta_optim *opt, mt_dist_reducer *reducer, mt_cli_history *h,
                                int64_t *next_iteration) {
     mt_status st = MT_OK;
-    static mt_meta_tensor tensors[MT_CLI_MAX_META_TENSORS];
-    int n = mt_meta_tensors(&m->layout, tensors, MT_CLI_MAX_META_TENSORS);
-    MT_TRY(restore_tensors(ck, path, tensors, n, "/params", meta));
+    MT_TRY(mt_meta_ckpt_restore(ck, path, &m->layout, "/params", meta));
     MT_TRY(read_i64(ck, path, "/train/iteration", next_iteration));
     if (*next_iteration < 0) MT_THROW(MT_ERR_FORMAT, "%s: /train/iteration: negative", path);
     if (opt) {
         MT_TRY(read_i64(ck, path, "/optimizer/step", &opt->step));
         if (opt->kind == MT_OPT_ADAM) {
-            MT_TRY(restore_tensors(ck, path, tensors, n, "/optimizer/m", opt->m));
-            MT_TRY(restore_tensors(ck, path, tensors, n, "/optimizer/v", opt->v));
+            MT_TRY(mt_meta_ckpt_restore(ck, path, &m->layout, "/optimizer/m", opt->m));
+            MT_TRY(mt_meta_ckpt_restore(ck, path, &m->layout, "/optimizer/v", opt->v));
         } else {
-            MT_TRY(restore_tensors(ck, path, tensors, n, "/optimizer/velocity", opt->m));
+            MT_TRY(mt_meta_ckpt_restore(ck, path, &m->layout, "/optimizer/velocity", opt->m));
         }
     }
     if (reducer) { /* absent from older checkpoints: the first sum is then exact */
@@ -211,8 +172,8 @@ mt_status mt_cli_state_read(const char *path, mt_ckpt *ck, mt_config *cfg) {
     if (!text) MT_THROW(MT_ERR_FORMAT, "%s: root attribute 'config' missing", path);
     char origin[4200];
     snprintf(origin, sizeof origin, "%s:/config", path);
-    mt_cli_config_defaults(cfg);
-    MT_TRY(mt_cli_config_load_string(cfg, text, origin));
+    mt_config_defaults(cfg);
+    MT_TRY(mt_config_load_string(cfg, text, origin));
     return MT_OK;
 fail:
     return st;

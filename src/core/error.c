@@ -3,8 +3,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-static char error_message[1024];
-static char error_origin[256];
+/* Per thread: a program may drive one model handle per thread (metatrain/model.h). */
+static _Thread_local char error_message[1024];
+static _Thread_local char error_origin[256];
 
 mt_status mt_error_raise(mt_status status, const char *src_file, int src_line, const char *fmt, ...) {
     if (error_message[0] != '\0') return status;

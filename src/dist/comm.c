@@ -6,19 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Open MPI's shared-memory transport sends messages above its eager limit (4 KiB) by rendezvous,
- * a handshake plus a kernel copy: the 14 KB reduction of a small model took 6.8 us that way and
- * 2.9 us eagerly (tests/bench/allreduce_bench.c, 2 ranks). 32 KiB is the transport's fragment
- * size, the most it allows. A value in the environment wins; other MPIs ignore the variable. */
-static void tune_open_mpi(void) {
-    setenv("OMPI_MCA_btl_vader_eager_limit", "32768", 0);
-}
-
 mt_status mt_dist_init(mt_dist *d, int *argc, char ***argv) {
     int initialized = 0;
     memset(d, 0, sizeof *d);
     MPI_Initialized(&initialized);
-    if (!initialized) tune_open_mpi();
     if (!initialized && MPI_Init(argc, argv) != MPI_SUCCESS) return MT_RAISE(MT_ERR_MPI, "MPI_Init failed");
     d->comm = MPI_COMM_WORLD;
     /* Errors come back as codes so that we can name what failed; we abort ourselves. */

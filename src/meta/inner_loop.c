@@ -220,22 +220,33 @@ double MT_(mt_meta_task_grad)(ctx_t *ctx, const mt_meta_step_config *sc, const m
     return objective;
 }
 
+void MT_(mt_meta_adapt_step)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta,
+                             const MT_(mt_nn_batch) *support, int k, mt_real *theta) {
+    size_t n = ctx->layout->n_theta;
+    int imaml = ctx->layout->algorithm == MT_ALGO_IMAML;
+    expand_rates(ctx, sc, meta, k);
+    MT_(mt_nn_grad)(ctx->ws, theta, support, ctx->g);
+    for (size_t j = 0; j < n; j++) {
+        mt_real g = ctx->g[j] + (imaml ? (mt_real)sc->imaml_lambda * (theta[j] - meta[j]) : 0);
+        theta[j] -= ctx->alpha[j] * g;
+    }
+}
+
+void MT_(mt_meta_adapt)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta,
+                        const MT_(mt_nn_batch) *support, int steps, mt_real *theta) {
+    memcpy(theta, meta, ctx->layout->n_theta * sizeof *theta);
+    for (int k = 0; k < steps; k++) MT_(mt_meta_adapt_step)(ctx, sc, meta, support, k, theta);
+}
+
 void MT_(mt_meta_adapt_eval)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta,
                              const task_t *task, int steps, double *loss_per_step, int *correct_per_step) {
-    size_t n = ctx->layout->n_theta;
     mt_real *theta = theta_at(ctx, 0);
-    int imaml = ctx->layout->algorithm == MT_ALGO_IMAML;
     int classify = ctx->layout->net->loss == MT_NN_LOSS_XENT;
-    memcpy(theta, meta, n * sizeof *theta);
+    memcpy(theta, meta, ctx->layout->n_theta * sizeof *theta);
     for (int s = 0;; s++) {
         loss_per_step[s] = MT_(mt_nn_loss)(ctx->ws, theta, &task->query);
         if (correct_per_step) correct_per_step[s] = classify ? MT_(mt_nn_count_correct)(ctx->ws, &task->query) : 0;
         if (s == steps) break;
-        expand_rates(ctx, sc, meta, s);
-        MT_(mt_nn_grad)(ctx->ws, theta, &task->support, ctx->g);
-        for (size_t j = 0; j < n; j++) {
-            mt_real g = ctx->g[j] + (imaml ? (mt_real)sc->imaml_lambda * (theta[j] - meta[j]) : 0);
-            theta[j] -= ctx->alpha[j] * g;
-        }
+        MT_(mt_meta_adapt_step)(ctx, sc, meta, &task->support, s, theta);
     }
 }

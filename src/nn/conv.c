@@ -258,9 +258,8 @@ void mt_nn_use_intrinsics(int on) { intrinsics_wanted = on; }
 #if HAVE_ROWS16
 /* Whether a stride-2 plane W wide takes the AVX-512 rows (never in the double build). */
 static int rows16_route(int Wd) {
-    static int have = -1;
-    if (have < 0) have = __builtin_cpu_supports("avx512f") != 0;
-    return have && intrinsics_wanted && Wd <= ROWS16_MAX;
+    /* libgcc fills the CPU model in a constructor: reading it here is cheap and thread-safe. */
+    return __builtin_cpu_supports("avx512f") && intrinsics_wanted && Wd <= ROWS16_MAX;
 }
 #endif
 

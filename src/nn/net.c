@@ -343,15 +343,21 @@ double MT_(mt_nn_hvp)(ws_t *ws, const mt_real *params, const batch_t *batch, con
     return loss_value(ws, batch);
 }
 
+const mt_real *MT_(mt_nn_forward)(ws_t *ws, const mt_real *params, const batch_t *batch) {
+    forward(ws, params, batch, NULL);
+    return net_output(ws);
+}
+
+int MT_(mt_nn_argmax)(const mt_real *z, int n) {
+    int best = 0;
+    for (int j = 1; j < n; j++)
+        if (z[j] > z[best]) best = j;
+    return best;
+}
+
 int MT_(mt_nn_count_correct)(const ws_t *ws, const batch_t *batch) {
     const mt_real *out = net_output(ws);
     int O = (int)ws->net->out_size, correct = 0;
-    for (int n = 0; n < batch->n; n++) {
-        const mt_real *z = out + (size_t)n * O;
-        int best = 0;
-        for (int j = 1; j < O; j++)
-            if (z[j] > z[best]) best = j;
-        correct += best == batch->labels[n];
-    }
+    for (int n = 0; n < batch->n; n++) correct += MT_(mt_nn_argmax)(out + (size_t)n * O, O) == batch->labels[n];
     return correct;
 }

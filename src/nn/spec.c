@@ -183,7 +183,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
     return MT_OK;
 }
 
-double mt_nn_gemm_flops;
+_Thread_local double mt_nn_gemm_flops;
 
 int mt_nn_find_tensor(const mt_nn_net *net, const char *name) {
     for (int i = 0; i < net->n_tensors; i++)

@@ -8,6 +8,7 @@
  * outcome over every node. */
 #include "metatrain/dataset.h"
 #include "metatrain/isolate.h"
+#include "h5/h5_read.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -55,211 +56,6 @@ typedef struct {
     char *class_names;   /* n_classes × class_name_size */
 } reader;
 
-typedef struct {
-    H5T_class_t cls;
-    size_t size;
-    H5T_sign_t sign; /* H5T_SGN_ERROR: not an integer */
-    const char *name;
-} elem_type;
-
-static const elem_type U8 = {H5T_INTEGER, 1, H5T_SGN_NONE, "uint8"};
-static const elem_type I32 = {H5T_INTEGER, 4, H5T_SGN_2, "int32"};
-static const elem_type F32 = {H5T_FLOAT, 4, H5T_SGN_ERROR, "float32"};
-
-/* ---- HDF5 helpers ------------------------------------------------------------------------- */
-
-static herr_t innermost_error(unsigned n, const H5E_error2_t *err, void *out) {
-    if (n == 0 && err->desc) snprintf(out, 160, "%s", err->desc);
-    return 0;
-}
-
-/* The innermost HDF5 error's description (where it started), or "unknown cause". */
-static const char *h5_cause(char buf[160]) {
-    buf[0] = '\0';
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_error, buf);
-    for (char *c = buf; *c; c++)
-        if (*c == '\n') *c = ' ';
-    return buf[0] ? buf : "unknown cause";
-}
-
-/* "uint8", "float64", "string", ... for messages. */
-static const char *type_desc(hid_t dset, char buf[32]) {
-    hid_t type = H5Dget_type(dset);
-    H5T_class_t cls = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
-    size_t bits = type >= 0 ? 8 * H5Tget_size(type) : 0;
-    switch (cls) {
-    case H5T_INTEGER: snprintf(buf, 32, "%sint%zu", H5Tget_sign(type) == H5T_SGN_NONE ? "u" : "", bits); break;
-    case H5T_FLOAT: snprintf(buf, 32, "float%zu", bits); break;
-    case H5T_STRING: snprintf(buf, 32, "string"); break;
-    case H5T_COMPOUND: snprintf(buf, 32, "compound"); break;
-    case H5T_ENUM: snprintf(buf, 32, "enum"); break;
-    default: snprintf(buf, 32, "an unsupported type"); break;
-    }
-    if (type >= 0) H5Tclose(type);
-    return buf;
-}
-
-static int type_is(hid_t dset, elem_type want) {
-    hid_t type = H5Dget_type(dset);
-    if (type < 0) return 0;
-    int ok = H5Tget_class(type) == want.cls && H5Tget_size(type) == want.size &&
-             (want.cls != H5T_INTEGER || H5Tget_sign(type) == want.sign);
-    H5Tclose(type);
-    return ok;
-}
-
-/* The rank of a dataset (-1 when unreadable), with its dims when rank <= 4. */
-static int get_dims(hid_t dset, hsize_t dims[4]) {
-    hid_t space = H5Dget_space(dset);
-    if (space < 0) return -1;
-    int rank = H5Sget_simple_extent_ndims(space);
-    if (rank >= 0 && rank <= 4 && H5Sget_simple_extent_dims(space, dims, NULL) < 0) rank = -1;
-    H5Sclose(space);
-    return rank;
-}
-
-/* Whether every link along an absolute path exists ("/episodes", then "/episodes/support"). */
-static int link_exists(hid_t file, const char *name) {
-    char prefix[256];
-    size_t n = strlen(name);
-    if (n >= sizeof prefix) return 0;
-    for (size_t i = 1; i <= n; i++) {
-        if (i < n && name[i] != '/') continue;
-        memcpy(prefix, name, i);
-        prefix[i] = '\0';
-        if (H5Lexists(file, prefix, H5P_DEFAULT) <= 0) return 0;
-    }
-    return 1;
-}
-
-/* Opens a dataset; an absent optional one gives H5I_INVALID_HID and MT_OK. */
-static mt_status open_dataset(hid_t file, const char *path, const char *name, int required, hid_t *out) {
-    *out = H5I_INVALID_HID;
-    if (!link_exists(file, name))
-        return required ? MT_RAISE(MT_ERR_FORMAT, "%s: %s: no such dataset", path, name) : MT_OK;
-    H5O_info_t info;
-    if (H5Oget_info_by_name2(file, name, &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0 || info.type != H5O_TYPE_DATASET)
-        return MT_RAISE(MT_ERR_FORMAT, "%s: %s: not a dataset", path, name);
-    char cause[160];
-    if ((*out = H5Dopen2(file, name, H5P_DEFAULT)) < 0)
-        return MT_RAISE(MT_ERR_FORMAT, "%s: %s: cannot open (%s)", path, name, h5_cause(cause));
-    return MT_OK;
-}
-
-/* Refuses another dtype or rank (no silent conversion), an empty dimension, and more bytes than
- * MT_TASK_DATASET_MAX_BYTES; fills dims and, when bytes is not NULL, the size. */
-static mt_status check_array(hid_t dset, const char *path, const char *name, elem_type want, int rank,
-                             const char *shape, hsize_t dims[4], uint64_t *bytes) {
-    char tbuf[32];
-    int got = get_dims(dset, dims);
-    if (!type_is(dset, want) || got != rank)
-        return MT_RAISE(MT_ERR_FORMAT, "%s: %s: expected %s %s, got %s of rank %d", path, name, want.name, shape,
-                        type_desc(dset, tbuf), got);
-    uint64_t total = want.size;
-    for (int i = 0; i < rank; i++) {
-        if (dims[i] == 0) return MT_RAISE(MT_ERR_FORMAT, "%s: %s: empty (dimension %d is 0)", path, name, i);
-        if (dims[i] > INT32_MAX)
-            return MT_RAISE(MT_ERR_FORMAT, "%s: %s: dimension %d is %llu, more than %d", path, name, i,
-                            (unsigned long long)dims[i], INT32_MAX);
-        if (dims[i] > MT_TASK_DATASET_MAX_BYTES / total)
-            return MT_RAISE(MT_ERR_FORMAT, "%s: %s: more than the %llu GiB limit on a dataset", path, name,
-                            (unsigned long long)(MT_TASK_DATASET_MAX_BYTES >> 30));
-        total *= dims[i];
-    }
-    if (bytes) *bytes = total;
-    return MT_OK;
-}
-
-/* Reads a whole dataset in native layout into dst. */
-static mt_status read_all(hid_t dset, hid_t mem_type, const char *path, const char *name, void *dst) {
-    char cause[160];
-    if (H5Dread(dset, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) < 0)
-        return MT_RAISE(MT_ERR_IO, "%s: %s: cannot read (%s)", path, name, h5_cause(cause));
-    return MT_OK;
-}
-
-/* An int32 dataset of the given rank, read into malloc'ed memory; an absent optional one gives
- * NULL. */
-static mt_status load_i32(hid_t file, const char *path, const char *name, int required, int rank, const char *shape,
-                          hsize_t dims[4], int32_t **out) {
-    mt_status st = MT_OK;
-    hid_t dset = H5I_INVALID_HID;
-    uint64_t bytes = 0;
-    *out = NULL;
-    MT_TRY(open_dataset(file, path, name, required, &dset));
-    if (dset < 0) return MT_OK;
-    MT_TRY(check_array(dset, path, name, I32, rank, shape, dims, &bytes));
-    if (!(*out = malloc(bytes))) MT_THROW(MT_ERR_NOMEM, "%s: %s: out of memory for %llu bytes", path, name,
-                                          (unsigned long long)bytes);
-    MT_TRY(read_all(dset, H5T_NATIVE_INT32, path, name, *out));
-    H5Dclose(dset);
-    return MT_OK;
-fail:
-    free(*out);
-    *out = NULL;
-    if (dset >= 0) H5Dclose(dset);
-    return st;
-}
-
-/* A numeric attribute holding one value; absent: *present = 0 and MT_OK. */
-static mt_status read_attr_double(hid_t obj, const char *path, const char *objname, const char *attr, int integer,
-                                  double *value, int *present) {
-    mt_status st = MT_OK;
-    hid_t a = H5I_INVALID_HID, type = H5I_INVALID_HID, space = H5I_INVALID_HID;
-    *present = 0;
-    if (H5Aexists(obj, attr) <= 0) return MT_OK;
-    if ((a = H5Aopen(obj, attr, H5P_DEFAULT)) < 0 || (type = H5Aget_type(a)) < 0 || (space = H5Aget_space(a)) < 0)
-        MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: unreadable", path, objname, attr);
-    H5T_class_t cls = H5Tget_class(type);
-    if (integer ? cls != H5T_INTEGER : (cls != H5T_FLOAT && cls != H5T_INTEGER))
-        MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: expected %s", path, objname, attr, integer ? "an integer" : "a number");
-    if (H5Sget_simple_extent_npoints(space) != 1)
-        MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: expected one value, got %lld", path, objname, attr,
-                 (long long)H5Sget_simple_extent_npoints(space));
-    if (integer) {
-        long long v;
-        if (H5Aread(a, H5T_NATIVE_LLONG, &v) < 0) MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: unreadable", path, objname, attr);
-        *value = (double)v;
-    } else if (H5Aread(a, H5T_NATIVE_DOUBLE, value) < 0) {
-        MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: unreadable", path, objname, attr);
-    }
-    if (!isfinite(*value)) MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: not finite", path, objname, attr);
-    *present = 1;
-fail:
-    if (space >= 0) H5Sclose(space);
-    if (type >= 0) H5Tclose(type);
-    if (a >= 0) H5Aclose(a);
-    return st;
-}
-
-/* Refuses what is not a regular, non-empty HDF5 file, with clearer messages than HDF5's, then
- * opens it read-only. */
-static mt_status open_file(const char *path, hid_t fapl, hid_t *out) {
-    struct stat sb;
-    char cause[160];
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block us */
-    if (fd < 0) {
-        if (errno == ENOENT) return MT_RAISE(MT_ERR_IO, "%s: no such file", path);
-        return MT_RAISE(MT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    }
-    int failed = fstat(fd, &sb) != 0;
-    int err = errno;
-    close(fd);
-    if (failed) return MT_RAISE(MT_ERR_IO, "%s: cannot stat: %s", path, strerror(err));
-    if (S_ISDIR(sb.st_mode)) return MT_RAISE(MT_ERR_IO, "%s: is a directory, not an HDF5 file", path);
-    if (!S_ISREG(sb.st_mode)) return MT_RAISE(MT_ERR_IO, "%s: not a regular file", path);
-    if (sb.st_size == 0) return MT_RAISE(MT_ERR_FORMAT, "%s: empty file, not HDF5", path);
-#if H5_VERSION_GE(1, 12, 0)
-    htri_t is_hdf5 = H5Fis_accessible(path, fapl);
-#else
-    htri_t is_hdf5 = H5Fis_hdf5(path);
-#endif
-    if (is_hdf5 == 0) return MT_RAISE(MT_ERR_FORMAT, "%s: not an HDF5 file", path);
-    if (is_hdf5 < 0 || (*out = H5Fopen(path, H5F_ACC_RDONLY, fapl)) < 0)
-        return MT_RAISE(MT_ERR_IO, "%s: cannot open as HDF5 (%s)", path, h5_cause(cause));
-    return MT_OK;
-}
-
 /* ---- phase 1: node rank 0 checks the files and plans the window --------------------------- */
 
 /* /class_names, fixed-length or variable-length strings, into n × (longest + 1) bytes. */
@@ -278,7 +74,7 @@ static mt_status load_class_names(reader *r, layout *L, hid_t dset, int64_t n) {
     if (H5Tis_variable_str(ftype) > 0) {
         if (H5Tset_size(mem, H5T_VARIABLE) < 0 || !(strs = calloc((size_t)n, sizeof *strs)))
             MT_THROW(MT_ERR_NOMEM, "%s: %s: out of memory", p, name);
-        MT_TRY(read_all(dset, mem, p, name, strs));
+        MT_TRY(mt_h5_read_all(dset, mem, p, name, strs));
         size_t longest = 0;
         for (int64_t i = 0; i < n; i++)
             if (strs[i] && strlen(strs[i]) > longest) longest = strlen(strs[i]);
@@ -295,7 +91,7 @@ static mt_status load_class_names(reader *r, layout *L, hid_t dset, int64_t n) {
         if (H5Tset_size(mem, size) < 0 || H5Tset_strpad(mem, H5T_STR_NULLPAD) < 0)
             MT_THROW(MT_ERR_FORMAT, "%s: %s: unreadable string type", p, name);
         if (!(raw = malloc((size_t)n * size))) MT_THROW(MT_ERR_NOMEM, "%s: %s: out of memory", p, name);
-        MT_TRY(read_all(dset, mem, p, name, raw));
+        MT_TRY(mt_h5_read_all(dset, mem, p, name, raw));
         L->class_name_size = (int)size + 1;
         if (!(r->class_names = calloc((size_t)n, (size_t)L->class_name_size)))
             MT_THROW(MT_ERR_NOMEM, "%s: %s: out of memory", p, name);
@@ -353,31 +149,31 @@ static mt_status plan_images(reader *r, layout *L) {
     const char *p = r->path;
     hsize_t dims[4], len[4];
     hid_t names = H5I_INVALID_HID;
-    MT_TRY(open_dataset(r->file, p, "/images", 1, &r->images));
-    MT_TRY(check_array(r->images, p, "/images", U8, 4, "[N, C, H, W]", dims, &L->bytes[ARR_IMAGES]));
+    MT_TRY(mt_h5_open_dataset(r->file, p, "/images", 1, &r->images));
+    MT_TRY(mt_h5_check_array(r->images, p, "/images", MT_H5_U8, 4, "[N, C, H, W]", dims, &L->bytes[ARR_IMAGES]));
     L->n_images = (int64_t)dims[0];
     L->channels = (int)dims[1];
     L->height = (int)dims[2];
     L->width = (int)dims[3];
 
-    MT_TRY(load_i32(r->file, p, "/labels", 1, 1, "[N]", len, &r->labels));
+    MT_TRY(mt_h5_load_i32(r->file, p, "/labels", 1, 1, "[N]", len, &r->labels));
     if ((int64_t)len[0] != L->n_images)
         MT_THROW(MT_ERR_FORMAT, "%s: /labels: length %llu does not match /images (%" PRId64 ")", p,
                  (unsigned long long)len[0], L->n_images);
 
     int64_t n_split = 0, n_names = 0;
-    MT_TRY(load_i32(r->file, p, "/class_split", 0, 1, "[n_classes]", len, &r->class_split));
+    MT_TRY(mt_h5_load_i32(r->file, p, "/class_split", 0, 1, "[n_classes]", len, &r->class_split));
     if (r->class_split) n_split = (int64_t)len[0];
-    MT_TRY(open_dataset(r->file, p, "/class_names", 0, &names));
+    MT_TRY(mt_h5_open_dataset(r->file, p, "/class_names", 0, &names));
     if (names >= 0) {
         char tbuf[32];
-        int rank = get_dims(names, len);
+        int rank = mt_h5_dims(names, len);
         hid_t type = H5Dget_type(names);
         int is_string = type >= 0 && H5Tget_class(type) == H5T_STRING;
         if (type >= 0) H5Tclose(type);
         if (!is_string || rank != 1)
             MT_THROW(MT_ERR_FORMAT, "%s: /class_names: expected strings [n_classes], got %s of rank %d", p,
-                     type_desc(names, tbuf), rank);
+                     mt_h5_type_desc(names, tbuf), rank);
         if (len[0] == 0) MT_THROW(MT_ERR_FORMAT, "%s: /class_names: empty", p);
         if (len[0] > INT32_MAX) MT_THROW(MT_ERR_FORMAT, "%s: /class_names: more than %d names", p, INT32_MAX);
         n_names = (int64_t)len[0];
@@ -395,8 +191,8 @@ static mt_status plan_images(reader *r, layout *L) {
     int present;
     L->pixel_scale = 1.0 / 255.0;
     L->pixel_offset = 0.0;
-    MT_TRY(read_attr_double(r->file, p, "/", "pixel_scale", 0, &L->pixel_scale, &present));
-    MT_TRY(read_attr_double(r->file, p, "/", "pixel_offset", 0, &L->pixel_offset, &present));
+    MT_TRY(mt_h5_read_attr_double(r->file, p, "/", "pixel_scale", 0, &L->pixel_scale, &present));
+    MT_TRY(mt_h5_read_attr_double(r->file, p, "/", "pixel_offset", 0, &L->pixel_offset, &present));
 
     L->bytes[ARR_LABELS] = (uint64_t)L->n_images * sizeof(int32_t);
     L->bytes[ARR_CLASS_SPLIT] = (uint64_t)n_classes * sizeof(int32_t);
@@ -414,9 +210,9 @@ static mt_status plan_episodes(reader *r, layout *L) {
                                          "/episodes/query_labels"};
     hsize_t dims[4][4];
     hid_t group = H5I_INVALID_HID;
-    if (!link_exists(r->episodes_file, "/episodes")) MT_THROW(MT_ERR_FORMAT, "%s: /episodes: no such group", p);
+    if (!mt_h5_link_exists(r->episodes_file, "/episodes")) MT_THROW(MT_ERR_FORMAT, "%s: /episodes: no such group", p);
     for (int i = 0; i < 4; i++)
-        MT_TRY(load_i32(r->episodes_file, p, names[i], 1, 2, "[E, n]", dims[i], &r->episode[i]));
+        MT_TRY(mt_h5_load_i32(r->episodes_file, p, names[i], 1, 2, "[E, n]", dims[i], &r->episode[i]));
     for (int i = 1; i < 4; i += 2)
         if (dims[i][0] != dims[i - 1][0] || dims[i][1] != dims[i - 1][1])
             MT_THROW(MT_ERR_FORMAT, "%s: %s: shape [%llu, %llu] does not match %s [%llu, %llu]", p, names[i],
@@ -430,7 +226,7 @@ static mt_status plan_episodes(reader *r, layout *L) {
     int present;
     if ((group = H5Gopen2(r->episodes_file, "/episodes", H5P_DEFAULT)) < 0)
         MT_THROW(MT_ERR_FORMAT, "%s: /episodes: not a group", p);
-    MT_TRY(read_attr_double(group, p, "/episodes", "ways", 1, &ways, &present));
+    MT_TRY(mt_h5_read_attr_double(group, p, "/episodes", "ways", 1, &ways, &present));
     if (!present) MT_THROW(MT_ERR_FORMAT, "%s: /episodes: attribute ways missing", p);
     if (ways < 1 || ways > L->n_classes)
         MT_THROW(MT_ERR_FORMAT, "%s: /episodes: ways = %.0f outside [1, %d] (the classes of %s)", p, ways, L->n_classes,
@@ -464,24 +260,24 @@ static mt_status plan_grouped(reader *r, layout *L) {
     const char *p = r->path;
     hsize_t dims[4], len[4];
     char tbuf[32];
-    MT_TRY(open_dataset(r->file, p, "/features", 1, &r->features));
-    MT_TRY(check_array(r->features, p, "/features", F32, 2, "[N, D]", dims, &L->bytes[ARR_FEATURES]));
+    MT_TRY(mt_h5_open_dataset(r->file, p, "/features", 1, &r->features));
+    MT_TRY(mt_h5_check_array(r->features, p, "/features", MT_H5_F32, 2, "[N, D]", dims, &L->bytes[ARR_FEATURES]));
     L->n_rows = (int64_t)dims[0];
     L->n_features = (int)dims[1];
 
-    MT_TRY(open_dataset(r->file, p, "/targets", 1, &r->targets));
-    int rank = get_dims(r->targets, len);
-    if (type_is(r->targets, F32) && rank == 2) {
-        MT_TRY(check_array(r->targets, p, "/targets", F32, 2, "[N, T]", len, &L->bytes[ARR_TARGETS]));
+    MT_TRY(mt_h5_open_dataset(r->file, p, "/targets", 1, &r->targets));
+    int rank = mt_h5_dims(r->targets, len);
+    if (mt_h5_type_is(r->targets, MT_H5_F32) && rank == 2) {
+        MT_TRY(mt_h5_check_array(r->targets, p, "/targets", MT_H5_F32, 2, "[N, T]", len, &L->bytes[ARR_TARGETS]));
         L->n_targets = (int)len[1];
-    } else if (type_is(r->targets, I32) && rank == 1) {
+    } else if (mt_h5_type_is(r->targets, MT_H5_I32) && rank == 1) {
         H5Dclose(r->targets);
         r->targets = H5I_INVALID_HID;
-        MT_TRY(load_i32(r->file, p, "/targets", 1, 1, "[N]", len, &r->target_class));
+        MT_TRY(mt_h5_load_i32(r->file, p, "/targets", 1, 1, "[N]", len, &r->target_class));
         L->bytes[ARR_TARGET_CLASS] = (uint64_t)len[0] * sizeof(int32_t);
     } else {
         MT_THROW(MT_ERR_FORMAT, "%s: /targets: expected float32 [N, T] (regression) or int32 [N] (classification), got %s of rank %d",
-                 p, type_desc(r->targets, tbuf), rank);
+                 p, mt_h5_type_desc(r->targets, tbuf), rank);
     }
     if ((int64_t)len[0] != L->n_rows)
         MT_THROW(MT_ERR_FORMAT, "%s: /targets: length %llu does not match /features (%" PRId64 ")", p,
@@ -492,11 +288,11 @@ static mt_status plan_grouped(reader *r, layout *L) {
         L->n_classes = n_classes;
     }
 
-    MT_TRY(load_i32(r->file, p, "/group", 1, 1, "[N]", len, &r->group));
+    MT_TRY(mt_h5_load_i32(r->file, p, "/group", 1, 1, "[N]", len, &r->group));
     if ((int64_t)len[0] != L->n_rows)
         MT_THROW(MT_ERR_FORMAT, "%s: /group: length %llu does not match /features (%" PRId64 ")", p,
                  (unsigned long long)len[0], L->n_rows);
-    MT_TRY(load_i32(r->file, p, "/group_split", 0, 1, "[n_groups]", len, &r->group_split));
+    MT_TRY(mt_h5_load_i32(r->file, p, "/group_split", 0, 1, "[n_groups]", len, &r->group_split));
     int n_groups = r->group_split ? (int)len[0] : 0;
     MT_TRY(check_ids(p, "/group", "group", r->group, L->n_rows, &n_groups, "/group_split"));
     if (r->group_split) MT_TRY(check_split_values(p, "/group_split", r->group_split, n_groups));
@@ -514,13 +310,13 @@ static mt_status plan(reader *r, layout *L) {
     char cause[160];
     if ((r->fapl = H5Pcreate(H5P_FILE_ACCESS)) < 0 || H5Pset_fclose_degree(r->fapl, H5F_CLOSE_STRONG) < 0 ||
         H5Pset_file_locking(r->fapl, 0, 1) < 0)
-        MT_THROW(MT_ERR_IO, "%s: cannot set up HDF5 (%s)", r->path, h5_cause(cause));
-    MT_TRY(open_file(r->path, r->fapl, &r->file));
+        MT_THROW(MT_ERR_IO, "%s: cannot set up HDF5 (%s)", r->path, mt_h5_cause(cause));
+    MT_TRY(mt_h5_open_file(r->path, r->fapl, &r->file));
     if (L->kind == MT_DATASET_IMAGES) {
         MT_TRY(plan_images(r, L));
         if (r->episodes_path) {
             if (strcmp(r->episodes_path, r->path) == 0) r->episodes_file = r->file;
-            else MT_TRY(open_file(r->episodes_path, r->fapl, &r->episodes_file));
+            else MT_TRY(mt_h5_open_file(r->episodes_path, r->fapl, &r->episodes_file));
             MT_TRY(plan_episodes(r, L));
         }
     } else {
@@ -644,7 +440,7 @@ static mt_status check_finite(const char *path, const char *name, const float *v
 static mt_status fill(reader *r, const layout *L, void *base) {
     mt_status st = MT_OK;
     if (L->kind == MT_DATASET_IMAGES) {
-        MT_TRY(read_all(r->images, H5T_NATIVE_UINT8, r->path, "/images", at(L, base, ARR_IMAGES)));
+        MT_TRY(mt_h5_read_all(r->images, H5T_NATIVE_UINT8, r->path, "/images", at(L, base, ARR_IMAGES)));
         memcpy(at(L, base, ARR_LABELS), r->labels, L->bytes[ARR_LABELS]);
         copy_or_zero(at(L, base, ARR_CLASS_SPLIT), r->class_split, L->bytes[ARR_CLASS_SPLIT]);
         if (r->class_names) memcpy(at(L, base, ARR_CLASS_NAMES), r->class_names, L->bytes[ARR_CLASS_NAMES]);
@@ -653,10 +449,10 @@ static mt_status fill(reader *r, const layout *L, void *base) {
             if (r->episode[i]) memcpy(at(L, base, ARR_SUPPORT_INDEX + i), r->episode[i], L->bytes[ARR_SUPPORT_INDEX + i]);
     } else {
         float *features = at(L, base, ARR_FEATURES), *targets = at(L, base, ARR_TARGETS);
-        MT_TRY(read_all(r->features, H5T_NATIVE_FLOAT, r->path, "/features", features));
+        MT_TRY(mt_h5_read_all(r->features, H5T_NATIVE_FLOAT, r->path, "/features", features));
         MT_TRY(check_finite(r->path, "/features", features, L->n_rows, L->n_features));
         if (targets) {
-            MT_TRY(read_all(r->targets, H5T_NATIVE_FLOAT, r->path, "/targets", targets));
+            MT_TRY(mt_h5_read_all(r->targets, H5T_NATIVE_FLOAT, r->path, "/targets", targets));
             MT_TRY(check_finite(r->path, "/targets", targets, L->n_rows, L->n_targets));
         } else {
             memcpy(at(L, base, ARR_TARGET_CLASS), r->target_class, L->bytes[ARR_TARGET_CLASS]);
@@ -711,7 +507,7 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
     else if (has_episodes && strlen(episodes_path) >= sizeof ds->path)
         st = MT_RAISE(MT_ERR_CONFIG, "%s: episodes file name longer than %zu characters", episodes_path, sizeof ds->path - 1);
     else if (kind != MT_TASK_EPISODES && kind != MT_TASK_GROUPED)
-        st = MT_RAISE(MT_ERR_ARG, "task.kind = %s reads no dataset", mt_cli_task_kind_name(kind));
+        st = MT_RAISE(MT_ERR_ARG, "task.kind = %s reads no dataset", mt_config_task_kind_name(kind));
     else if (has_episodes && kind != MT_TASK_EPISODES)
         st = MT_RAISE(MT_ERR_CONFIG, "%s: fixed episodes need task.kind = episodes", episodes_path);
     else if (!(ds = calloc(1, sizeof *ds)) || !(L = calloc(1, sizeof *L)))
@@ -826,7 +622,7 @@ mt_status mt_task_dataset_check_episodes(const mt_task_dataset *ds, mt_split spl
     int n = mt_task_dataset_split(ds, split, NULL);
     if (ways > n)
         return MT_RAISE(MT_ERR_CONFIG, "%s: /class_split: task.ways = %d but split '%s' has %d class%s", ds->path, ways,
-                        mt_cli_split_name(split), n, n == 1 ? "" : "es");
+                        mt_config_split_name(split), n, n == 1 ? "" : "es");
     int64_t need = (int64_t)shots + queries;
     for (int c = 0; c < ds->n_classes; c++) {
         if (split != MT_SPLIT_ALL && ds->class_split[c] != (int32_t)split) continue;
@@ -846,7 +642,7 @@ mt_status mt_task_dataset_check_groups(const mt_task_dataset *ds, mt_split split
     if (!ds || ds->kind != MT_DATASET_GROUPED)
         return MT_RAISE(MT_ERR_ARG, "mt_task_dataset_check_groups: not a grouped dataset");
     if (mt_task_dataset_split(ds, split, NULL) == 0)
-        return MT_RAISE(MT_ERR_CONFIG, "%s: /group_split: split '%s' has no groups", ds->path, mt_cli_split_name(split));
+        return MT_RAISE(MT_ERR_CONFIG, "%s: /group_split: split '%s' has no groups", ds->path, mt_config_split_name(split));
     int64_t need = (int64_t)shots + queries;
     for (int g = 0; g < ds->n_groups; g++) {
         if (split != MT_SPLIT_ALL && ds->group_split[g] != (int32_t)split) continue;

@@ -74,7 +74,7 @@ mt_status mt_task_family_init(mt_task_family *fam, const mt_config *cfg, const m
     fam->out_size = 1;
     fam->data = data;
     fam->split = split;
-    const char *kind = mt_cli_task_kind_name(cfg->task_kind);
+    const char *kind = mt_config_task_kind_name(cfg->task_kind);
     switch (cfg->task_kind) {
     case MT_TASK_SINUSOID: fam->in_size = SINUSOID_IN; break;
     case MT_TASK_LINREG: fam->in_size = LINREG_IN; break;

@@ -24,12 +24,12 @@
 
 /* ---- the table ---------------------------------------------------------------------------- */
 
-typedef enum { KEY_INT, KEY_UINT64, KEY_DOUBLE, KEY_BOOL, KEY_STRING, KEY_ENUM } mt_cli_key_type;
+typedef enum { KEY_INT, KEY_UINT64, KEY_DOUBLE, KEY_BOOL, KEY_STRING, KEY_ENUM } config_key_type;
 
 typedef struct {
     const char *section;
     const char *name;
-    mt_cli_key_type type;
+    config_key_type type;
     size_t offset;              /* of the field in mt_config */
     const char *def;            /* default, written as in a config file */
     double min, max;            /* numbers: bounds (±INFINITY = none); strings: min is the least length */
@@ -37,7 +37,7 @@ typedef struct {
     const char *const *choices; /* enums: names indexed by value, NULL-terminated */
     bool resumable;             /* may differ from the checkpoint's when a run resumes */
     const char *doc;
-} mt_cli_key;
+} config_key;
 
 /* Enum fields are stored through int pointers. */
 _Static_assert(sizeof(mt_algorithm) == sizeof(int), "enum size");
@@ -82,7 +82,7 @@ static const char *const balance_names[] = {"dynamic", "static", NULL};
      .choices = names, .resumable = res, .doc = text}
 
 /* Sections must stay contiguous: the formatter starts a [section] whenever the name changes. */
-static const mt_cli_key mt_cli_keys[] = {
+static const config_key config_keys[] = {
     UINT64_KEY("train", "seed", seed, "1", FIXED, "seed of every random number (tasks, initialization)"),
     INT_KEY("train", "iterations", iterations, "1000", GE(0), UNBOUNDED, RESUMABLE,
             "outer steps in total; 0 only writes the initial meta-parameters (a baseline)"),
@@ -164,30 +164,30 @@ static const mt_cli_key mt_cli_keys[] = {
              "also keep output.dir/best.h5, the checkpoint with the best validation metric"),
 };
 
-#define N_KEYS (sizeof mt_cli_keys / sizeof mt_cli_keys[0])
+#define N_KEYS (sizeof config_keys / sizeof config_keys[0])
 
 static const char *const section_names = "train, output, meta, task, model, eval";
 
 /* inih's limit on a line's length: its buffer also holds "\r\n" and the NUL. */
 #define INI_LINE_CHARS (INI_MAX_LINE - 3)
-/* Continuation lines written by mt_cli_config_format start with this. */
+/* Continuation lines written by mt_config_format start with this. */
 #define INDENT "    "
 #define INDENT_LEN 4
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static void *field(const mt_config *cfg, const mt_cli_key *k) { return (char *)cfg + k->offset; }
+static void *field(const mt_config *cfg, const config_key *k) { return (char *)cfg + k->offset; }
 
-static const mt_cli_key *find_key(const char *section, const char *name) {
+static const config_key *find_key(const char *section, const char *name) {
     for (size_t i = 0; i < N_KEYS; i++)
-        if (strcmp(mt_cli_keys[i].section, section) == 0 && strcmp(mt_cli_keys[i].name, name) == 0)
-            return &mt_cli_keys[i];
+        if (strcmp(config_keys[i].section, section) == 0 && strcmp(config_keys[i].name, name) == 0)
+            return &config_keys[i];
     return NULL;
 }
 
 static bool known_section(const char *section) {
     for (size_t i = 0; i < N_KEYS; i++)
-        if (strcmp(mt_cli_keys[i].section, section) == 0) return true;
+        if (strcmp(config_keys[i].section, section) == 0) return true;
     return false;
 }
 
@@ -195,8 +195,8 @@ static bool known_section(const char *section) {
 static void suggest_section(const char *name, char *out, size_t size) {
     out[0] = '\0';
     for (size_t i = 0; i < N_KEYS; i++)
-        if (strcmp(mt_cli_keys[i].name, name) == 0) {
-            snprintf(out, size, "; did you mean %s.%s?", mt_cli_keys[i].section, name);
+        if (strcmp(config_keys[i].name, name) == 0) {
+            snprintf(out, size, "; did you mean %s.%s?", config_keys[i].section, name);
             return;
         }
 }
@@ -225,9 +225,9 @@ static void format_double(double v, char *out, size_t size) {
 typedef struct {
     char *out;
     size_t size, len;
-} mt_cli_text;
+} config_text;
 
-__attribute__((format(printf, 2, 3))) static void text_add(mt_cli_text *t, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) static void text_add(config_text *t, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     size_t room = t->len < t->size ? t->size - t->len : 0;
@@ -238,13 +238,13 @@ __attribute__((format(printf, 2, 3))) static void text_add(mt_cli_text *t, const
 
 /* ---- ranges and values ---------------------------------------------------------------------- */
 
-static void format_bound(const mt_cli_key *k, double v, char *out, size_t size) {
+static void format_bound(const config_key *k, double v, char *out, size_t size) {
     if (k->type == KEY_INT) snprintf(out, size, "%d", (int)v);
     else format_double(v, out, size);
 }
 
 /* "from 1 to 64", "> 0", ">= 0 and < 1". */
-static void range_text(const mt_cli_key *k, char *out, size_t size) {
+static void range_text(const config_key *k, char *out, size_t size) {
     char lo[32], hi[32] = "";
     bool has_max = isfinite(k->max);
     format_bound(k, k->min, lo, sizeof lo);
@@ -255,13 +255,13 @@ static void range_text(const mt_cli_key *k, char *out, size_t size) {
     else snprintf(out, size, "%s %s", k->min_open ? ">" : ">=", lo);
 }
 
-static bool in_range(const mt_cli_key *k, double v) {
+static bool in_range(const config_key *k, double v) {
     bool above = k->min_open ? v > k->min : v >= k->min;
     bool below = k->max_open ? v < k->max : v <= k->max;
     return above && below;
 }
 
-/* Length of the piece of `s` up to the next place where mt_cli_config_format may break the line:
+/* Length of the piece of `s` up to the next place where mt_config_format may break the line:
  * a single space between two non-spaces (inih joins continuation lines with exactly one), not
  * before a '#' (an indented "#..." line is a comment). */
 static size_t segment_length(const char *s) {
@@ -274,9 +274,9 @@ static size_t segment_length(const char *s) {
 }
 
 /* False, with the reason, when `s` cannot be this key's value. Beyond the length limits, refuses
- * what an INI file cannot express, so that mt_cli_config_format always writes text that reads
+ * what an INI file cannot express, so that mt_config_format always writes text that reads
  * back the same. */
-static bool string_ok(const mt_cli_key *k, const char *s, char *reason, size_t size) {
+static bool string_ok(const config_key *k, const char *s, char *reason, size_t size) {
     size_t n = strlen(s);
     const char *problem = NULL;
     if (n >= MT_CONFIG_STR) {
@@ -309,7 +309,7 @@ static bool string_ok(const mt_cli_key *k, const char *s, char *reason, size_t s
 
 /* Converts `text` to key k's type and stores it in cfg. False, with the reason, when it is not a
  * valid value; cfg is then unchanged. */
-static bool parse_value(mt_config *cfg, const mt_cli_key *k, const char *text, char *reason, size_t size) {
+static bool parse_value(mt_config *cfg, const config_key *k, const char *text, char *reason, size_t size) {
     char range[64];
     char *end;
     switch (k->type) {
@@ -405,7 +405,7 @@ static bool parse_value(mt_config *cfg, const mt_cli_key *k, const char *text, c
 }
 
 /* Checks a value already in cfg, for configs built or changed in code. */
-static bool stored_value_ok(const mt_config *cfg, const mt_cli_key *k, char *reason, size_t size) {
+static bool stored_value_ok(const mt_config *cfg, const config_key *k, char *reason, size_t size) {
     char range[64], got[40];
     range_text(k, range, sizeof range);
     switch (k->type) {
@@ -448,7 +448,7 @@ static bool stored_value_ok(const mt_config *cfg, const mt_cli_key *k, char *rea
 }
 
 /* The value as written in a config file. */
-static void value_text(const mt_config *cfg, const mt_cli_key *k, char *out, size_t size) {
+static void value_text(const mt_config *cfg, const config_key *k, char *out, size_t size) {
     switch (k->type) {
     case KEY_INT: snprintf(out, size, "%d", *(const int *)field(cfg, k)); return;
     case KEY_UINT64: snprintf(out, size, "%" PRIu64, *(const uint64_t *)field(cfg, k)); return;
@@ -460,7 +460,7 @@ static void value_text(const mt_config *cfg, const mt_cli_key *k, char *out, siz
 }
 
 /* Parses and stores, or raises "WHERE section.key: reason". */
-static mt_status assign(mt_config *cfg, const mt_cli_key *k, const char *text, const char *where) {
+static mt_status assign(mt_config *cfg, const config_key *k, const char *text, const char *where) {
     char reason[512];
     if (parse_value(cfg, k, text, reason, sizeof reason)) {
         /* model.spec is parsed later, by the engine: keep where it came from for its messages. */
@@ -473,24 +473,24 @@ static mt_status assign(mt_config *cfg, const mt_cli_key *k, const char *text, c
 
 /* ---- public: defaults, names ---------------------------------------------------------------- */
 
-void mt_cli_config_defaults(mt_config *cfg) {
+void mt_config_defaults(mt_config *cfg) {
     char reason[512];
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < N_KEYS; i++) {
-        const mt_cli_key *k = &mt_cli_keys[i];
+        const config_key *k = &config_keys[i];
         if (!parse_value(cfg, k, k->def, reason, sizeof reason)) /* a bug in the table above */
             MT_RAISE(MT_ERR_ARG, "default of %s.%s: %s", k->section, k->name, reason);
     }
 }
 
-const char *mt_cli_algorithm_name(mt_algorithm a) { return enum_name(algorithm_names, (int)a); }
-const char *mt_cli_optimizer_name(mt_optimizer_kind o) { return enum_name(optimizer_names, (int)o); }
-const char *mt_cli_task_kind_name(mt_task_kind k) { return enum_name(task_kind_names, (int)k); }
-const char *mt_cli_split_name(mt_split s) { return enum_name(split_names, (int)s); }
+const char *mt_config_algorithm_name(mt_algorithm a) { return enum_name(algorithm_names, (int)a); }
+const char *mt_config_optimizer_name(mt_optimizer_kind o) { return enum_name(optimizer_names, (int)o); }
+const char *mt_config_task_kind_name(mt_task_kind k) { return enum_name(task_kind_names, (int)k); }
+const char *mt_config_split_name(mt_split s) { return enum_name(split_names, (int)s); }
 
 /* ---- reading INI files ---------------------------------------------------------------------- */
 
-typedef enum { LINE_BLANK, LINE_SECTION, LINE_PAIR, LINE_CONTINUATION, LINE_MALFORMED } mt_cli_line_kind;
+typedef enum { LINE_BLANK, LINE_SECTION, LINE_PAIR, LINE_CONTINUATION, LINE_MALFORMED } config_line_kind;
 
 typedef struct {
     mt_config *cfg;
@@ -500,18 +500,18 @@ typedef struct {
     char *buf;                     /* the current line */
     size_t cap;
     int lineno;
-    mt_cli_line_kind kind;         /* what inih will make of the current line */
+    config_line_kind kind;         /* what inih will make of the current line */
     bool after_pair;               /* an indented line now continues the last key (inih's prev_name) */
     char word[64];                 /* the current line's section or key name */
     char section[64];              /* the current [section] */
     int section_line;              /* where it started */
     bool section_used;             /* a key was read in it */
-    const mt_cli_key *pending;     /* key whose value may still grow by continuation lines */
+    const config_key *pending;     /* key whose value may still grow by continuation lines */
     int pending_line;
     char pending_value[MT_CONFIG_STR];
     int first_line[N_KEYS];        /* where each key was set in this file, 0 = not yet */
     mt_status st;
-} mt_cli_ini_reader;
+} config_ini_reader;
 
 /* Where inih's scan stops in `s`: at one of `chars`, or at an inline comment (';' after a space). */
 static const char *find_chars_or_comment(const char *s, const char *chars) {
@@ -531,7 +531,7 @@ static void copy_trimmed(char *out, size_t size, const char *from, const char *t
 
 /* Classifies a line the way ini_parse_stream will, so that the handler can tell a continuation
  * from a repeated key, and errors can name the key. */
-static mt_cli_line_kind classify_line(mt_cli_ini_reader *r, const char *line) {
+static config_line_kind classify_line(config_ini_reader *r, const char *line) {
     const char *start = line;
     if (r->lineno == 1 && strncmp(start, "\xEF\xBB\xBF", 3) == 0) start += 3; /* inih skips a BOM */
     while (isspace((unsigned char)*start)) start++;
@@ -553,28 +553,28 @@ static mt_cli_line_kind classify_line(mt_cli_ini_reader *r, const char *line) {
 }
 
 /* "FILE:LINE:" */
-static void location(const mt_cli_ini_reader *r, int line, char *out, size_t size) {
+static void location(const config_ini_reader *r, int line, char *out, size_t size) {
     snprintf(out, size, "%s:%d:", r->path, line);
 }
 
 /* Converts the pending key's complete value. */
-static mt_status finish_pending(mt_cli_ini_reader *r) {
+static mt_status finish_pending(config_ini_reader *r) {
     if (!r->pending) return MT_OK;
     char where[600];
     location(r, r->pending_line, where, sizeof where);
-    const mt_cli_key *k = r->pending;
+    const config_key *k = r->pending;
     r->pending = NULL;
     return assign(r->cfg, k, r->pending_value, where);
 }
 
 /* A section with no keys is never seen by the handler; check its name here. */
-static mt_status finish_section(mt_cli_ini_reader *r) {
+static mt_status finish_section(config_ini_reader *r) {
     if (r->section_line == 0 || r->section_used || known_section(r->section)) return MT_OK;
     return MT_RAISE(MT_ERR_CONFIG, "%s:%d: [%s]: unknown section; sections are %s", r->path, r->section_line,
                     r->section, section_names);
 }
 
-static mt_status overlong_line(const mt_cli_ini_reader *r, int limit) {
+static mt_status overlong_line(const config_ini_reader *r, int limit) {
     char key[160] = "";
     if (r->kind == LINE_PAIR && r->section[0]) snprintf(key, sizeof key, " %s.%s:", r->section, r->word);
     else if (r->kind == LINE_PAIR) snprintf(key, sizeof key, " %s:", r->word);
@@ -585,7 +585,7 @@ static mt_status overlong_line(const mt_cli_ini_reader *r, int limit) {
 }
 
 /* Reads the next line, with its end of line, into r->buf; -1 at the end or on failure (r->st). */
-static ssize_t next_line(mt_cli_ini_reader *r) {
+static ssize_t next_line(config_ini_reader *r) {
     if (r->file) {
         errno = 0;
         ssize_t n = getline(&r->buf, &r->cap, r->file);
@@ -612,8 +612,8 @@ static ssize_t next_line(mt_cli_ini_reader *r) {
 }
 
 /* inih's ini_reader: hands over one line at a time; returning NULL ends the parse. */
-static char *mt_cli_ini_read(char *str, int num, void *stream) {
-    mt_cli_ini_reader *r = stream;
+static char *config_ini_read(char *str, int num, void *stream) {
+    config_ini_reader *r = stream;
     if (r->st != MT_OK) return NULL;
     ssize_t n = next_line(r);
     if (n < 0) {
@@ -645,7 +645,7 @@ static char *mt_cli_ini_read(char *str, int num, void *stream) {
     return str;
 }
 
-static mt_status unknown_key(const mt_cli_ini_reader *r, const char *name) {
+static mt_status unknown_key(const config_ini_reader *r, const char *name) {
     char hint[128];
     suggest_section(name, hint, sizeof hint);
     if (!r->section[0])
@@ -658,8 +658,8 @@ static mt_status unknown_key(const mt_cli_ini_reader *r, const char *name) {
 }
 
 /* A continuation line's text joins the pending value with a single space. */
-static mt_status continue_pending(mt_cli_ini_reader *r, const char *value) {
-    const mt_cli_key *k = r->pending;
+static mt_status continue_pending(config_ini_reader *r, const char *value) {
+    const config_key *k = r->pending;
     if (!k) return MT_RAISE(MT_ERR_CONFIG, "%s:%d: continuation line without a key", r->path, r->lineno);
     /* inih r55 leaves inline comments on continuation lines (later versions cut them); cut here. */
     char text[INI_MAX_LINE];
@@ -673,8 +673,8 @@ static mt_status continue_pending(mt_cli_ini_reader *r, const char *value) {
 }
 
 /* inih's handler: called for every `key = value` line and every continuation line. */
-static int mt_cli_ini_handle(void *user, const char *section, const char *name, const char *value) {
-    mt_cli_ini_reader *r = user;
+static int config_ini_handle(void *user, const char *section, const char *name, const char *value) {
+    config_ini_reader *r = user;
     if (r->st != MT_OK) return 0;
     if (r->kind == LINE_CONTINUATION) {
         r->st = continue_pending(r, value);
@@ -685,12 +685,12 @@ static int mt_cli_ini_handle(void *user, const char *section, const char *name, 
         return 0;
     }
     r->section_used = true;
-    const mt_cli_key *k = find_key(r->section, name);
+    const config_key *k = find_key(r->section, name);
     if (!k) {
         r->st = unknown_key(r, name);
         return 0;
     }
-    int *first = &r->first_line[k - mt_cli_keys];
+    int *first = &r->first_line[k - config_keys];
     if (*first) {
         r->st = MT_RAISE(MT_ERR_CONFIG, "%s:%d: %s.%s: set twice (first on line %d)", r->path, r->lineno,
                          k->section, k->name, *first);
@@ -709,10 +709,10 @@ static int mt_cli_ini_handle(void *user, const char *section, const char *name, 
 }
 
 /* Parses r's source over cfg; cfg changes only when all of it is good. */
-static mt_status parse_ini(mt_config *cfg, mt_cli_ini_reader *r) {
+static mt_status parse_ini(mt_config *cfg, config_ini_reader *r) {
     mt_config work = *cfg;
     r->cfg = &work;
-    int rc = ini_parse_stream(mt_cli_ini_read, r, mt_cli_ini_handle, r);
+    int rc = ini_parse_stream(config_ini_read, r, config_ini_handle, r);
     if (r->st != MT_OK) return r->st;
     if (rc == -2) return MT_RAISE(MT_ERR_NOMEM, "%s: out of memory reading the config", r->path);
     if (rc != 0) return MT_RAISE(MT_ERR_CONFIG, "%s:%d: cannot parse this line", r->path, rc);
@@ -720,9 +720,9 @@ static mt_status parse_ini(mt_config *cfg, mt_cli_ini_reader *r) {
     return MT_OK;
 }
 
-mt_status mt_cli_config_load(mt_config *cfg, const char *path) {
+mt_status mt_config_load(mt_config *cfg, const char *path) {
     mt_status st = MT_OK;
-    mt_cli_ini_reader *r = calloc(1, sizeof *r);
+    config_ini_reader *r = calloc(1, sizeof *r);
     if (!r) return MT_RAISE(MT_ERR_NOMEM, "%s: out of memory reading the config", path);
     r->path = path;
     r->file = fopen(path, "r");
@@ -735,8 +735,8 @@ fail:
     return st;
 }
 
-mt_status mt_cli_config_load_string(mt_config *cfg, const char *text, const char *origin) {
-    mt_cli_ini_reader *r = calloc(1, sizeof *r);
+mt_status mt_config_load_string(mt_config *cfg, const char *text, const char *origin) {
+    config_ini_reader *r = calloc(1, sizeof *r);
     if (!r) return MT_RAISE(MT_ERR_NOMEM, "%s: out of memory reading the config", origin);
     r->path = origin;
     r->text = text;
@@ -746,7 +746,7 @@ mt_status mt_cli_config_load_string(mt_config *cfg, const char *text, const char
     return st;
 }
 
-mt_status mt_cli_config_set(mt_config *cfg, const char *assignment, const char *origin) {
+mt_status mt_config_set(mt_config *cfg, const char *assignment, const char *origin) {
     char name[128], value[MT_CONFIG_STR + 1], hint[128];
     if (!origin) origin = "--set";
     const char *eq = strchr(assignment, '=');
@@ -755,7 +755,7 @@ mt_status mt_cli_config_set(mt_config *cfg, const char *assignment, const char *
     char *dot = strchr(name, '.');
     if (!dot) return MT_RAISE(MT_ERR_CONFIG, "%s %s: expected section.key=value", origin, name);
     *dot = '\0';
-    const mt_cli_key *k = find_key(name, dot + 1);
+    const config_key *k = find_key(name, dot + 1);
     if (!k) {
         suggest_section(dot + 1, hint, sizeof hint);
         if (!known_section(name))
@@ -772,14 +772,14 @@ mt_status mt_cli_config_set(mt_config *cfg, const char *assignment, const char *
 
 /* ---- checks ------------------------------------------------------------------------------- */
 
-int mt_cli_config_eval_steps(const mt_config *cfg) {
+int mt_config_eval_steps(const mt_config *cfg) {
     return cfg->eval_steps > 0 ? cfg->eval_steps : cfg->inner_steps;
 }
 
-mt_status mt_cli_config_validate(const mt_config *cfg) {
+mt_status mt_config_validate(const mt_config *cfg) {
     char reason[512], a[40], b[40];
     for (size_t i = 0; i < N_KEYS; i++) {
-        const mt_cli_key *k = &mt_cli_keys[i];
+        const config_key *k = &config_keys[i];
         if (!stored_value_ok(cfg, k, reason, sizeof reason))
             return MT_RAISE(MT_ERR_CONFIG, "%s.%s: %s", k->section, k->name, reason);
     }
@@ -791,20 +791,20 @@ mt_status mt_cli_config_validate(const mt_config *cfg) {
     bool from_file = cfg->task_kind == MT_TASK_EPISODES || cfg->task_kind == MT_TASK_GROUPED;
     if (from_file && cfg->task_path[0] == '\0')
         return MT_RAISE(MT_ERR_CONFIG, "task.path: required when task.kind is %s",
-                        mt_cli_task_kind_name(cfg->task_kind));
+                        mt_config_task_kind_name(cfg->task_kind));
     if (cfg->task_kind == MT_TASK_EPISODES && cfg->ways < 2)
         return MT_RAISE(MT_ERR_CONFIG, "task.ways: must be >= 2 when task.kind is episodes, got %d", cfg->ways);
     /* eval.steps = 0 means meta.inner_steps, which has the same bound (and the same arrays). */
-    int eval_steps = mt_cli_config_eval_steps(cfg);
+    int eval_steps = mt_config_eval_steps(cfg);
     if (eval_steps > 256)
         return MT_RAISE(MT_ERR_CONFIG, "eval.steps: must be <= 256, got %d", eval_steps);
     return MT_OK;
 }
 
-mt_status mt_cli_config_check_resume(const mt_config *saved, const mt_config *now) {
+mt_status mt_config_check_resume(const mt_config *saved, const mt_config *now) {
     char there[MT_CONFIG_STR + 2], here[MT_CONFIG_STR + 2];
     for (size_t i = 0; i < N_KEYS; i++) {
-        const mt_cli_key *k = &mt_cli_keys[i];
+        const config_key *k = &config_keys[i];
         if (k->resumable) continue;
         /* Equal text means equal values: doubles print in a form that reads back exactly. */
         value_text(saved, k, there, sizeof there);
@@ -826,7 +826,7 @@ mt_status mt_cli_config_check_resume(const mt_config *saved, const mt_config *no
  * guarantees every piece fits within inih's limit, and a first piece starting with '#' (which
  * cannot begin a continuation line) on the first line. */
 #define WRAP 100
-static void text_add_string(mt_cli_text *t, const char *name, const char *value) {
+static void text_add_string(config_text *t, const char *name, const char *value) {
     size_t used = strlen(name) + 2; /* "name =" */
     bool continuation = false, line_has_value = false;
     text_add(t, "%s =", name);
@@ -850,13 +850,13 @@ static void text_add_string(mt_cli_text *t, const char *name, const char *value)
     text_add(t, "\n");
 }
 
-size_t mt_cli_config_format(const mt_config *cfg, char *out, size_t size) {
-    mt_cli_text t = {out, size, 0};
+size_t mt_config_format(const mt_config *cfg, char *out, size_t size) {
+    config_text t = {out, size, 0};
     char value[MT_CONFIG_STR];
     const char *section = NULL;
     if (size > 0) out[0] = '\0';
     for (size_t i = 0; i < N_KEYS; i++) {
-        const mt_cli_key *k = &mt_cli_keys[i];
+        const config_key *k = &config_keys[i];
         if (!section || strcmp(section, k->section) != 0) {
             text_add(&t, "%s[%s]\n", section ? "\n" : "", k->section);
             section = k->section;
@@ -868,7 +868,7 @@ size_t mt_cli_config_format(const mt_config *cfg, char *out, size_t size) {
     return t.len;
 }
 
-static const char *type_name(mt_cli_key_type type) {
+static const char *type_name(config_key_type type) {
     switch (type) {
     case KEY_INT: return "int";
     case KEY_UINT64: return "uint64";
@@ -881,7 +881,7 @@ static const char *type_name(mt_cli_key_type type) {
 }
 
 /* The "valid" column of the reference. */
-static void valid_text(const mt_cli_key *k, char *out, size_t size) {
+static void valid_text(const config_key *k, char *out, size_t size) {
     switch (k->type) {
     case KEY_INT:
     case KEY_DOUBLE: range_text(k, out, size); return;
@@ -898,14 +898,14 @@ static void valid_text(const mt_cli_key *k, char *out, size_t size) {
     }
 }
 
-size_t mt_cli_config_reference(char *out, size_t size) {
-    mt_cli_text t = {out, size, 0};
+size_t mt_config_reference(char *out, size_t size) {
+    config_text t = {out, size, 0};
     char valid[160];
     if (size > 0) out[0] = '\0';
     text_add(&t, "| key | type | default | valid | resumable | description |\n");
     text_add(&t, "|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < N_KEYS; i++) {
-        const mt_cli_key *k = &mt_cli_keys[i];
+        const config_key *k = &config_keys[i];
         valid_text(k, valid, sizeof valid);
         text_add(&t, "| `%s.%s` | %s | %s%s%s | %s | %s | %s |\n", k->section, k->name, type_name(k->type),
                  k->def[0] ? "`" : "", k->def[0] ? k->def : "(empty)", k->def[0] ? "`" : "", valid,

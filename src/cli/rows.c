@@ -1,0 +1,168 @@
+/* Rows of a support set or of an input to predict, read from the dataset formats in chunks:
+ *   images    /images uint8 [N, C, H, W], optional /labels int32 [N]; root attributes
+ *             pixel_scale and pixel_offset (default 1/255 and 0) scale a pixel as in training;
+ *   features  /features float32 [N, D], optional /targets float32 [N, T] or int32 [N] labels.
+ * Every row is used (a /group or /class_split, if present, is ignored). The shapes must be the
+ * model's; features and targets must be finite and labels in [0, outputs), checked chunk by
+ * chunk as they are read, each refusal naming the file, the dataset and the row. */
+#include "cli/cli.h"
+#include "h5/h5_read.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Opens the file's x dataset and its answers (labels or targets), checking dtype and shape. */
+static mt_status open_sets(mt_cli_rows *r, const mt_model_info *mi) {
+    mt_status st = MT_OK;
+    const char *p = r->path;
+    hsize_t dims[4], adims[4];
+    int images = mt_h5_link_exists(r->file, "/images"), features = mt_h5_link_exists(r->file, "/features");
+    if (images == features)
+        MT_THROW(MT_ERR_FORMAT, "%s: %s", p,
+                 images ? "holds both /images and /features: give one kind of rows"
+                        : "no /images or /features dataset: not a dataset file (README: Dataset formats)");
+    r->images = images;
+    if (images) {
+        MT_TRY(mt_h5_open_dataset(r->file, p, "/images", 1, &r->x));
+        MT_TRY(mt_h5_check_array(r->x, p, "/images", MT_H5_U8, 4, "[N, C, H, W]", dims, NULL));
+        if ((int)dims[1] != mi->channels || (int)dims[2] != mi->height || (int)dims[3] != mi->width)
+            MT_THROW(MT_ERR_FORMAT, "%s: /images: images are %llux%llux%llu, but the model takes %dx%dx%d", p,
+                     (unsigned long long)dims[1], (unsigned long long)dims[2], (unsigned long long)dims[3],
+                     mi->channels, mi->height, mi->width);
+        int present;
+        r->pixel_scale = 1.0 / 255, r->pixel_offset = 0;
+        MT_TRY(mt_h5_read_attr_double(r->file, p, "/", "pixel_scale", 0, &r->pixel_scale, &present));
+        MT_TRY(mt_h5_read_attr_double(r->file, p, "/", "pixel_offset", 0, &r->pixel_offset, &present));
+    } else {
+        MT_TRY(mt_h5_open_dataset(r->file, p, "/features", 1, &r->x));
+        MT_TRY(mt_h5_check_array(r->x, p, "/features", MT_H5_F32, 2, "[N, D]", dims, NULL));
+        if (dims[1] != mi->input_size)
+            MT_THROW(MT_ERR_FORMAT, "%s: /features: rows have %llu features, but the model takes %zu", p,
+                     (unsigned long long)dims[1], mi->input_size);
+    }
+    r->rows = (int64_t)dims[0];
+    r->width = mi->input_size;
+    r->outputs = mi->outputs;
+    r->answer_name = images ? "/labels" : "/targets";
+    MT_TRY(mt_h5_open_dataset(r->file, p, r->answer_name, 0, &r->answers));
+    if (r->answers < 0) return MT_OK;
+    if (mi->classification) {
+        MT_TRY(mt_h5_check_array(r->answers, p, r->answer_name, MT_H5_I32, 1, "[N] (class labels)", adims, NULL));
+        r->has_labels = 1;
+    } else {
+        if (images) MT_THROW(MT_ERR_FORMAT, "%s: /labels: the model is a regression model; it takes /features", p);
+        MT_TRY(mt_h5_check_array(r->answers, p, r->answer_name, MT_H5_F32, 2, "[N, T] (regression targets)", adims,
+                                 NULL));
+        if (adims[1] != mi->outputs)
+            MT_THROW(MT_ERR_FORMAT, "%s: /targets: %llu targets per row, but the model predicts %zu", p,
+                     (unsigned long long)adims[1], mi->outputs);
+        r->has_targets = 1;
+    }
+    if (adims[0] != dims[0])
+        MT_THROW(MT_ERR_FORMAT, "%s: %s: %llu rows, but %s has %llu", p, r->answer_name, (unsigned long long)adims[0],
+                 images ? "/images" : "/features", (unsigned long long)dims[0]);
+fail:
+    return st;
+}
+
+mt_status mt_cli_rows_open(mt_cli_rows *r, const char *path, const mt_model_info *mi, int chunk) {
+    mt_status st = MT_OK;
+    memset(r, 0, sizeof *r);
+    r->file = r->x = r->answers = H5I_INVALID_HID;
+    snprintf(r->path, sizeof r->path, "%s", path);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* our one-line messages, not HDF5's stack dumps */
+    MT_TRY(mt_h5_open_file(path, H5P_DEFAULT, &r->file));
+    MT_TRY(open_sets(r, mi));
+    r->chunk = chunk;
+    if (r->images && !(r->pixels = malloc((size_t)chunk * r->width)))
+        MT_THROW(MT_ERR_NOMEM, "%s: out of memory for a chunk of %d images", path, chunk);
+    return MT_OK;
+fail:
+    mt_cli_rows_close(r);
+    return st;
+}
+
+void mt_cli_rows_close(mt_cli_rows *r) {
+    if (r->answers >= 0) H5Dclose(r->answers);
+    if (r->x >= 0) H5Dclose(r->x);
+    if (r->file >= 0) H5Fclose(r->file);
+    free(r->pixels);
+    r->pixels = NULL;
+    r->file = r->x = r->answers = H5I_INVALID_HID;
+}
+
+/* Rows [first, first + n) of a dataset of rank `rank` into dst, as mem_type. */
+static mt_status read_rows(const mt_cli_rows *r, hid_t dset, const char *name, int rank, int64_t first, int n,
+                           hid_t mem_type, void *dst) {
+    hsize_t start[4] = {(hsize_t)first, 0, 0, 0}, count[4], dims[4];
+    char cause[160];
+    mt_h5_dims(dset, dims);
+    count[0] = (hsize_t)n;
+    for (int i = 1; i < rank; i++) count[i] = dims[i];
+    hid_t file_space = H5Dget_space(dset), mem_space = H5Screate_simple(rank, count, NULL);
+    herr_t rc = file_space < 0 || mem_space < 0 ? -1
+                : H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, NULL, count, NULL) < 0
+                    ? -1
+                    : H5Dread(dset, mem_type, mem_space, file_space, H5P_DEFAULT, dst);
+    if (mem_space >= 0) H5Sclose(mem_space);
+    if (file_space >= 0) H5Sclose(file_space);
+    if (rc < 0)
+        return MT_RAISE(MT_ERR_IO, "%s: %s: cannot read rows %lld to %lld (%s)", r->path, name, (long long)first,
+                        (long long)(first + n - 1), mt_h5_cause(cause));
+    return MT_OK;
+}
+
+static mt_status check_finite(const mt_cli_rows *r, const char *name, const float *v, int64_t first, int n,
+                              size_t width) {
+    for (size_t i = 0; i < (size_t)n * width; i++)
+        if (!isfinite(v[i]))
+            return MT_RAISE(MT_ERR_FORMAT, "%s: %s: row %lld, column %zu: %g is not finite", r->path, name,
+                            (long long)(first + (int64_t)(i / width)), i % width, (double)v[i]);
+    return MT_OK;
+}
+
+mt_status mt_cli_rows_read(mt_cli_rows *r, int64_t first, int n, float *x, int32_t *labels, float *targets) {
+    mt_status st = MT_OK;
+    if (r->images) {
+        MT_TRY(read_rows(r, r->x, "/images", 4, first, n, H5T_NATIVE_UINT8, r->pixels));
+        for (size_t i = 0; i < (size_t)n * r->width; i++)
+            x[i] = (float)(r->pixels[i] * r->pixel_scale + r->pixel_offset);
+    } else {
+        MT_TRY(read_rows(r, r->x, "/features", 2, first, n, H5T_NATIVE_FLOAT, x));
+        MT_TRY(check_finite(r, "/features", x, first, n, r->width));
+    }
+    if (r->has_labels && labels) {
+        MT_TRY(read_rows(r, r->answers, r->answer_name, 1, first, n, H5T_NATIVE_INT32, labels));
+        for (int i = 0; i < n; i++)
+            if (labels[i] < 0 || (size_t)labels[i] >= r->outputs)
+                MT_THROW(MT_ERR_FORMAT, "%s: %s: row %lld: label %d is outside [0, %zu), the model's classes", r->path,
+                         r->answer_name, (long long)(first + i), (int)labels[i], r->outputs);
+    }
+    if (r->has_targets && targets) {
+        MT_TRY(read_rows(r, r->answers, r->answer_name, 2, first, n, H5T_NATIVE_FLOAT, targets));
+        MT_TRY(check_finite(r, r->answer_name, targets, first, n, r->outputs));
+    }
+fail:
+    return st;
+}
+
+mt_status mt_cli_rows_count(const char *path, int64_t *rows) {
+    mt_status st = MT_OK;
+    hid_t file = H5I_INVALID_HID, dset = H5I_INVALID_HID;
+    hsize_t dims[4];
+    *rows = 0;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    MT_TRY(mt_h5_open_file(path, H5P_DEFAULT, &file));
+    const char *name = mt_h5_link_exists(file, "/images") ? "/images" : "/features";
+    if (!mt_h5_link_exists(file, name))
+        MT_THROW(MT_ERR_FORMAT, "%s: no /images or /features dataset: not a dataset file (README: Dataset formats)", path);
+    MT_TRY(mt_h5_open_dataset(file, path, name, 1, &dset));
+    int rank = mt_h5_dims(dset, dims);
+    if (rank < 1 || dims[0] == 0) MT_THROW(MT_ERR_FORMAT, "%s: %s: no rows", path, name);
+    *rows = (int64_t)dims[0];
+fail:
+    if (dset >= 0) H5Dclose(dset);
+    if (file >= 0) H5Fclose(file);
+    return st;
+}
