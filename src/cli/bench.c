@@ -7,9 +7,11 @@
 #include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *bench_usage =
     "usage: metatrain bench engine [--json] [--seconds S]\n"
+    "       metatrain bench adapt sinusoid|omniglot-5w1s [--json] [--seconds S]\n"
     "       metatrain bench meta WORKLOAD [--json] [--seconds S]\n"
     "       metatrain bench sgemm [--json] [--seconds S]\n"
     "\n"
@@ -20,6 +22,9 @@ static const char *bench_usage =
     "sinusoid-maml-5, sinusoid-metasgd-1, omniglot-5w1s-maml-1, omniglot-20w1s-maml-5), with peak\n"
     "RSS and the GEMM GFLOP/s reached; scripts/bench runs each in its own process beside PyTorch.\n"
     "sgemm: the single-thread OpenBLAS sgemm ceiling (1024x1024x1024).\n"
+    "adapt: latency of one new task through the model API (metatrain/model.h): adapt, then predict;\n"
+    "sinusoid: 10 support points, 1 step, 100 predictions; omniglot-5w1s: the 4-conv network, 5\n"
+    "images, 3 steps, 75 predictions. Median and mean microseconds per task, peak RSS.\n"
     "All on one thread.\n";
 
 typedef struct {
@@ -198,6 +203,118 @@ fail:
     return st;
 }
 
+/* bench adapt: one task at a time through the public model API, as a service adapting per user
+ * would run it. The model is a checkpoint of freshly initialized parameters (the values do not
+ * change the work), written to a temporary directory. */
+typedef struct {
+    const char *name, *spec;
+    int steps, support, predict, ways; /* ways 0: regression */
+    double inner_lr;
+} adapt_workload;
+
+static const adapt_workload adapt_workloads[] = {
+    {"sinusoid", SINE_MLP, 1, 10, 100, 0, 0.01},
+    {"omniglot-5w1s", CONV4(5), 3, 5, 75, 5, 0.4},
+};
+
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static mt_status write_fresh_model(const adapt_workload *w, const char *path) {
+    mt_status st = MT_OK;
+    static mt_cli_model m;
+    mt_ckpt *ck = calloc(1, sizeof *ck);
+    float *meta = NULL;
+    int64_t iteration = 0;
+    uint64_t one = 1;
+    char set[MT_CONFIG_STR + 32];
+    if (!ck) MT_THROW(MT_ERR_NOMEM, "out of memory");
+    mt_config_defaults(&m.cfg);
+    const char *sets[] = {"meta.algorithm=maml", "meta.inner_steps=1", "task.kind=sinusoid"};
+    for (size_t i = 0; i < sizeof sets / sizeof *sets; i++) MT_TRY(mt_config_set(&m.cfg, sets[i], "bench"));
+    snprintf(set, sizeof set, "model.spec=%s", w->spec);
+    MT_TRY(mt_config_set(&m.cfg, set, "bench"));
+    m.cfg.eval_steps = w->steps;
+    m.cfg.inner_lr = w->inner_lr;
+    MT_TRY(mt_cli_model_build(&m, NULL));
+    if (!(meta = malloc(m.layout.n_meta * sizeof *meta))) MT_THROW(MT_ERR_NOMEM, "out of memory");
+    mt_meta_init_params(&m.layout, 1, w->inner_lr, meta);
+    MT_TRY(mt_meta_ckpt_add(ck, &m.layout, "/params", meta));
+    MT_TRY(mt_ckpt_add(ck, "/train/iteration", MT_CKPT_I64, 1, &one, &iteration));
+    MT_TRY(mt_ckpt_add_attr(ck, "config", m.config_text));
+    MT_TRY(mt_ckpt_write(path, ck));
+fail:
+    free(ck);
+    free(meta);
+    return st;
+}
+
+static mt_status bench_adapt(const char *name, double seconds, int json) {
+    mt_status st = MT_OK;
+    const adapt_workload *w = NULL;
+    mt_model *model = NULL;
+    float *xs = NULL, *ys = NULL, *xq = NULL, *out = NULL;
+    int32_t *labels = NULL, *classes = NULL;
+    double *times = NULL;
+    char dir[] = "/tmp/metatrain-bench-XXXXXX", path[sizeof dir + 16] = "";
+    for (size_t i = 0; i < sizeof adapt_workloads / sizeof *adapt_workloads; i++)
+        if (strcmp(adapt_workloads[i].name, name) == 0) w = &adapt_workloads[i];
+    if (!w) MT_THROW(MT_ERR_ARG, "bench adapt: unknown workload '%s' (sinusoid or omniglot-5w1s)", name);
+    if (!mkdtemp(dir)) MT_THROW(MT_ERR_IO, "%s: cannot create a temporary directory", dir);
+    snprintf(path, sizeof path, "%s/model.h5", dir);
+    MT_TRY(write_fresh_model(w, path));
+    int max_batch = w->support > w->predict ? w->support : w->predict;
+    MT_TRY(mt_model_open(&model, path, &(mt_model_options){.max_batch = max_batch}));
+    mt_model_info mi;
+    mt_model_describe(model, &mi);
+    size_t D = mi.input_size, O = mi.outputs;
+    enum { MAX_SAMPLES = 1 << 20 };
+    xs = malloc(w->support * D * sizeof *xs), ys = malloc(w->support * O * sizeof *ys);
+    xq = malloc(w->predict * D * sizeof *xq), out = malloc(w->predict * O * sizeof *out);
+    labels = malloc(w->support * sizeof *labels), classes = malloc(w->predict * sizeof *classes);
+    times = malloc(MAX_SAMPLES * sizeof *times);
+    if (!xs || !ys || !xq || !out || !labels || !classes || !times) MT_THROW(MT_ERR_NOMEM, "out of memory");
+    mt_rng rng;
+    mt_rng_init(&rng, 1, 0, 0, MT_RNG_STREAM_TEST);
+    for (size_t i = 0; i < w->support * D; i++) xs[i] = (float)mt_rng_uniform(&rng);
+    for (size_t i = 0; i < w->support * O; i++) ys[i] = (float)mt_rng_uniform(&rng);
+    for (size_t i = 0; i < w->predict * D; i++) xq[i] = (float)mt_rng_uniform(&rng);
+    for (int i = 0; i < w->support; i++) labels[i] = w->ways ? i % w->ways : 0;
+    mt_model_batch support = {xs, w->ways ? labels : NULL, w->ways ? NULL : ys, w->support};
+    long n = 0;
+    for (int phase = 0; phase < 2; phase++) { /* a short warm-up, then the timed run */
+        double limit = phase == 0 ? seconds / 10 : seconds, start = MPI_Wtime(), now = start;
+        for (n = 0; (now - start < limit || n == 0) && n < MAX_SAMPLES; n++) {
+            double t0 = MPI_Wtime();
+            MT_TRY(mt_model_adapt(model, &support));
+            MT_TRY(mt_model_predict(model, xq, w->predict, out, classes));
+            now = MPI_Wtime();
+            times[n] = now - t0;
+        }
+    }
+    double sum = 0;
+    for (long i = 0; i < n; i++) sum += times[i];
+    qsort(times, (size_t)n, sizeof *times, by_value);
+    double median_us = 1e6 * times[n / 2], mean_us = 1e6 * sum / n;
+    if (json)
+        printf("{\"workload\": \"%s\", \"metatrain_us\": %.6g, \"metatrain_mean_us\": %.6g, \"metatrain_rss_mb\": %.1f, "
+               "\"tasks\": %ld, \"steps\": %d, \"support\": %d, \"predictions\": %d}\n",
+               w->name, median_us, mean_us, peak_rss_mb(), n, w->steps, w->support, w->predict);
+    else
+        printf("%s: adapt (%d support, %d step%s) + predict %d: median %.1f us, mean %.1f us per task over %ld tasks, "
+               "peak RSS %.1f MB\n",
+               w->name, w->support, w->steps, w->steps == 1 ? "" : "s", w->predict, median_us, mean_us, n,
+               peak_rss_mb());
+fail:
+    if (path[0]) unlink(path);
+    rmdir(dir);
+    mt_model_close(model);
+    free(xs), free(ys), free(xq), free(out), free(labels), free(classes), free(times);
+    return st;
+}
+
 /* The single-thread sgemm ceiling on square 1024 products. */
 static mt_status bench_sgemm(double seconds, int json) {
     const int n = 1024;
@@ -237,14 +354,20 @@ int mt_cli_bench(const mt_dist *d, int argc, char **argv) {
         else if (!workload_name && argv[i][0] != '-') workload_name = argv[i];
         else MT_THROW(MT_ERR_ARG, "bench: unexpected argument '%s' (see metatrain bench --help)", argv[i]);
     }
-    if (!what || (strcmp(what, "engine") != 0 && strcmp(what, "meta") != 0 && strcmp(what, "sgemm") != 0))
-        MT_THROW(MT_ERR_ARG, "bench: say what to measure: engine, meta WORKLOAD or sgemm");
+    if (!what || (strcmp(what, "engine") != 0 && strcmp(what, "meta") != 0 && strcmp(what, "sgemm") != 0 &&
+                  strcmp(what, "adapt") != 0))
+        MT_THROW(MT_ERR_ARG, "bench: say what to measure: engine, meta WORKLOAD, adapt WORKLOAD or sgemm");
     if (!(seconds > 0)) MT_THROW(MT_ERR_ARG, "bench: --seconds must be positive");
     if (d->rank != 0) return MT_EXIT_OK; /* a single-process benchmark */
     openblas_set_num_threads(1);
     if (strcmp(what, "meta") == 0) {
         if (!workload_name) MT_THROW(MT_ERR_ARG, "bench meta: name a workload (see metatrain bench --help)");
         MT_TRY(bench_meta(workload_name, seconds, json));
+        return MT_EXIT_OK;
+    }
+    if (strcmp(what, "adapt") == 0) {
+        if (!workload_name) MT_THROW(MT_ERR_ARG, "bench adapt: name a workload: sinusoid or omniglot-5w1s");
+        MT_TRY(bench_adapt(workload_name, seconds, json));
         return MT_EXIT_OK;
     }
     if (strcmp(what, "sgemm") == 0) {
