@@ -58,21 +58,19 @@ images = np.concatenate([np.clip(proto[c] + r.normal(0, 60, (per, 1, 28, 28)), 0
 labels = np.repeat(np.arange(classes), per).astype('i4')
 with h5py.File('images.h5', 'w') as f:
     f['images'] = images; f['labels'] = labels; f['class_split'] = np.zeros(classes, 'i4')
-# one episode: classes 7, 2, 9, 4, 0 as labels 0..4; image 0 of each supports, 1..15 query
+# one episode: classes 7, 2, 9, 4, 0 as labels 0..4; image 0 of each supports, 1..19 query
 chosen = [7, 2, 9, 4, 0]
 sup = np.array([c * per for c in chosen], 'i4')
-qry = np.array([c * per + k for c in chosen for k in range(1, 16)], 'i4')
+qry = np.array([c * per + k for c in chosen for k in range(1, per)], 'i4')
 with h5py.File('episode.h5', 'w') as f:
     g = f.create_group('episodes'); g.attrs['ways'] = 5
     g['support'] = sup[None]; g['support_labels'] = np.arange(5, dtype='i4')[None]
-    g['query'] = qry[None]; g['query_labels'] = np.repeat(np.arange(5), 15).astype('i4')[None]
+    g['query'] = qry[None]; g['query_labels'] = np.repeat(np.arange(5), per - 1).astype('i4')[None]
 def subset(name, idx, lab, **extra):
     with h5py.File(name, 'w') as f:
         f['images'] = images[idx]
         if lab is not None: f['labels'] = lab
         for k, v in extra.items(): f[k] = v
-subset('ep_support.h5', sup, np.arange(5, dtype='i4'))
-subset('ep_query.h5', qry, np.repeat(np.arange(5), 15).astype('i4'))
 subset('nolabels.h5', sup, None)
 subset('badlabel.h5', sup, np.array([0, 1, 2, 3, 7], 'i4'))
 with h5py.File('small.h5', 'w') as f:
@@ -82,18 +80,20 @@ spec='input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, flatten, linear 5
 "$METATRAIN" train "$CONFIGS/omniglot-5w1s.ini" --set task.path=images.h5 --set "model.spec=$spec" \
     --set train.iterations=5 --set train.meta_batch=2 --set eval.every=0 --set output.dir=omni --quiet > /dev/null
 "$METATRAIN" eval omni/checkpoint.h5 --set eval.episodes=episode.h5 --json > eval.json
-"$METATRAIN" adapt omni/checkpoint.h5 --support ep_support.h5 -o omni_adapted.h5 > /dev/null
-"$METATRAIN" predict omni_adapted.h5 --input ep_query.h5 --json -o ep_pred.h5 > pred.json
+# The same episode as support and query files, cut out by scripts/episode-files.
+"$METATRAIN_SOURCE_DIR/scripts/episode-files" images.h5 --classes 7 2 9 4 0 -o ep > /dev/null
+"$METATRAIN" adapt omni/checkpoint.h5 --support ep-support.h5 -o omni_adapted.h5 > /dev/null
+"$METATRAIN" predict omni_adapted.h5 --input ep-query.h5 --json -o ep_pred.h5 > pred.json
 $PY - <<'EOF' || fail "eval and adapt + predict disagree: $(cat eval.json) / $(cat pred.json)"
 import h5py, json, numpy as np
 e, p = json.load(open('eval.json')), json.load(open('pred.json'))
-assert e['tasks'] == 1 and p['metric'] == 'accuracy' and p['rows'] == 75, (e, p)
+assert e['tasks'] == 1 and p['metric'] == 'accuracy' and p['rows'] == 95, (e, p)
 assert abs(e['mean'] - p['value']) < 1e-9, (e['mean'], p['value'])
 with h5py.File('ep_pred.h5') as f:
     probs, cls = f['predictions'][:], f['predicted_class'][:]
-assert probs.shape == (75, 5) and cls.shape == (75,), (probs.shape, cls.shape)
+assert probs.shape == (95, 5) and cls.shape == (95,), (probs.shape, cls.shape)
 assert np.allclose(probs.sum(1), 1, atol=1e-5) and (probs.argmax(1) == cls).all()
-truth = np.repeat(np.arange(5), 15)
+truth = np.repeat(np.arange(5), 19)
 assert abs((cls == truth).mean() - e['mean']) < 1e-9
 print(f"eval and adapt + predict: accuracy {p['value']:.4f} on the episode")
 EOF
