@@ -167,7 +167,7 @@ json_t *mt_cli_json_string(const char *s) {
 }
 
 mt_status mt_cli_json_print(json_t *value) {
-    char *text = value ? json_dumps(value, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    char *text = value ? json_dumps(value, JSON_PRESERVE_ORDER) : NULL;
     json_decref(value);
     if (!text) return MT_RAISE(MT_ERR_NOMEM, "out of memory printing JSON");
     printf("%s\n", text);

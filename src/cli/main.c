@@ -15,6 +15,17 @@
  * A policy of this program, not of the library: a program linking libmetatrain keeps its own. */
 static void tune_open_mpi(void) { setenv("OMPI_MCA_btl_vader_eager_limit", "32768", 0); }
 
+/* The rank a launcher gave this process, from its environment (0 when none did): a one-process
+ * verb started as several ranks (mpirun -n 2 metatrain info ...) runs once, on rank 0. */
+static int launcher_rank(void) {
+    const char *vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 0;
+}
+
 static const char *usage =
     "usage: metatrain VERB [options]\n"
     "\n"
@@ -60,6 +71,7 @@ int main(int argc, char **argv) {
      * instead of killing the process halfway through a checkpoint. */
     signal(SIGXFSZ, SIG_IGN);
     if (!mpi) {
+        if (launcher_rank() != 0) return MT_EXIT_OK;
         const mt_dist alone = MT_CLI_NO_MPI;
         return run(&alone, argc - 2, argv + 2);
     }

@@ -30,7 +30,7 @@ code=0
 [ "$code" = 2 ] || fail "an unknown verb exited $code"
 "$METATRAIN" --help | grep -q "train" || fail "--help"
 "$METATRAIN" --version | grep -q "metatrain" || fail "--version"
-for verb in train eval info bench; do
+for verb in train eval info bench adapt predict; do
     "$METATRAIN" $verb --help | grep -q "usage: metatrain $verb" || fail "$verb --help"
 done
 pass
