@@ -3,7 +3,8 @@
  * malloc family with counting wrappers that forward to glibc's own entry points, so every
  * allocation in the process (the engine, OpenBLAS, libc) passes through them. It also wraps the
  * two GEMMs the engine calls, so that a failure says whether the engine's code or the BLAS
- * underneath it allocated, and for which product shapes. */
+ * underneath it allocated, and for which product shapes. The model API (metatrain/model.h)
+ * keeps the same promise once mt_model_open has planned its memory: adapt and predict run on it. */
 #define _GNU_SOURCE /* RTLD_NEXT */
 #include <dlfcn.h>
 #include <errno.h>
@@ -14,10 +15,14 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "fd_check.h"
+#include "metatrain/model.h"
+#include "model_fixture.h"
 
 #include <cblas.h>
 #undef I /* complex.h's imaginary unit, which cblas.h pulls in */
@@ -271,6 +276,88 @@ static void test_fourconv_passes_do_not_allocate(void **state) {
     if (!ok) fail_msg("the passes allocated (see above)");
 }
 
+/* ---- the model API: after mt_model_open plans everything, adapting and predicting never
+ * allocate (metatrain/model.h). ---- */
+
+static char model_dir[64];
+
+static int make_model_dir(void **state) {
+    snprintf(model_dir, sizeof model_dir, "/tmp/mt_noalloc_XXXXXX");
+    return mkdtemp(model_dir) ? 0 : -1;
+}
+
+/* Counts the allocator calls of `repeats` rounds of adapt, predict, reset, predict and a refused
+ * adapt (a refusal records its message in place), on a checkpoint of `spec` under `algorithm`. */
+static long model_calls(const char *algorithm, const char *spec, const char *const *sets, int rows, int repeats) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s.h5", model_dir, algorithm);
+    mfx_def def = {algorithm, spec, {NULL}, 5, 100};
+    for (int i = 0; sets && sets[i] && i < MFX_MAX_SETS; i++) def.sets[i] = sets[i];
+    mfx_model *fx = calloc(1, sizeof *fx);
+    assert_non_null(fx);
+    if (mfx_make(fx, &def, path) != MT_OK) fail_msg("%s: %s", spec, mt_error_message());
+    mt_model *m = NULL;
+    count_begin(); /* opening plans the memory, and the counter sees it do so */
+    mt_status st = mt_model_open(&m, path, &(mt_model_options){.max_batch = rows});
+    long opening = count_end();
+    if (st != MT_OK) fail_msg("%s", mt_error_message());
+    assert_true(opening > 0);
+    mt_model_info info;
+    mt_model_describe(m, &info);
+    size_t in = info.input_size, out = info.outputs;
+    double *xd = calloc((size_t)rows * in, sizeof(double)), *yd = calloc((size_t)rows * out, sizeof(double));
+    float *x = calloc((size_t)rows * in, sizeof(float)), *y = calloc((size_t)rows * out, sizeof(float));
+    float *bad = calloc((size_t)rows * in, sizeof(float)), *pred = calloc((size_t)rows * out, sizeof(float));
+    int32_t *labels = calloc((size_t)rows, sizeof(int32_t)), *classes = calloc((size_t)rows, sizeof(int32_t));
+    assert_true(xd && yd && x && y && bad && pred && labels && classes);
+    fd_random_batch(&fx->net, rows, 9, xd, yd, labels);
+    fd_to_float(x, xd, (size_t)rows * in);
+    fd_to_float(y, yd, (size_t)rows * out);
+    memcpy(bad, x, (size_t)rows * in * sizeof *bad);
+    bad[in] = NAN;
+    mt_model_batch support = {.x = x, .labels = labels, .targets = y, .rows = rows};
+    mt_model_batch refused = support;
+    refused.x = bad;
+    /* Warm-up: OpenBLAS may set up its buffers on its first calls. */
+    assert_int_equal(mt_model_adapt(m, &support), MT_OK);
+    assert_int_equal(mt_model_predict(m, x, rows, pred, classes), MT_OK);
+    assert_int_equal(mt_model_adapt(m, &refused), MT_ERR_ARG);
+    int ok = 1;
+    count_begin();
+    for (int r = 0; r < repeats; r++) {
+        ok &= mt_model_adapt(m, &support) == MT_OK;
+        ok &= mt_model_predict(m, x, rows, pred, classes) == MT_OK;
+        ok &= mt_model_predict(m, x, rows - 1, pred, NULL) == MT_OK; /* fewer rows than planned */
+        mt_model_reset(m);
+        ok &= mt_model_predict(m, x, rows, pred, classes) == MT_OK;
+        ok &= mt_model_adapt(m, &refused) == MT_ERR_ARG;
+    }
+    long calls = count_end();
+    assert_true(ok);
+    printf("%-58s %-7s B=%-2d %d x (adapt, predict, predict, reset, predict, refused adapt): %ld allocator calls, "
+           "%ld of them inside GEMM\n", spec, algorithm, rows, repeats, calls, (long)atomic_load(&n_calls_in_blas));
+    print_alloc_shapes();
+    mt_model_close(m);
+    void *buffers[] = {xd, yd, x, y, bad, pred, labels, classes};
+    for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) free(buffers[i]);
+    mfx_free(fx);
+    free(fx);
+    remove(path);
+    return calls;
+}
+
+static void test_model_adapt_and_predict_do_not_allocate(void **state) {
+    const char *conv[] = {"task.kind=episodes", "task.ways=3", "task.path=/nonexistent/images.h5", NULL};
+    long calls = model_calls("metasgd", MFX_MLP, NULL, 10, 50);
+    calls += model_calls("mamlpp", MFX_MLP, (const char *[]){"eval.steps=5", NULL}, 10, 20);
+    calls += model_calls("imaml", MFX_MLP, NULL, 10, 20);
+    calls += model_calls("maml", MFX_CONV, conv, 6, 20);
+    calls += model_calls("anil", MFX_CONV, conv, 6, 20);
+    if (calls) fail_msg("the model API allocated (see above)");
+}
+
+static int remove_model_dir(void **state) { return rmdir(model_dir); }
+
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0); /* keep printed errors in order with cmocka's stderr */
     /* Naming OpenBLAS here also keeps it linked: every other call to it goes through the wrappers. */
@@ -286,6 +373,7 @@ int main(void) {
         cmocka_unit_test(test_counter_sees_engine_allocations),
         cmocka_unit_test(test_mlp_and_small_conv_passes_do_not_allocate),
         cmocka_unit_test(test_fourconv_passes_do_not_allocate),
+        cmocka_unit_test(test_model_adapt_and_predict_do_not_allocate),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, make_model_dir, remove_model_dir);
 }

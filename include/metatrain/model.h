@@ -65,6 +65,7 @@ typedef struct {
     int max_batch;
     int adapted;                 /* the parameters predict uses are adapted (by mt_model_adapt or
                                     read from an adapted file), not the meta-learned ones */
+    int adapted_steps;           /* the inner steps of that adaptation (0 when not adapted) */
     int64_t iteration;           /* the training iteration the checkpoint holds (source's, for an
                                     adapted file), or -1 when unknown */
     const char *algorithm, *model_spec, *path;
@@ -81,7 +82,8 @@ void mt_model_describe(const mt_model *model, mt_model_info *info);
  * was. Does not allocate. */
 mt_status mt_model_adapt(mt_model *model, const mt_model_batch *support);
 
-/* Forgets the adaptation: predict uses the meta-learned (or file's) parameters again. */
+/* Forgets mt_model_adapt's adaptation: predict uses the file's parameters again (meta-learned,
+ * or an adapted file's). */
 void mt_model_reset(mt_model *model);
 
 /* Predicts rows (1 to max_batch) of x: out (rows × outputs) receives the class probabilities
@@ -98,7 +100,8 @@ typedef struct {
 /* Writes the parameters predict uses as an adapted file: the checkpoint's /params layout
  * (adapted network tensors; learned rates as they were), the same whole-file and HDF5
  * checksums, written atomically (a failure leaves any previous file intact), and root
- * attributes: kind = "adapted", source (the file opened), source_iteration, steps, the
+ * attributes: kind = "adapted", source (the file opened), source_iteration, steps (of the
+ * adaptation behind the parameters; 0 when there was none), the
  * provenance, config, algorithm, model_spec, metatrain_version, created. prov may be NULL. */
 mt_status mt_model_save(const mt_model *model, const char *path, const mt_model_provenance *prov);
 

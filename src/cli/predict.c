@@ -181,7 +181,7 @@ int mt_cli_predict(const mt_dist *d, int argc, char **argv) {
         json_object_set_new(j, "model", mt_cli_json_string(model));
         json_object_set_new(j, "input", mt_cli_json_string(input));
         json_object_set_new(j, "adapted", json_boolean(mi.adapted));
-        json_object_set_new(j, "steps", json_integer(mi.adapted ? mi.steps : 0));
+        json_object_set_new(j, "steps", json_integer(mi.adapted_steps));
         if (support) json_object_set_new(j, "support_sha256", json_string(sha));
         if (out) json_object_set_new(j, "output", mt_cli_json_string(out));
         if (metric) {

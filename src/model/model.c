@@ -33,7 +33,9 @@ struct mt_model {
     mt_nn_net net;
     mt_meta_layout layout; /* points at net */
     mt_meta_step_config sc;
-    int steps, max_batch, adapted;
+    int steps, max_batch;
+    int adapted, adapted_steps;           /* what predict uses now: adapted, in how many steps */
+    int file_adapted, file_adapted_steps; /* what the file held: mt_model_reset returns to it */
     int64_t iteration;
     float *meta, *theta;
     mt_meta_ctx *ctx;
@@ -97,9 +99,11 @@ static mt_status load(mt_model *m, const mt_ckpt *ck, const char *path) {
                 MT_THROW(MT_ERR_FORMAT, "%s: /params/%s: holds values that are not finite (a diverged run?)", path,
                          tensors[t].name);
     }
-    const char *kind = mt_ckpt_attr_value(ck, "kind");
-    m->adapted = kind && strcmp(kind, ATTR_KIND_ADAPTED) == 0;
-    m->iteration = file_iteration(ck, m->adapted);
+    const char *kind = mt_ckpt_attr_value(ck, "kind"), *steps = mt_ckpt_attr_value(ck, "steps");
+    m->file_adapted = kind && strcmp(kind, ATTR_KIND_ADAPTED) == 0;
+    m->file_adapted_steps = m->file_adapted && steps ? atoi(steps) : 0;
+    m->adapted = m->file_adapted, m->adapted_steps = m->file_adapted_steps;
+    m->iteration = file_iteration(ck, m->file_adapted);
 fail:
     return st;
 }
@@ -149,6 +153,7 @@ void mt_model_describe(const mt_model *m, mt_model_info *info) {
     info->steps = m->steps;
     info->max_batch = m->max_batch;
     info->adapted = m->adapted;
+    info->adapted_steps = m->adapted_steps;
     info->iteration = m->iteration;
     info->algorithm = mt_config_algorithm_name(m->cfg.algorithm);
     info->model_spec = m->cfg.model_spec;
@@ -184,14 +189,14 @@ mt_status mt_model_adapt(mt_model *m, const mt_model_batch *support) {
     if (!all_finite(work, m->layout.n_theta))
         MT_THROW(MT_ERR_NUMERIC, "adapting diverged: the parameters are not finite after %d steps", m->steps);
     memcpy(m->theta, work, m->layout.n_theta * sizeof *work);
-    m->adapted = 1;
+    m->adapted = 1, m->adapted_steps = m->steps;
 fail:
     return st;
 }
 
 void mt_model_reset(mt_model *m) {
     memcpy(m->theta, m->meta, m->layout.n_theta * sizeof *m->theta);
-    m->adapted = 0;
+    m->adapted = m->file_adapted, m->adapted_steps = m->file_adapted_steps;
 }
 
 mt_status mt_model_predict(mt_model *m, const float *x, int rows, float *out, int32_t *classes) {
@@ -229,7 +234,7 @@ mt_status mt_model_save(const mt_model *m, const char *path, const mt_model_prov
     if (!m || !path) return MT_RAISE(MT_ERR_ARG, "mt_model_save: NULL argument");
     char iteration[32], steps[16], created[64];
     snprintf(iteration, sizeof iteration, "%lld", (long long)m->iteration);
-    snprintf(steps, sizeof steps, "%d", m->adapted ? m->steps : 0);
+    snprintf(steps, sizeof steps, "%d", m->adapted_steps);
     time_t now = time(NULL);
     struct tm tm;
     strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
