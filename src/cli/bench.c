@@ -82,9 +82,9 @@ static mt_status bench_workload(const workload *w, double seconds, int json) {
     double grads = rate(ws, params, &batch, dir, grad, hv, 0, seconds);
     double hvps = rate(ws, params, &batch, dir, grad, hv, 1, seconds);
     if (json)
-        printf("{\"workload\": \"%s\", \"batch\": %d, \"parameters\": %zu, \"grad_per_s\": %.6g, "
-               "\"hvp_per_s\": %.6g, \"hvp_over_grad\": %.4f}\n",
-               w->name, w->batch, n, grads, hvps, grads / hvps);
+        mt_cli_json_print(json_pack("{s:s, s:i, s:I, s:f, s:f, s:f}", "workload", w->name, "batch", w->batch,
+                                    "parameters", (json_int_t)n, "grad_per_s", grads, "hvp_per_s", hvps,
+                                    "hvp_over_grad", grads / hvps));
     else
         printf("%-18s %6d %10zu %14.1f %14.1f %14.2f\n", w->name, w->batch, n, grads, hvps, grads / hvps);
 fail:
@@ -189,9 +189,10 @@ static mt_status bench_meta(const char *name, double seconds, int json) {
     double elapsed = now - start, tasks_per_s = iterations * w->meta_batch / elapsed;
     double gflops = (mt_nn_gemm_flops - flops_before) / elapsed / 1e9;
     if (json)
-        printf("{\"workload\": \"%s\", \"metatrain_tasks_per_s\": %.6g, \"metatrain_rss_mb\": %.1f, "
-               "\"gflops\": %.4g, \"iterations\": %ld, \"seconds\": %.3f, \"meta_parameters\": %zu}\n",
-               w->name, tasks_per_s, peak_rss_mb(), gflops, iterations, elapsed, layout.n_meta);
+        mt_cli_json_print(json_pack("{s:s, s:f, s:f, s:f, s:I, s:f, s:I}", "workload", w->name, "metatrain_tasks_per_s",
+                                    tasks_per_s, "metatrain_rss_mb", peak_rss_mb(), "gflops", gflops, "iterations",
+                                    (json_int_t)iterations, "seconds", elapsed, "meta_parameters",
+                                    (json_int_t)layout.n_meta));
     else
         printf("%s: %.1f tasks/s, %.2f GFLOP/s in GEMMs, peak RSS %.1f MB (%ld iterations in %.2f s)\n", w->name,
                tasks_per_s, gflops, peak_rss_mb(), iterations, elapsed);
@@ -299,9 +300,10 @@ static mt_status bench_adapt(const char *name, double seconds, int json) {
     qsort(times, (size_t)n, sizeof *times, by_value);
     double median_us = 1e6 * times[n / 2], mean_us = 1e6 * sum / n;
     if (json)
-        printf("{\"workload\": \"%s\", \"metatrain_us\": %.6g, \"metatrain_mean_us\": %.6g, \"metatrain_rss_mb\": %.1f, "
-               "\"tasks\": %ld, \"steps\": %d, \"support\": %d, \"predictions\": %d}\n",
-               w->name, median_us, mean_us, peak_rss_mb(), n, w->steps, w->support, w->predict);
+        mt_cli_json_print(json_pack("{s:s, s:f, s:f, s:f, s:I, s:i, s:i, s:i}", "workload", w->name, "metatrain_us",
+                                    median_us, "metatrain_mean_us", mean_us, "metatrain_rss_mb", peak_rss_mb(),
+                                    "tasks", (json_int_t)n, "steps", w->steps, "support", w->support, "predictions",
+                                    w->predict));
     else
         printf("%s: adapt (%d support, %d step%s) + predict %d: median %.1f us, mean %.1f us per task over %ld tasks, "
                "peak RSS %.1f MB\n",
@@ -333,7 +335,7 @@ static mt_status bench_sgemm(double seconds, int json) {
         now = MPI_Wtime();
     }
     double gflops = 2.0 * n * n * (double)n * reps / (now - start) / 1e9;
-    if (json) printf("{\"sgemm_ceiling_gflops\": %.4g, \"n\": %d}\n", gflops, n);
+    if (json) mt_cli_json_print(json_pack("{s:f, s:i}", "sgemm_ceiling_gflops", gflops, "n", n));
     else printf("sgemm %dx%dx%d, one thread: %.2f GFLOP/s\n", n, n, n, gflops);
     free(a), free(b), free(c);
     return MT_OK;

@@ -85,30 +85,31 @@ mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *m
 }
 
 /* A JSON number, or null where the value is not finite (a diverged adaptation): JSON has no NaN. */
-static void print_json_number(const char *key, double value) {
-    if (isfinite(value)) printf("\"%s\": %.9g", key, value);
-    else printf("\"%s\": null", key);
-}
+static json_t *json_number(double value) { return isfinite(value) ? json_real(value) : json_null(); }
 
 static void print_result(const mt_cli_model *m, const mt_task_family *fam, const mt_cli_eval_result *r, int json) {
     const char *metric = r->classification ? "accuracy" : "mse";
     int S = r->steps;
     if (json) {
-        printf("{\"metric\": \"%s\", ", metric);
-        print_json_number("mean", r->mean[S]);
-        printf(", ");
-        print_json_number("ci95", r->ci95[S]);
-        printf(", \"tasks\": %d, \"steps\": %d, \"shots\": %d, \"ways\": %d, \"queries\": %d, "
-               "\"algorithm\": \"%s\", \"per_step\": [",
-               r->tasks, S, fam->shots, fam->ways, fam->queries, mt_config_algorithm_name(m->cfg.algorithm));
+        json_t *o = json_object(), *steps = json_array();
+        json_object_set_new(o, "metric", json_string(metric));
+        json_object_set_new(o, "mean", json_number(r->mean[S]));
+        json_object_set_new(o, "ci95", json_number(r->ci95[S]));
+        json_object_set_new(o, "tasks", json_integer(r->tasks));
+        json_object_set_new(o, "steps", json_integer(S));
+        json_object_set_new(o, "shots", json_integer(fam->shots));
+        json_object_set_new(o, "ways", json_integer(fam->ways));
+        json_object_set_new(o, "queries", json_integer(fam->queries));
+        json_object_set_new(o, "algorithm", json_string(mt_config_algorithm_name(m->cfg.algorithm)));
         for (int s = 0; s <= S; s++) {
-            printf("%s{\"step\": %d, ", s ? ", " : "", s);
-            print_json_number("mean", r->mean[s]);
-            printf(", ");
-            print_json_number("ci95", r->ci95[s]);
-            printf("}");
+            json_t *step = json_object();
+            json_object_set_new(step, "step", json_integer(s));
+            json_object_set_new(step, "mean", json_number(r->mean[s]));
+            json_object_set_new(step, "ci95", json_number(r->ci95[s]));
+            json_array_append_new(steps, step);
         }
-        printf("]}\n");
+        json_object_set_new(o, "per_step", steps);
+        mt_cli_json_print(o);
         return;
     }
     printf("%s on %d new tasks (%d-shot%s, %d queries), %s\n", metric, r->tasks, fam->shots,

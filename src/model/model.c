@@ -38,7 +38,9 @@ struct mt_model {
     int file_adapted, file_adapted_steps; /* what the file held: mt_model_reset returns to it */
     int64_t iteration;
     float *meta, *theta;
-    mt_meta_ctx *ctx;
+    mt_meta_ctx *ctx;       /* adapting: the inner loop's workspace, which keeps what backward needs */
+    mt_nn_ws *predict_ws;   /* predicting: forward only, so convolutions keep no fields and walk
+                               the batch in cache-sized chunks */
     char *config_text;
     char path[4096];
 };
@@ -131,6 +133,8 @@ mt_status mt_model_open(mt_model **out, const char *path, const mt_model_options
     /* The settings training ends with: MAML++'s second-order phase and final rates. */
     mt_meta_step_config_at(&m->sc, &m->cfg, m->cfg.iterations);
     MT_TRY(mt_meta_ctx_create(&m->ctx, &m->layout, max_batch));
+    mt_nn_ws_plan forward_only = {.keep_fields = 0, .chunk_fields = MT_NN_CHUNK_FIELDS, .keep_relu_inputs = 0};
+    MT_TRY(mt_nn_ws_create_planned(&m->predict_ws, &m->net, max_batch, &forward_only));
     memcpy(m->theta, m->meta, m->layout.n_theta * sizeof *m->theta);
     mt_ckpt_free(ck);
     free(ck);
@@ -206,7 +210,7 @@ mt_status mt_model_predict(mt_model *m, const float *x, int rows, float *out, in
     MT_TRY(check_rows(m, rows, "input"));
     MT_TRY(check_rows_finite(x, rows, m->net.in_size, "input x"));
     mt_nn_batch batch = {x, NULL, NULL, rows};
-    const float *y = mt_nn_forward(m->ctx->ws, m->theta, &batch);
+    const float *y = mt_nn_forward(m->predict_ws, m->theta, &batch);
     size_t O = m->net.out_size;
     int classify = m->net.loss == MT_NN_LOSS_XENT;
     for (int i = 0; i < rows; i++) {
@@ -269,6 +273,7 @@ fail:
 void mt_model_close(mt_model *m) {
     if (!m) return;
     mt_meta_ctx_free(m->ctx);
+    mt_nn_ws_free(m->predict_ws);
     free(m->meta), free(m->theta), free(m->config_text);
     free(m);
 }

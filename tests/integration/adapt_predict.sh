@@ -42,7 +42,7 @@ $PY -c 'import json; p = json.load(open("p.json")); assert p["rows"] == 100 and 
     fail "predict --json: $(cat p.json)"
 [ "$("$METATRAIN" predict adapted.h5 --input query.h5 --csv 2> /dev/null | wc -l)" = 101 ] || fail "--csv: not 100 rows and a header"
 # --set eval.steps changes the adaptation, and only that key is taken.
-"$METATRAIN" adapt sin/checkpoint.h5 --support sup.h5 -o one.h5 --set eval.steps=1 --json | grep -q '"steps":1' ||
+"$METATRAIN" adapt sin/checkpoint.h5 --support sup.h5 -o one.h5 --set eval.steps=1 --json | grep -q '"steps": 1,' ||
     fail "--set eval.steps=1"
 code=0
 "$METATRAIN" adapt sin/checkpoint.h5 --support sup.h5 -o x.h5 --set meta.inner_lr=1 2> err.txt || code=$?
