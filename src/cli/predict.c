@@ -53,18 +53,6 @@ fail:
     return st;
 }
 
-static herr_t write_rows(hid_t dset, int rank, int64_t first, int n, size_t width, hid_t mem_type, const void *src) {
-    hsize_t start[2] = {(hsize_t)first, 0}, count[2] = {(hsize_t)n, width};
-    hid_t fs = H5Dget_space(dset), ms = H5Screate_simple(rank, count, NULL);
-    herr_t rc = fs < 0 || ms < 0 ? -1
-                : H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0
-                    ? -1
-                    : H5Dwrite(dset, mem_type, ms, fs, H5P_DEFAULT, src);
-    if (ms >= 0) H5Sclose(ms);
-    if (fs >= 0) H5Sclose(fs);
-    return rc;
-}
-
 /* Closes the file; keeps it (fsync, rename) when commit, else removes it. */
 static mt_status out_finish(out_file *o, const char *path, int commit) {
     herr_t rc = 0;
@@ -161,8 +149,8 @@ int mt_cli_predict(const mt_dist *d, int argc, char **argv) {
                 err_sum += e * e;
             }
         }
-        if (out && (write_rows(o.pred, 2, first, n, O, H5T_NATIVE_FLOAT, y) < 0 ||
-                    (mi.classification && write_rows(o.cls, 1, first, n, 1, H5T_NATIVE_INT32, classes) < 0)))
+        if (out && (mt_h5_rows(o.pred, 1, first, n, H5T_NATIVE_FLOAT, y) < 0 ||
+                    (mi.classification && mt_h5_rows(o.cls, 1, first, n, H5T_NATIVE_INT32, classes) < 0)))
             MT_THROW(MT_ERR_IO, "%s: write failed at row %lld", out, (long long)first);
         for (int i = 0; csv && i < n; i++) {
             printf("%lld", (long long)(first + i));

@@ -92,22 +92,11 @@ void mt_cli_rows_close(mt_cli_rows *r) {
     r->file = r->x = r->answers = H5I_INVALID_HID;
 }
 
-/* Rows [first, first + n) of a dataset of rank `rank` into dst, as mem_type. */
-static mt_status read_rows(const mt_cli_rows *r, hid_t dset, const char *name, int rank, int64_t first, int n,
-                           hid_t mem_type, void *dst) {
-    hsize_t start[4] = {(hsize_t)first, 0, 0, 0}, count[4], dims[4];
+/* Rows [first, first + n) of a dataset into dst, as mem_type. */
+static mt_status read_rows(const mt_cli_rows *r, hid_t dset, const char *name, int64_t first, int n, hid_t mem_type,
+                           void *dst) {
     char cause[160];
-    mt_h5_dims(dset, dims);
-    count[0] = (hsize_t)n;
-    for (int i = 1; i < rank; i++) count[i] = dims[i];
-    hid_t file_space = H5Dget_space(dset), mem_space = H5Screate_simple(rank, count, NULL);
-    herr_t rc = file_space < 0 || mem_space < 0 ? -1
-                : H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, NULL, count, NULL) < 0
-                    ? -1
-                    : H5Dread(dset, mem_type, mem_space, file_space, H5P_DEFAULT, dst);
-    if (mem_space >= 0) H5Sclose(mem_space);
-    if (file_space >= 0) H5Sclose(file_space);
-    if (rc < 0)
+    if (mt_h5_rows(dset, 0, first, n, mem_type, dst) < 0)
         return MT_RAISE(MT_ERR_IO, "%s: %s: cannot read rows %lld to %lld (%s)", r->path, name, (long long)first,
                         (long long)(first + n - 1), mt_h5_cause(cause));
     return MT_OK;
@@ -125,22 +114,22 @@ static mt_status check_finite(const mt_cli_rows *r, const char *name, const floa
 mt_status mt_cli_rows_read(mt_cli_rows *r, int64_t first, int n, float *x, int32_t *labels, float *targets) {
     mt_status st = MT_OK;
     if (r->images) {
-        MT_TRY(read_rows(r, r->x, "/images", 4, first, n, H5T_NATIVE_UINT8, r->pixels));
+        MT_TRY(read_rows(r, r->x, "/images", first, n, H5T_NATIVE_UINT8, r->pixels));
         for (size_t i = 0; i < (size_t)n * r->width; i++)
             x[i] = (float)(r->pixels[i] * r->pixel_scale + r->pixel_offset);
     } else {
-        MT_TRY(read_rows(r, r->x, "/features", 2, first, n, H5T_NATIVE_FLOAT, x));
+        MT_TRY(read_rows(r, r->x, "/features", first, n, H5T_NATIVE_FLOAT, x));
         MT_TRY(check_finite(r, "/features", x, first, n, r->width));
     }
     if (r->has_labels && labels) {
-        MT_TRY(read_rows(r, r->answers, r->answer_name, 1, first, n, H5T_NATIVE_INT32, labels));
+        MT_TRY(read_rows(r, r->answers, r->answer_name, first, n, H5T_NATIVE_INT32, labels));
         for (int i = 0; i < n; i++)
             if (labels[i] < 0 || (size_t)labels[i] >= r->outputs)
                 MT_THROW(MT_ERR_FORMAT, "%s: %s: row %lld: label %d is outside [0, %zu), the model's classes", r->path,
                          r->answer_name, (long long)(first + i), (int)labels[i], r->outputs);
     }
     if (r->has_targets && targets) {
-        MT_TRY(read_rows(r, r->answers, r->answer_name, 2, first, n, H5T_NATIVE_FLOAT, targets));
+        MT_TRY(read_rows(r, r->answers, r->answer_name, first, n, H5T_NATIVE_FLOAT, targets));
         MT_TRY(check_finite(r, r->answer_name, targets, first, n, r->outputs));
     }
 fail:

@@ -120,6 +120,20 @@ mt_status mt_h5_check_array(hid_t dset, const char *path, const char *name, mt_h
 }
 
 /* Reads a whole dataset in native layout into dst. */
+herr_t mt_h5_rows(hid_t dset, int write, int64_t first, int n, hid_t mem_type, void *buf) {
+    hsize_t start[4] = {(hsize_t)first, 0, 0, 0}, count[4];
+    int rank = mt_h5_dims(dset, count);
+    if (rank < 1 || rank > 4) return -1;
+    count[0] = (hsize_t)n;
+    hid_t fs = H5Dget_space(dset), ms = H5Screate_simple(rank, count, NULL);
+    herr_t rc = fs < 0 || ms < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ? -1
+                : write ? H5Dwrite(dset, mem_type, ms, fs, H5P_DEFAULT, buf)
+                        : H5Dread(dset, mem_type, ms, fs, H5P_DEFAULT, buf);
+    if (ms >= 0) H5Sclose(ms);
+    if (fs >= 0) H5Sclose(fs);
+    return rc;
+}
+
 mt_status mt_h5_read_all(hid_t dset, hid_t mem_type, const char *path, const char *name, void *dst) {
     char cause[160];
     if (H5Dread(dset, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) < 0)

@@ -37,6 +37,9 @@ mt_status mt_h5_open_dataset(hid_t file, const char *path, const char *name, int
  * messages. */
 mt_status mt_h5_check_array(hid_t dset, const char *path, const char *name, mt_h5_type want, int rank,
                             const char *shape, hsize_t dims[4], uint64_t *bytes);
+/* Rows [first, first + n) of a dataset (up to rank 4), every other dimension whole, read into
+ * buf (write = 0) or written from it (write = 1) as mem_type. Returns HDF5's status. */
+herr_t mt_h5_rows(hid_t dset, int write, int64_t first, int n, hid_t mem_type, void *buf);
 /* Reads a whole dataset in native layout into dst. */
 mt_status mt_h5_read_all(hid_t dset, hid_t mem_type, const char *path, const char *name, void *dst);
 /* An int32 dataset of the given rank, read into malloc'ed memory; an absent optional one gives

@@ -57,6 +57,28 @@ message() {
     grep -m1 "metatrain" "$1" || head -1 "$1"
 }
 
+# prototype_images: images.h5 beside the test, 12 classes of 20 noisy copies of a random 28x28
+# prototype (classes "0" to "11", image c·20 + k is class c's k-th), the smallest stand-in for
+# Omniglot. tiny_classifier DIR: a 2-conv 5-way 1-shot model trained on it for 5 iterations, in
+# DIR/checkpoint.h5.
+prototype_images() {
+    /usr/bin/python3 - <<'EOF'
+import h5py, numpy as np
+r = np.random.default_rng(2)
+classes, per = 12, 20
+proto = r.integers(0, 256, (classes, 1, 28, 28))
+images = np.concatenate([np.clip(proto[c] + r.normal(0, 60, (per, 1, 28, 28)), 0, 255) for c in range(classes)])
+with h5py.File('images.h5', 'w') as f:
+    f['images'] = images.astype('u1'); f['labels'] = np.repeat(np.arange(classes), per).astype('i4')
+    f['class_split'] = np.zeros(classes, 'i4')
+EOF
+}
+tiny_classifier() {
+    "$METATRAIN" train "$CONFIGS/omniglot-5w1s.ini" --set task.path=images.h5 --set train.iterations=5 \
+        --set "model.spec=input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, flatten, linear 5, xent" \
+        --set train.meta_batch=2 --set eval.every=0 --set output.dir="$1" --quiet > /dev/null
+}
+
 pass() {
     echo "1 passed, 0 failed"
 }
