@@ -33,18 +33,7 @@ static void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
-static const char *algo_name(mt_algorithm a) {
-    switch (a) {
-    case MT_ALGO_MAML: return "maml";
-    case MT_ALGO_FOMAML: return "fomaml";
-    case MT_ALGO_METASGD: return "metasgd";
-    case MT_ALGO_ANIL: return "anil";
-    case MT_ALGO_MAMLPP: return "mamlpp";
-    case MT_ALGO_REPTILE: return "reptile";
-    case MT_ALGO_IMAML: return "imaml";
-    }
-    return "?";
-}
+static const char *algo_name(mt_algorithm a) { return mt_config_algorithm_name(a); }
 
 /* The two networks of the gradient checks. Batch sizes are odd where the loss allows; the conv
  * net's support holds every class twice (fd_random_batch covers the classes first). */

@@ -14,10 +14,14 @@
 
 #define MT_CONFIG_STR 512
 
-typedef enum {
-    MT_ALGO_MAML, MT_ALGO_FOMAML, MT_ALGO_METASGD, MT_ALGO_ANIL,
-    MT_ALGO_MAMLPP, MT_ALGO_REPTILE, MT_ALGO_IMAML
-} mt_algorithm;
+/* The algorithms, each as (enum suffix, name in configs); what each one does is its row of
+ * traits in src/meta/algorithms.c (mt_meta_traits). */
+#define MT_ALGORITHMS(X)                                                                       \
+    X(MAML, "maml") X(FOMAML, "fomaml") X(METASGD, "metasgd") X(ANIL, "anil") X(MAMLPP, "mamlpp") \
+    X(REPTILE, "reptile") X(IMAML, "imaml")
+#define MT_ALGO_ENUM_(suffix, name) MT_ALGO_##suffix,
+typedef enum { MT_ALGORITHMS(MT_ALGO_ENUM_) MT_ALGO_COUNT } mt_algorithm;
+#undef MT_ALGO_ENUM_
 
 typedef enum { MT_TASK_SINUSOID, MT_TASK_LINREG, MT_TASK_EPISODES, MT_TASK_GROUPED } mt_task_kind;
 typedef enum { MT_OPT_ADAM, MT_OPT_SGD } mt_optimizer_kind;

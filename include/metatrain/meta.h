@@ -18,6 +18,43 @@
 #include "metatrain/nn.h"
 #include "metatrain/task.h"
 
+/* An algorithm as traits (src/meta/algorithms.c holds the table). */
+typedef enum {
+    MT_RATES_FIXED,          /* meta.inner_lr for every parameter */
+    MT_RATES_PER_PARAMETER,  /* learned, one per parameter (Meta-SGD) */
+    MT_RATES_PER_LAYER_STEP  /* learned, one per parameter-holding layer and inner step (MAML++) */
+} mt_meta_rates;
+typedef enum {
+    MT_ADAPT_ALL, /* every parameter moves in the inner loop */
+    MT_ADAPT_HEAD /* only the last layer with parameters (ANIL); the rest have rate 0 */
+} mt_meta_adapts;
+typedef enum {
+    MT_ORDER_FIRST,   /* the Hessian terms are dropped */
+    MT_ORDER_SECOND,  /* exact, through every inner step */
+    MT_ORDER_ANNEALED /* first order for meta.first_order_iterations, then second (MAML++) */
+} mt_meta_order;
+typedef enum {
+    MT_METAGRAD_BACKPROP, /* back through the inner loop (MAML family) */
+    MT_METAGRAD_REPTILE,  /* θ − θ_K */
+    MT_METAGRAD_IMPLICIT  /* (I + H/λ)⁻¹ ∇L_q by conjugate gradient (iMAML) */
+} mt_meta_metagrad;
+typedef struct { /* the name is in MT_ALGORITHMS (config.h) */
+    mt_meta_rates rates;
+    mt_meta_adapts adapts;
+    mt_meta_order order;
+    mt_meta_metagrad metagrad;
+    int proximal;           /* inner steps add λ(θ_k − θ) (meta.lambda) */
+    int multi_step_loss;    /* Σ_k w_k L_q(θ_k), annealed over meta.msl_iterations */
+    int cosine_outer_lr;    /* outer rate cosine-annealed to meta.min_outer_lr */
+} mt_meta_traits;
+
+/* The algorithm's row; never NULL. Local. */
+const mt_meta_traits *mt_meta_traits_of(mt_algorithm a);
+/* Learned inner rates the traits lay out for this network and number of steps. */
+size_t mt_meta_rate_count(const mt_meta_traits *t, const mt_nn_net *net, int inner_steps);
+/* The outer learning rate at `iteration`: meta.outer_lr, or its cosine schedule. */
+double mt_meta_outer_lr(const mt_config *cfg, int iteration);
+
 /* The most inner steps a task may take (meta.inner_steps): second-order memory is one copy of the
  * parameters per step. */
 #define MT_META_MAX_STEPS 256
@@ -25,6 +62,7 @@
 typedef struct {
     const mt_nn_net *net;
     mt_algorithm algorithm;
+    const mt_meta_traits *traits;
     int inner_steps;
     size_t n_theta; /* network parameters */
     size_t n_rates; /* learned inner learning rates */

@@ -305,10 +305,7 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         for (size_t i = 0; i < p->vector_len; i++) p->sum[i] /= (float)cfg->meta_batch;
         double meta_loss = p->sum[lay->n_meta];
         mt_meta_clip_grad(p->sum, lay->n_meta, cfg->clip_norm);
-        double lr = cfg->algorithm == MT_ALGO_MAMLPP
-                        ? mt_meta_cosine_lr(cfg->outer_lr, cfg->min_outer_lr, (int)it, cfg->iterations)
-                        : cfg->outer_lr;
-        mt_meta_optim_step(&p->opt, p->meta, p->sum, lr);
+        mt_meta_optim_step(&p->opt, p->meta, p->sum, mt_meta_outer_lr(cfg, (int)it));
         claims->iteration_s += MPI_Wtime() - began;
 
         int64_t done = it + 1;

@@ -46,8 +46,9 @@ _Static_assert(sizeof(mt_optimizer_kind) == sizeof(int), "enum size");
 _Static_assert(sizeof(mt_split) == sizeof(int), "enum size");
 _Static_assert(sizeof(mt_balance) == sizeof(int), "enum size");
 
-static const char *const algorithm_names[] = {"maml", "fomaml", "metasgd", "anil", "mamlpp", "reptile",
-                                              "imaml", NULL};
+#define ALGORITHM_NAME(suffix, name) name,
+static const char *const algorithm_names[] = {MT_ALGORITHMS(ALGORITHM_NAME) NULL};
+#undef ALGORITHM_NAME
 static const char *const optimizer_names[] = {"adam", "sgd", NULL};
 static const char *const task_kind_names[] = {"sinusoid", "linreg", "episodes", "grouped", NULL};
 static const char *const split_names[] = {"train", "val", "test", "all", NULL};

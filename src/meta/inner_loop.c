@@ -64,14 +64,14 @@ static void expand_rates(ctx_t *ctx, const mt_meta_step_config *sc, const mt_rea
     size_t n = lay->n_theta;
     /* Learned rates change with meta; a fixed rate is expanded once per value, not per step of
      * every task (2% of a sinusoid task). */
-    int fixed = lay->algorithm != MT_ALGO_METASGD && lay->algorithm != MT_ALGO_MAMLPP;
+    int fixed = lay->traits->rates == MT_RATES_FIXED;
     if (fixed && ctx->alpha_fixed_rate == sc->inner_lr) return;
     ctx->alpha_fixed_rate = fixed ? sc->inner_lr : NAN;
-    switch (lay->algorithm) {
-    case MT_ALGO_METASGD:
+    switch (lay->traits->rates) {
+    case MT_RATES_PER_PARAMETER:
         memcpy(alpha, rates, n * sizeof *alpha);
         break;
-    case MT_ALGO_MAMLPP: {
+    case MT_RATES_PER_LAYER_STEP: {
         int K = lay->inner_steps, step = k < K ? k : K - 1, p = 0;
         for (int l = 0; l < net->n_layers; l++) {
             const mt_nn_layer *L = &net->layers[l];
@@ -81,14 +81,15 @@ static void expand_rates(ctx_t *ctx, const mt_meta_step_config *sc, const mt_rea
         }
         break;
     }
-    case MT_ALGO_ANIL: {
-        size_t head_begin, head_end;
-        mt_nn_head_range(net, &head_begin, &head_end);
-        for (size_t j = 0; j < n; j++) alpha[j] = j >= head_begin && j < head_end ? (mt_real)sc->inner_lr : 0;
+    case MT_RATES_FIXED:
+        for (size_t j = 0; j < n; j++) alpha[j] = (mt_real)sc->inner_lr;
         break;
     }
-    default:
-        for (size_t j = 0; j < n; j++) alpha[j] = (mt_real)sc->inner_lr;
+    if (lay->traits->adapts == MT_ADAPT_HEAD) { /* only the head moves */
+        size_t head_begin, head_end;
+        mt_nn_head_range(net, &head_begin, &head_end);
+        for (size_t j = 0; j < n; j++)
+            if (j < head_begin || j >= head_end) alpha[j] = 0;
     }
 }
 
@@ -96,9 +97,9 @@ static void expand_rates(ctx_t *ctx, const mt_meta_step_config *sc, const mt_rea
 static void add_rate_grad(const ctx_t *ctx, const mt_real *v, const mt_real *g, int k, mt_real *rate_grad) {
     const mt_meta_layout *lay = ctx->layout;
     const mt_nn_net *net = lay->net;
-    if (lay->algorithm == MT_ALGO_METASGD) {
+    if (lay->traits->rates == MT_RATES_PER_PARAMETER) {
         for (size_t j = 0; j < lay->n_theta; j++) rate_grad[j] -= v[j] * g[j];
-    } else if (lay->algorithm == MT_ALGO_MAMLPP) {
+    } else if (lay->traits->rates == MT_RATES_PER_LAYER_STEP) {
         int p = 0;
         for (int l = 0; l < net->n_layers; l++) {
             const mt_nn_layer *L = &net->layers[l];
@@ -115,13 +116,13 @@ static void add_rate_grad(const ctx_t *ctx, const mt_real *v, const mt_real *g, 
 static void inner_loop(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta,
                        const task_t *task, int steps, int keep_all) {
     size_t n = ctx->layout->n_theta;
-    int imaml = ctx->layout->algorithm == MT_ALGO_IMAML;
+    int proximal = ctx->layout->traits->proximal;
     memcpy(theta_at(ctx, 0), meta, n * sizeof(mt_real));
     for (int k = 0; k < steps; k++) {
         mt_real *cur = theta_at(ctx, keep_all ? k : 0), *next = theta_at(ctx, keep_all ? k + 1 : 0);
         expand_rates(ctx, sc, meta, k);
         MT_(mt_nn_grad)(ctx->ws, cur, &task->support, ctx->g);
-        if (imaml) {
+        if (proximal) {
             mt_real lambda = (mt_real)sc->imaml_lambda;
             for (size_t j = 0; j < n; j++) ctx->g[j] += lambda * (cur[j] - meta[j]);
         }
@@ -183,13 +184,13 @@ double MT_(mt_meta_task_grad)(ctx_t *ctx, const mt_meta_step_config *sc, const m
     inner_loop(ctx, sc, meta, task, K, 1);
     const mt_real *theta_K = theta_at(ctx, K);
 
-    if (lay->algorithm == MT_ALGO_REPTILE) { /* meta-gradient θ − θ_K */
+    if (lay->traits->metagrad == MT_METAGRAD_REPTILE) { /* meta-gradient θ − θ_K */
         for (size_t j = 0; j < n; j++) meta_grad[j] = meta[j] - theta_K[j];
         return MT_(mt_nn_loss)(ctx->ws, theta_K, &task->query);
     }
     double last_weight = sc->multi_step_loss ? sc->step_weights[K - 1] : 1.0;
     double objective = last_weight * MT_(mt_nn_grad)(ctx->ws, theta_K, &task->query, ctx->gq);
-    if (lay->algorithm == MT_ALGO_IMAML) {
+    if (lay->traits->metagrad == MT_METAGRAD_IMPLICIT) {
         imaml_solve(ctx, sc, theta_K, task);
         memcpy(meta_grad, v, n * sizeof *v);
         return objective;
@@ -223,11 +224,11 @@ double MT_(mt_meta_task_grad)(ctx_t *ctx, const mt_meta_step_config *sc, const m
 void MT_(mt_meta_adapt_step)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta,
                              const MT_(mt_nn_batch) *support, int k, mt_real *theta) {
     size_t n = ctx->layout->n_theta;
-    int imaml = ctx->layout->algorithm == MT_ALGO_IMAML;
+    int proximal = ctx->layout->traits->proximal;
     expand_rates(ctx, sc, meta, k);
     MT_(mt_nn_grad)(ctx->ws, theta, support, ctx->g);
     for (size_t j = 0; j < n; j++) {
-        mt_real g = ctx->g[j] + (imaml ? (mt_real)sc->imaml_lambda * (theta[j] - meta[j]) : 0);
+        mt_real g = ctx->g[j] + (proximal ? (mt_real)sc->imaml_lambda * (theta[j] - meta[j]) : 0);
         theta[j] -= ctx->alpha[j] * g;
     }
 }

@@ -10,10 +10,10 @@ void mt_meta_layout_init(mt_meta_layout *layout, const mt_nn_net *net, mt_algori
     memset(layout, 0, sizeof *layout);
     layout->net = net;
     layout->algorithm = algorithm;
+    layout->traits = mt_meta_traits_of(algorithm);
     layout->inner_steps = inner_steps;
     layout->n_theta = net->n_params;
-    if (algorithm == MT_ALGO_METASGD) layout->n_rates = net->n_params;
-    else if (algorithm == MT_ALGO_MAMLPP) layout->n_rates = (size_t)net->n_param_layers * inner_steps;
+    layout->n_rates = mt_meta_rate_count(layout->traits, net, inner_steps);
     layout->n_meta = layout->n_theta + layout->n_rates;
 }
 
@@ -36,20 +36,12 @@ void mt_meta_step_config_at(mt_meta_step_config *sc, const mt_config *cfg, int i
     sc->imaml_lambda = cfg->imaml_lambda;
     sc->cg_steps = cfg->cg_steps;
     sc->cg_tol = cfg->cg_tol;
-    switch (cfg->algorithm) {
-    case MT_ALGO_MAML: case MT_ALGO_METASGD: case MT_ALGO_ANIL:
-        sc->second_order = 1;
-        break;
-    case MT_ALGO_MAMLPP:
-        sc->second_order = iteration >= cfg->first_order_iterations;
-        if (cfg->msl_iterations > 0 && cfg->inner_steps > 1) {
-            sc->multi_step_loss = 1;
-            mt_meta_msl_weights(sc->step_weights, cfg->inner_steps, iteration, cfg->msl_iterations);
-        }
-        break;
-    case MT_ALGO_FOMAML: case MT_ALGO_REPTILE: case MT_ALGO_IMAML:
-        sc->second_order = 0;
-        break;
+    const mt_meta_traits *t = mt_meta_traits_of(cfg->algorithm);
+    sc->second_order = t->order == MT_ORDER_SECOND ||
+                       (t->order == MT_ORDER_ANNEALED && iteration >= cfg->first_order_iterations);
+    if (t->multi_step_loss && cfg->msl_iterations > 0 && cfg->inner_steps > 1) {
+        sc->multi_step_loss = 1;
+        mt_meta_msl_weights(sc->step_weights, cfg->inner_steps, iteration, cfg->msl_iterations);
     }
 }
 
@@ -65,7 +57,7 @@ int mt_meta_tensors(const mt_meta_layout *layout, mt_meta_tensor *out, int max) 
         out[n].rank = T->rank;
         memcpy(out[n].dims, T->dims, sizeof T->dims);
     }
-    if (layout->algorithm == MT_ALGO_METASGD) {
+    if (layout->traits->rates == MT_RATES_PER_PARAMETER) {
         for (int t = 0; t < net->n_tensors; t++, n++) {
             if (n >= max) continue;
             const mt_nn_tensor *T = &net->tensors[t];
@@ -75,7 +67,7 @@ int mt_meta_tensors(const mt_meta_layout *layout, mt_meta_tensor *out, int max) 
             out[n].rank = T->rank;
             memcpy(out[n].dims, T->dims, sizeof T->dims);
         }
-    } else if (layout->algorithm == MT_ALGO_MAMLPP) {
+    } else if (layout->traits->rates == MT_RATES_PER_LAYER_STEP) {
         int p = 0;
         for (int l = 0; l < net->n_layers; l++) {
             if (!net->layers[l].param_count) continue;
