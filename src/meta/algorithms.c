@@ -5,6 +5,9 @@
  * expand_rates lays out the rates of a step, add_rate_grad sums their gradient). */
 #include "metatrain/meta.h"
 
+#include <stdio.h>
+#include <string.h>
+
 #define BACKPROP(rates_, adapts_, order_) {.rates = rates_, .adapts = adapts_, .order = order_, .metagrad = MT_METAGRAD_BACKPROP}
 static const mt_meta_traits table[] = {
     [MT_ALGO_MAML] = BACKPROP(MT_RATES_FIXED, MT_ADAPT_ALL, MT_ORDER_SECOND),
@@ -25,6 +28,9 @@ const mt_meta_traits *mt_meta_traits_of(mt_algorithm a) {
     return (int)a >= 0 && (int)a < MT_ALGO_COUNT ? &table[a] : &table[MT_ALGO_MAML];
 }
 
+/* The learned rates are laid out here (their count and their tensors) and used in
+ * src/meta/inner_loop.c (expand_rates, add_rate_grad): a new rate layout touches those two
+ * files. */
 size_t mt_meta_rate_count(const mt_meta_traits *t, const mt_nn_net *net, int inner_steps) {
     switch (t->rates) {
     case MT_RATES_PER_PARAMETER: return net->n_params;
@@ -37,4 +43,44 @@ size_t mt_meta_rate_count(const mt_meta_traits *t, const mt_nn_net *net, int inn
 double mt_meta_outer_lr(const mt_config *cfg, int iteration) {
     if (!mt_meta_traits_of(cfg->algorithm)->cosine_outer_lr) return cfg->outer_lr;
     return mt_meta_cosine_lr(cfg->outer_lr, cfg->min_outer_lr, iteration, cfg->iterations);
+}
+
+int mt_meta_tensors(const mt_meta_layout *layout, mt_meta_tensor *out, int max) {
+    const mt_nn_net *net = layout->net;
+    int n = 0;
+    for (int t = 0; t < net->n_tensors; t++, n++) {
+        if (n >= max) continue;
+        const mt_nn_tensor *T = &net->tensors[t];
+        snprintf(out[n].name, sizeof out[n].name, "%s", T->name);
+        out[n].offset = T->offset;
+        out[n].count = T->count;
+        out[n].rank = T->rank;
+        memcpy(out[n].dims, T->dims, sizeof T->dims);
+    }
+    if (layout->traits->rates == MT_RATES_PER_PARAMETER) {
+        for (int t = 0; t < net->n_tensors; t++, n++) {
+            if (n >= max) continue;
+            const mt_nn_tensor *T = &net->tensors[t];
+            snprintf(out[n].name, sizeof out[n].name, "inner_lr/%s", T->name);
+            out[n].offset = layout->n_theta + T->offset;
+            out[n].count = T->count;
+            out[n].rank = T->rank;
+            memcpy(out[n].dims, T->dims, sizeof T->dims);
+        }
+    } else if (layout->traits->rates == MT_RATES_PER_LAYER_STEP) {
+        int p = 0;
+        for (int l = 0; l < net->n_layers; l++) {
+            if (!net->layers[l].param_count) continue;
+            if (n < max) {
+                snprintf(out[n].name, sizeof out[n].name, "inner_lr/%s", net->layers[l].name);
+                out[n].offset = layout->n_theta + (size_t)p * layout->inner_steps;
+                out[n].count = (size_t)layout->inner_steps;
+                out[n].rank = 1;
+                memset(out[n].dims, 0, sizeof out[n].dims);
+                out[n].dims[0] = layout->inner_steps;
+            }
+            n++, p++;
+        }
+    }
+    return n;
 }
