@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "ckpt/ckpt_h5.h"
+#include "core/file.h"
 #include "metatrain/isolate.h"
 
 /* Writing a checkpoint of up to a few GB to a slow shared file system. */
@@ -267,32 +268,13 @@ static mt_status write_hdf5_job(void *arg) {
     return write_hdf5(job->tmp, job->ck, job->path);
 }
 
-static mt_status seal_and_sync(const char *file, const char *path) {
+/* Writes the checksum header over the file HDF5 has closed: the bytes it covers are final now. */
+static mt_status seal(const char *file, const char *path) {
     int fd = open(file, O_RDWR | O_CLOEXEC);
     if (fd < 0) return MT_RAISE(MT_ERR_IO, "%s: cannot reopen temporary file: %s", path, strerror(errno));
     mt_status st = ckpt_seal_fd(fd, path);
-    if (st == MT_OK && fsync(fd) != 0) st = MT_RAISE(MT_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
     if (close(fd) != 0 && st == MT_OK) st = MT_RAISE(MT_ERR_IO, "%s: write failed: %s", path, strerror(errno));
     return st;
-}
-
-/* Makes the rename durable. Some file systems cannot fsync a directory (EINVAL): nothing to do. */
-static mt_status sync_dir(const char *path) {
-    char dir[PATH_MAX];
-    const char *slash = strrchr(path, '/');
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return MT_RAISE(MT_ERR_IO, "%s: cannot open directory %s to sync it: %s", path, dir, strerror(errno));
-    int err = fsync(fd) != 0 ? errno : 0;
-    close(fd);
-    if (err && err != EINVAL) return MT_RAISE(MT_ERR_IO, "%s: fsync of directory %s failed: %s", path, dir, strerror(err));
-    return MT_OK;
-}
-
-static mt_status temp_path(char *tmp, size_t n, const char *path) {
-    if (snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid()) >= (int)n) return MT_RAISE(MT_ERR_ARG, "%s: path too long", path);
-    return MT_OK;
 }
 
 mt_status mt_ckpt_write(const char *path, const mt_ckpt *ck) {
@@ -304,7 +286,7 @@ mt_status mt_ckpt_write(const char *path, const mt_ckpt *ck) {
         return MT_RAISE(MT_ERR_ARG, "%s: bad array or attribute count", path);
     for (int i = 0; i < ck->n_arrays; i++) MT_TRY(check_array(&ck->arrays[i]));
     for (int i = 0; i < ck->n_attrs; i++) MT_TRY(check_attr(&ck->attrs[i]));
-    MT_TRY(temp_path(tmp, sizeof tmp, path));
+    MT_TRY(mt_file_temp_path(tmp, sizeof tmp, path));
     ckpt_h5_quiet();
     /* Created by hand first so that a failure is reported with its errno. */
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
@@ -316,11 +298,9 @@ mt_status mt_ckpt_write(const char *path, const mt_ckpt *ck) {
      * MPI_Finalize); a child that leaves with _exit takes that state with it. */
     write_job job = {tmp, ck, path};
     MT_TRY(mt_isolate_run(write_hdf5_job, &job, path, MT_CKPT_WRITE_TIMEOUT_S));
-    MT_TRY(seal_and_sync(tmp, path));
-    if (rename(tmp, path) != 0) MT_THROW(MT_ERR_IO, "%s: cannot replace: %s", path, strerror(errno));
-    created = 0;
-    MT_TRY(sync_dir(path));
-    return MT_OK;
+    MT_TRY(seal(tmp, path));
+    created = 0; /* mt_file_commit removes it on failure */
+    return mt_file_commit(tmp, path);
 fail:
     if (created) unlink(tmp);
     return st;
@@ -332,7 +312,7 @@ static mt_status copy_atomic(const char *src, const char *dest) {
     mt_status st = MT_OK;
     char tmp[PATH_MAX], buf[1 << 16];
     int in = -1, out = -1, created = 0;
-    MT_TRY(temp_path(tmp, sizeof tmp, dest));
+    MT_TRY(mt_file_temp_path(tmp, sizeof tmp, dest));
     if ((in = open(src, O_RDONLY | O_CLOEXEC)) < 0) MT_THROW(MT_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
     if ((out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666)) < 0)
         MT_THROW(MT_ERR_IO, "%s: cannot create temporary file: %s", dest, strerror(errno));
@@ -349,14 +329,13 @@ static mt_status copy_atomic(const char *src, const char *dest) {
             done += put;
         }
     }
-    if (fsync(out) != 0) MT_THROW(MT_ERR_IO, "%s: fsync failed: %s", dest, strerror(errno));
     int closed = close(out);
     out = -1;
     if (closed != 0) MT_THROW(MT_ERR_IO, "%s: write failed: %s", dest, strerror(errno));
     close(in);
     in = -1;
-    if (rename(tmp, dest) != 0) MT_THROW(MT_ERR_IO, "%s: cannot replace: %s", dest, strerror(errno));
-    return sync_dir(dest);
+    created = 0; /* mt_file_commit removes it on failure */
+    return mt_file_commit(tmp, dest);
 fail:
     if (in >= 0) close(in);
     if (out >= 0) close(out);

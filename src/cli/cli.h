@@ -149,11 +149,6 @@ json_t *mt_cli_json_string(const char *s);
 /* Prints a JSON value on one line to stdout and frees it. */
 mt_status mt_cli_json_print(json_t *value);
 
-/* Writes `text` to `path` atomically (temporary beside it, fsync, rename, fsync directory). */
-mt_status mt_cli_write_file_atomic(const char *path, const char *text, size_t len);
-/* Makes a finished temporary file `tmp` the file `path`: fsync, rename, fsync of the directory;
- * removes tmp on failure. Every atomic write ends here. */
-mt_status mt_cli_commit_file(const char *tmp, const char *path);
 /* Refuses an output path whose directory does not exist, before any work. */
 mt_status mt_cli_check_output_dir(const char *path);
 /* mkdir -p. */

@@ -1,5 +1,6 @@
 /* What the verbs share: building the model from a config, error reporting, safe file writes. */
 #include "cli/cli.h"
+#include "core/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -75,31 +76,6 @@ mt_status mt_cli_make_dirs(const char *path) {
     return MT_OK;
 }
 
-static mt_status fsync_parent_dir(const char *path) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    int fd = open(dirname(buf), O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return MT_RAISE(MT_ERR_IO, "%s: cannot open its directory: %s", path, strerror(errno));
-    int rc = fsync(fd);
-    close(fd);
-    if (rc != 0 && errno != EINVAL) return MT_RAISE(MT_ERR_IO, "%s: fsync of its directory failed: %s", path, strerror(errno));
-    return MT_OK;
-}
-
-mt_status mt_cli_commit_file(const char *tmp, const char *path) {
-    mt_status st = MT_OK;
-    int fd = open(tmp, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) MT_THROW(MT_ERR_IO, "%s: cannot reopen its temporary file: %s", path, strerror(errno));
-    int synced = fsync(fd) == 0, err = errno;
-    close(fd);
-    if (!synced) MT_THROW(MT_ERR_IO, "%s: fsync failed: %s", path, strerror(err));
-    if (rename(tmp, path) != 0) MT_THROW(MT_ERR_IO, "%s: cannot replace: %s", path, strerror(errno));
-    return fsync_parent_dir(path);
-fail:
-    unlink(tmp);
-    return st;
-}
-
 mt_status mt_cli_check_output_dir(const char *path) {
     char buf[4096];
     struct stat sb;
@@ -109,31 +85,6 @@ mt_status mt_cli_check_output_dir(const char *path) {
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return MT_RAISE(MT_ERR_IO, "%s: directory %s does not exist", path, dir);
     return MT_OK;
-}
-
-mt_status mt_cli_write_file_atomic(const char *path, const char *text, size_t len) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return MT_RAISE(MT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-    size_t done = 0;
-    while (done < len) {
-        ssize_t w = write(fd, text + done, len - done);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int err = errno;
-            close(fd);
-            unlink(tmp);
-            return MT_RAISE(MT_ERR_IO, "%s: write failed: %s", path, strerror(err));
-        }
-        done += (size_t)w;
-    }
-    if (close(fd) != 0) {
-        int err = errno;
-        unlink(tmp);
-        return MT_RAISE(MT_ERR_IO, "%s: write failed: %s", path, strerror(err));
-    }
-    return mt_cli_commit_file(tmp, path);
 }
 
 json_t *mt_cli_json_string(const char *s) {

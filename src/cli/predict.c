@@ -2,6 +2,7 @@
  * does not grow with the input. The output file is written under a temporary name and renamed
  * only once every row is in it: an error leaves no file. One process, no MPI. */
 #include "cli/cli.h"
+#include "core/file.h"
 #include "h5/h5_read.h"
 
 #include <math.h>
@@ -33,7 +34,7 @@ static mt_status out_create(out_file *o, const char *path, int64_t rows, size_t 
     char cause[160];
     hsize_t dims[2] = {(hsize_t)rows, outputs}, cdims[2] = {(hsize_t)(chunk < rows ? chunk : rows), outputs};
     hid_t space = H5I_INVALID_HID, dcpl = H5I_INVALID_HID;
-    snprintf(o->tmp, sizeof o->tmp, "%s.tmp.%ld", path, (long)getpid());
+    MT_TRY(mt_file_temp_path(o->tmp, sizeof o->tmp, path));
     if ((o->file = H5Fcreate(o->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT)) < 0)
         MT_THROW(MT_ERR_IO, "%s: cannot create (%s)", path, mt_h5_cause(cause));
     if ((space = H5Screate_simple(2, dims, NULL)) < 0 || (dcpl = H5Pcreate(H5P_DATASET_CREATE)) < 0 ||
@@ -65,7 +66,7 @@ static mt_status out_finish(out_file *o, const char *path, int commit) {
         unlink(o->tmp);
         return rc < 0 && commit ? MT_RAISE(MT_ERR_IO, "%s: write failed", path) : MT_OK;
     }
-    return mt_cli_commit_file(o->tmp, path);
+    return mt_file_commit(o->tmp, path);
 }
 
 static void print_csv_header(size_t outputs, int classify) {

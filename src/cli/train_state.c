@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/file.h"
 #include "metatrain/isolate.h"
 
 #ifndef METATRAIN_VERSION
@@ -190,7 +191,7 @@ mt_status mt_cli_history_write_csv(const mt_cli_history *h, const char *path) {
         len += (size_t)snprintf(text + len, cap - len, "%lld,%.6g,%s,%.3f\n", (long long)h->iteration[i],
                                 h->meta_loss[i], val, h->elapsed_s[i]);
     }
-    mt_status st = mt_cli_write_file_atomic(path, text, len < cap ? len : cap - 1);
+    mt_status st = mt_file_write_atomic(path, text, len < cap ? len : cap - 1);
     free(text);
     return st;
 }
