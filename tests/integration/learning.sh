@@ -1,7 +1,9 @@
 #!/bin/bash
-# It learns: a short sinusoid MAML run (seconds) cuts the 1-step post-adaptation MSE from ~100
-# at initialization to below 2.5, which a broken meta-gradient (wrong sign, missing term, garbage)
-# does not. Also: eval --json is valid JSON with the documented fields; scripts/plot writes a PNG.
+# It learns: 3,000 iterations of sinusoid MAML (seconds) cut the 1-step post-adaptation MSE on 200
+# tasks from 114 at initialization to 1.81. The same run with first-order MAML, whose meta-gradient
+# lacks the second-order term, reaches 2.14: the threshold, 1.95, fails a meta-gradient that
+# loses that term, and anything worse (a wrong sign, garbage). Also: eval --json is valid JSON with
+# the documented fields; scripts/plot writes a PNG.
 . "$(dirname "$0")/lib.sh"
 
 mpi 2 train "$CONFIGS/sinusoid-maml.ini" --set train.iterations=3000 --set train.log_every=500 \
@@ -16,7 +18,7 @@ for key, kind in [("metric", str), ("mean", float), ("ci95", float), ("tasks", i
 assert r["metric"] == "mse" and r["tasks"] == 200 and r["steps"] == 10 and len(r["per_step"]) == 11
 one, zero = r["per_step"][1]["mean"], r["per_step"][0]["mean"]
 print(f"1-step MSE {one:.3f} (before adaptation {zero:.3f}), 10-step {r['mean']:.3f}")
-assert one < 2.5, f"1-step MSE {one} after 3000 iterations: the meta-gradient is broken"
+assert one < 1.95, f"1-step MSE {one} after 3000 iterations (1.81 expected): the meta-gradient is broken"
 assert r["mean"] < one < zero, "adaptation does not lower the query loss"
 PY
 
