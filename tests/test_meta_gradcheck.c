@@ -784,11 +784,15 @@ static void test_meta_tensors(void **state) {
     mf_problem_free(&p);
 }
 
+/* Last: every algorithm's check ran (a worst error of exactly 0 means it measured nothing) and
+ * stayed within the tolerance. */
 static void test_summary(void **state) {
     (void)state;
     printf("worst meta-gradient relative errors: maml %.2e, metasgd %.2e, anil %.2e, mamlpp %.2e "
            "(tolerance %.0e)\n",
            worst_maml, worst_metasgd, worst_anil, worst_mamlpp, GRAD_TOL);
+    const double worst[] = {worst_maml, worst_metasgd, worst_anil, worst_mamlpp};
+    for (size_t i = 0; i < sizeof worst / sizeof *worst; i++) assert_true(worst[i] > 0 && worst[i] <= GRAD_TOL);
 }
 
 int main(void) {

@@ -415,10 +415,14 @@ static void test_harness_sees_kinks(void **state) {
 }
 
 /* Prints the worst errors of the whole file (cmocka runs the tests in order). */
+/* Last: every kind of check ran (a worst error of exactly 0 means it measured nothing) and
+ * stayed within the tolerance. */
 static void test_summary(void **state) {
     printf("worst relative errors: gradient %.2e, Hessian columns %.2e, directional gradient %.2e, "
            "directional HVP %.2e (tolerance %.0e)\n",
            worst_grad, worst_hess, worst_dgrad, worst_dhvp, TOL);
+    const double worst[] = {worst_grad, worst_hess, worst_dgrad, worst_dhvp};
+    for (size_t i = 0; i < sizeof worst / sizeof *worst; i++) assert_true(worst[i] > 0 && worst[i] <= TOL);
 }
 
 int main(void) {
