@@ -21,353 +21,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum {
-    ARR_IMAGES, ARR_LABELS, ARR_CLASS_SPLIT, ARR_CLASS_START, ARR_CLASS_MEMBERS, ARR_CLASS_NAMES,
-    ARR_FEATURES, ARR_TARGETS, ARR_TARGET_CLASS, ARR_GROUP_SPLIT, ARR_GROUP_START, ARR_GROUP_MEMBERS,
-    ARR_SUPPORT_INDEX, ARR_SUPPORT_LABEL, ARR_QUERY_INDEX, ARR_QUERY_LABEL, N_ARRAYS
-};
-
-#define ALIGN 64          /* every array starts on a cache line */
-#define MAX_NAME_LEN 4096 /* longest class name accepted */
-
-/* What node rank 0 tells the node's other ranks: its verdict, the sizes, and where each array
- * starts in the window (bytes[a] == 0: absent). Sent as bytes: every rank runs one binary. */
-typedef struct {
-    int status;
-    char message[1024];
-    mt_dataset_kind kind;
-    int64_t n_images;
-    int channels, height, width;
-    double pixel_scale, pixel_offset;
-    int n_classes, class_name_size;
-    int64_t n_rows;
-    int n_features, n_targets, n_groups;
-    int n_episodes, episode_ways, episode_support, episode_query;
-    uint64_t bytes[N_ARRAYS], offset[N_ARRAYS], total;
-} layout;
-
-/* Node rank 0's handles and the arrays it holds between the phases. */
-typedef struct {
-    const char *path, *episodes_path;
-    hid_t fapl, file, episodes_file;
-    hid_t images, features, targets; /* read in phase 2, straight into the window */
-    int32_t *labels, *class_split, *target_class, *group, *group_split;
-    int32_t *episode[4]; /* support index, support label, query index, query label */
-    char *class_names;   /* n_classes × class_name_size */
-} reader;
-
-/* ---- phase 1: node rank 0 checks the files and plans the window --------------------------- */
-
-/* /class_names, fixed-length or variable-length strings, into n × (longest + 1) bytes. */
-static mt_status load_class_names(reader *r, layout *L, hid_t dset, int64_t n) {
-    mt_status st = MT_OK;
-    const char *p = r->path, *name = "/class_names";
-    hid_t ftype = H5I_INVALID_HID, mem = H5I_INVALID_HID, space = H5I_INVALID_HID;
-    char *raw = NULL, **strs = NULL;
-    if ((ftype = H5Dget_type(dset)) < 0 || (space = H5Dget_space(dset)) < 0)
-        MT_THROW(MT_ERR_FORMAT, "%s: %s: unreadable", p, name);
-    if ((uint64_t)n * (MAX_NAME_LEN + 1) > MT_TASK_DATASET_MAX_BYTES)
-        MT_THROW(MT_ERR_FORMAT, "%s: %s: %" PRId64 " names, too many", p, name, n);
-    H5T_cset_t cset = H5Tget_cset(ftype);
-    if ((mem = H5Tcopy(H5T_C_S1)) < 0 || H5Tset_cset(mem, cset) < 0)
-        MT_THROW(MT_ERR_FORMAT, "%s: %s: unreadable string type", p, name);
-    if (H5Tis_variable_str(ftype) > 0) {
-        if (H5Tset_size(mem, H5T_VARIABLE) < 0 || !(strs = calloc((size_t)n, sizeof *strs)))
-            MT_THROW(MT_ERR_NOMEM, "%s: %s: out of memory", p, name);
-        MT_TRY(mt_h5_read_all(dset, mem, p, name, strs));
-        size_t longest = 0;
-        for (int64_t i = 0; i < n; i++)
-            if (strs[i] && strlen(strs[i]) > longest) longest = strlen(strs[i]);
-        if (longest > MAX_NAME_LEN) MT_THROW(MT_ERR_FORMAT, "%s: %s: a name longer than %d characters", p, name, MAX_NAME_LEN);
-        L->class_name_size = (int)longest + 1;
-        if (!(r->class_names = calloc((size_t)n, (size_t)L->class_name_size)))
-            MT_THROW(MT_ERR_NOMEM, "%s: %s: out of memory", p, name);
-        for (int64_t i = 0; i < n; i++)
-            if (strs[i]) memcpy(r->class_names + i * L->class_name_size, strs[i], strlen(strs[i]));
-    } else {
-        size_t size = H5Tget_size(ftype);
-        if (size == 0 || size > MAX_NAME_LEN)
-            MT_THROW(MT_ERR_FORMAT, "%s: %s: string size %zu outside [1, %d]", p, name, size, MAX_NAME_LEN);
-        if (H5Tset_size(mem, size) < 0 || H5Tset_strpad(mem, H5T_STR_NULLPAD) < 0)
-            MT_THROW(MT_ERR_FORMAT, "%s: %s: unreadable string type", p, name);
-        if (!(raw = malloc((size_t)n * size))) MT_THROW(MT_ERR_NOMEM, "%s: %s: out of memory", p, name);
-        MT_TRY(mt_h5_read_all(dset, mem, p, name, raw));
-        L->class_name_size = (int)size + 1;
-        if (!(r->class_names = calloc((size_t)n, (size_t)L->class_name_size)))
-            MT_THROW(MT_ERR_NOMEM, "%s: %s: out of memory", p, name);
-        for (int64_t i = 0; i < n; i++) {
-            const char *s = raw + i * size;
-            memcpy(r->class_names + i * L->class_name_size, s, strnlen(s, size));
-        }
-    }
-    L->bytes[ARR_CLASS_NAMES] = (uint64_t)n * (uint64_t)L->class_name_size;
-fail:
-    if (strs) {
-        H5Dvlen_reclaim(mem, space, H5P_DEFAULT, strs);
-        free(strs);
-    }
-    free(raw);
-    if (mem >= 0) H5Tclose(mem);
-    if (space >= 0) H5Sclose(space);
-    if (ftype >= 0) H5Tclose(ftype);
-    return st;
-}
-
-/* Values of a split array in 0..2. */
-static mt_status check_split_values(const char *path, const char *name, const int32_t *v, int64_t n) {
-    for (int64_t i = 0; i < n; i++)
-        if (v[i] < 0 || v[i] > 2)
-            return MT_RAISE(MT_ERR_FORMAT, "%s: %s: value %d at index %" PRId64 " outside [0, 2] (0 train, 1 val, 2 test)",
-                            path, name, v[i], i);
-    return MT_OK;
-}
-
-/* Values in [0, n) when n > 0; when n == 0, n becomes max + 1 after refusing negatives.
- * `what` names a value ("label"), `bound` where n came from. */
-static mt_status check_ids(const char *path, const char *name, const char *what, const int32_t *v, int64_t len,
-                           int *n, const char *bound) {
-    int given = *n;
-    int32_t largest = -1;
-    for (int64_t i = 0; i < len; i++) {
-        if (v[i] < 0 || (given > 0 && v[i] >= given)) {
-            if (given > 0)
-                return MT_RAISE(MT_ERR_FORMAT, "%s: %s: %s %d at index %" PRId64 " outside [0, %d) (the length of %s)",
-                                path, name, what, v[i], i, given, bound);
-            return MT_RAISE(MT_ERR_FORMAT, "%s: %s: %s %d at index %" PRId64 " is negative", path, name, what, v[i], i);
-        }
-        if (v[i] > largest) largest = v[i];
-    }
-    if (given == 0) {
-        if (largest == INT32_MAX) return MT_RAISE(MT_ERR_FORMAT, "%s: %s: %s %d too large", path, name, what, largest);
-        *n = largest + 1;
-    }
-    return MT_OK;
-}
-
-static mt_status plan_images(reader *r, layout *L) {
-    mt_status st = MT_OK;
-    const char *p = r->path;
-    hsize_t dims[4], len[4];
-    hid_t names = H5I_INVALID_HID;
-    MT_TRY(mt_h5_open_dataset(r->file, p, "/images", 1, &r->images));
-    MT_TRY(mt_h5_check_array(r->images, p, "/images", MT_H5_U8, 4, "[N, C, H, W]", dims, &L->bytes[ARR_IMAGES]));
-    L->n_images = (int64_t)dims[0];
-    L->channels = (int)dims[1];
-    L->height = (int)dims[2];
-    L->width = (int)dims[3];
-
-    MT_TRY(mt_h5_load_i32(r->file, p, "/labels", 1, 1, "[N]", len, &r->labels));
-    if ((int64_t)len[0] != L->n_images)
-        MT_THROW(MT_ERR_FORMAT, "%s: /labels: length %llu does not match /images (%" PRId64 ")", p,
-                 (unsigned long long)len[0], L->n_images);
-
-    int64_t n_split = 0, n_names = 0;
-    MT_TRY(mt_h5_load_i32(r->file, p, "/class_split", 0, 1, "[n_classes]", len, &r->class_split));
-    if (r->class_split) n_split = (int64_t)len[0];
-    MT_TRY(mt_h5_open_dataset(r->file, p, "/class_names", 0, &names));
-    if (names >= 0) {
-        char tbuf[32];
-        int rank = mt_h5_dims(names, len);
-        hid_t type = H5Dget_type(names);
-        int is_string = type >= 0 && H5Tget_class(type) == H5T_STRING;
-        if (type >= 0) H5Tclose(type);
-        if (!is_string || rank != 1)
-            MT_THROW(MT_ERR_FORMAT, "%s: /class_names: expected strings [n_classes], got %s of rank %d", p,
-                     mt_h5_type_desc(names, tbuf), rank);
-        if (len[0] == 0) MT_THROW(MT_ERR_FORMAT, "%s: /class_names: empty", p);
-        if (len[0] > INT32_MAX) MT_THROW(MT_ERR_FORMAT, "%s: /class_names: more than %d names", p, INT32_MAX);
-        n_names = (int64_t)len[0];
-        if (n_split && n_names != n_split)
-            MT_THROW(MT_ERR_FORMAT, "%s: /class_names: length %" PRId64 " does not match /class_split (%" PRId64 ")", p,
-                     n_names, n_split);
-        MT_TRY(load_class_names(r, L, names, n_names));
-    }
-
-    int n_classes = (int)(n_split ? n_split : n_names);
-    MT_TRY(check_ids(p, "/labels", "label", r->labels, L->n_images, &n_classes, n_split ? "/class_split" : "/class_names"));
-    L->n_classes = n_classes;
-    if (r->class_split) MT_TRY(check_split_values(p, "/class_split", r->class_split, n_split));
-
-    int present;
-    L->pixel_scale = 1.0 / 255.0;
-    L->pixel_offset = 0.0;
-    MT_TRY(mt_h5_read_attr_double(r->file, p, "/", "pixel_scale", 0, &L->pixel_scale, &present));
-    MT_TRY(mt_h5_read_attr_double(r->file, p, "/", "pixel_offset", 0, &L->pixel_offset, &present));
-
-    L->bytes[ARR_LABELS] = (uint64_t)L->n_images * sizeof(int32_t);
-    L->bytes[ARR_CLASS_SPLIT] = (uint64_t)n_classes * sizeof(int32_t);
-    L->bytes[ARR_CLASS_START] = ((uint64_t)n_classes + 1) * sizeof(int64_t);
-    L->bytes[ARR_CLASS_MEMBERS] = (uint64_t)L->n_images * sizeof(int64_t);
-fail:
-    if (names >= 0) H5Dclose(names);
-    return st;
-}
-
-static mt_status plan_episodes(reader *r, layout *L) {
-    mt_status st = MT_OK;
-    const char *p = r->episodes_path;
-    static const char *const names[4] = {"/episodes/support", "/episodes/support_labels", "/episodes/query",
-                                         "/episodes/query_labels"};
-    hsize_t dims[4][4];
-    hid_t group = H5I_INVALID_HID;
-    if (!mt_h5_link_exists(r->episodes_file, "/episodes")) MT_THROW(MT_ERR_FORMAT, "%s: /episodes: no such group", p);
-    for (int i = 0; i < 4; i++)
-        MT_TRY(mt_h5_load_i32(r->episodes_file, p, names[i], 1, 2, "[E, n]", dims[i], &r->episode[i]));
-    for (int i = 1; i < 4; i += 2)
-        if (dims[i][0] != dims[i - 1][0] || dims[i][1] != dims[i - 1][1])
-            MT_THROW(MT_ERR_FORMAT, "%s: %s: shape [%llu, %llu] does not match %s [%llu, %llu]", p, names[i],
-                     (unsigned long long)dims[i][0], (unsigned long long)dims[i][1], names[i - 1],
-                     (unsigned long long)dims[i - 1][0], (unsigned long long)dims[i - 1][1]);
-    if (dims[2][0] != dims[0][0])
-        MT_THROW(MT_ERR_FORMAT, "%s: /episodes/query: %llu episodes but /episodes/support has %llu", p,
-                 (unsigned long long)dims[2][0], (unsigned long long)dims[0][0]);
-
-    double ways;
-    int present;
-    if ((group = H5Gopen2(r->episodes_file, "/episodes", H5P_DEFAULT)) < 0)
-        MT_THROW(MT_ERR_FORMAT, "%s: /episodes: not a group", p);
-    MT_TRY(mt_h5_read_attr_double(group, p, "/episodes", "ways", 1, &ways, &present));
-    if (!present) MT_THROW(MT_ERR_FORMAT, "%s: /episodes: attribute ways missing", p);
-    if (ways < 1 || ways > L->n_classes)
-        MT_THROW(MT_ERR_FORMAT, "%s: /episodes: ways = %.0f outside [1, %d] (the classes of %s)", p, ways, L->n_classes,
-                 r->path);
-
-    L->n_episodes = (int)dims[0][0];
-    L->episode_support = (int)dims[0][1];
-    L->episode_query = (int)dims[2][1];
-    L->episode_ways = (int)ways;
-    for (int i = 0; i < 4; i++) {
-        int64_t n = (int64_t)dims[i][0] * (int64_t)dims[i][1], width = (int64_t)dims[i][1];
-        int64_t bound = i % 2 == 0 ? L->n_images : L->episode_ways;
-        for (int64_t k = 0; k < n; k++) {
-            int32_t v = r->episode[i][k];
-            if (v >= 0 && v < bound) continue;
-            if (i % 2 == 0)
-                MT_THROW(MT_ERR_FORMAT, "%s: %s: index %d at [%" PRId64 ", %" PRId64 "] outside [0, %" PRId64 ") (the images of %s)",
-                         p, names[i], v, k / width, k % width, bound, r->path);
-            MT_THROW(MT_ERR_FORMAT, "%s: %s: label %d at [%" PRId64 ", %" PRId64 "] outside [0, %" PRId64 ") (ways)", p,
-                     names[i], v, k / width, k % width, bound);
-        }
-        L->bytes[ARR_SUPPORT_INDEX + i] = (uint64_t)n * sizeof(int32_t);
-    }
-fail:
-    if (group >= 0) H5Gclose(group);
-    return st;
-}
-
-static mt_status plan_grouped(reader *r, layout *L) {
-    mt_status st = MT_OK;
-    const char *p = r->path;
-    hsize_t dims[4], len[4];
-    char tbuf[32];
-    MT_TRY(mt_h5_open_dataset(r->file, p, "/features", 1, &r->features));
-    MT_TRY(mt_h5_check_array(r->features, p, "/features", MT_H5_F32, 2, "[N, D]", dims, &L->bytes[ARR_FEATURES]));
-    L->n_rows = (int64_t)dims[0];
-    L->n_features = (int)dims[1];
-
-    MT_TRY(mt_h5_open_dataset(r->file, p, "/targets", 1, &r->targets));
-    int rank = mt_h5_dims(r->targets, len);
-    if (mt_h5_type_is(r->targets, MT_H5_F32) && rank == 2) {
-        MT_TRY(mt_h5_check_array(r->targets, p, "/targets", MT_H5_F32, 2, "[N, T]", len, &L->bytes[ARR_TARGETS]));
-        L->n_targets = (int)len[1];
-    } else if (mt_h5_type_is(r->targets, MT_H5_I32) && rank == 1) {
-        H5Dclose(r->targets);
-        r->targets = H5I_INVALID_HID;
-        MT_TRY(mt_h5_load_i32(r->file, p, "/targets", 1, 1, "[N]", len, &r->target_class));
-        L->bytes[ARR_TARGET_CLASS] = (uint64_t)len[0] * sizeof(int32_t);
-    } else {
-        MT_THROW(MT_ERR_FORMAT, "%s: /targets: expected float32 [N, T] (regression) or int32 [N] (classification), got %s of rank %d",
-                 p, mt_h5_type_desc(r->targets, tbuf), rank);
-    }
-    if ((int64_t)len[0] != L->n_rows)
-        MT_THROW(MT_ERR_FORMAT, "%s: /targets: length %llu does not match /features (%" PRId64 ")", p,
-                 (unsigned long long)len[0], L->n_rows);
-    if (r->target_class) {
-        int n_classes = 0;
-        MT_TRY(check_ids(p, "/targets", "class", r->target_class, L->n_rows, &n_classes, ""));
-        L->n_classes = n_classes;
-    }
-
-    MT_TRY(mt_h5_load_i32(r->file, p, "/group", 1, 1, "[N]", len, &r->group));
-    if ((int64_t)len[0] != L->n_rows)
-        MT_THROW(MT_ERR_FORMAT, "%s: /group: length %llu does not match /features (%" PRId64 ")", p,
-                 (unsigned long long)len[0], L->n_rows);
-    MT_TRY(mt_h5_load_i32(r->file, p, "/group_split", 0, 1, "[n_groups]", len, &r->group_split));
-    int n_groups = r->group_split ? (int)len[0] : 0;
-    MT_TRY(check_ids(p, "/group", "group", r->group, L->n_rows, &n_groups, "/group_split"));
-    if (r->group_split) MT_TRY(check_split_values(p, "/group_split", r->group_split, n_groups));
-    L->n_groups = n_groups;
-
-    L->bytes[ARR_GROUP_SPLIT] = (uint64_t)n_groups * sizeof(int32_t);
-    L->bytes[ARR_GROUP_START] = ((uint64_t)n_groups + 1) * sizeof(int64_t);
-    L->bytes[ARR_GROUP_MEMBERS] = (uint64_t)L->n_rows * sizeof(int64_t);
-fail:
-    return st;
-}
-
-static mt_status plan(reader *r, layout *L) {
-    mt_status st = MT_OK;
-    char cause[160];
-    if ((r->fapl = H5Pcreate(H5P_FILE_ACCESS)) < 0 || H5Pset_fclose_degree(r->fapl, H5F_CLOSE_STRONG) < 0 ||
-        H5Pset_file_locking(r->fapl, 0, 1) < 0)
-        MT_THROW(MT_ERR_IO, "%s: cannot set up HDF5 (%s)", r->path, mt_h5_cause(cause));
-    MT_TRY(mt_h5_open_file(r->path, r->fapl, &r->file));
-    if (L->kind == MT_DATASET_IMAGES) {
-        MT_TRY(plan_images(r, L));
-        if (r->episodes_path) {
-            if (strcmp(r->episodes_path, r->path) == 0) r->episodes_file = r->file;
-            else MT_TRY(mt_h5_open_file(r->episodes_path, r->fapl, &r->episodes_file));
-            MT_TRY(plan_episodes(r, L));
-        }
-    } else {
-        MT_TRY(plan_grouped(r, L));
-    }
-    uint64_t total = 0;
-    for (int a = 0; a < N_ARRAYS; a++) {
-        L->offset[a] = total;
-        total += (L->bytes[a] + ALIGN - 1) / ALIGN * ALIGN; /* each at most the limit: no overflow */
-    }
-    if (total > MT_TASK_DATASET_MAX_BYTES)
-        MT_THROW(MT_ERR_FORMAT, "%s: %.1f GiB in all, more than the %llu GiB limit", r->path,
-                 (double)total / (1u << 30), (unsigned long long)(MT_TASK_DATASET_MAX_BYTES >> 30));
-    L->total = total;
-fail:
-    return st;
-}
+#include "task/dataset_plan.h"
 
 typedef struct {
     reader *r;
     layout *L;
 } plan_args;
 
-static void reader_close(reader *r);
-
 /* Phase 1 in the child of mt_isolate_run, on the child's own copies of the reader and layout.
  * It closes what it opened: with METATRAIN_ISOLATE=0 it runs in this process, before the real
  * phase 1 fills the same reader again. */
 static mt_status plan_in_child(void *arg) {
     plan_args *a = arg;
-    mt_status st = plan(a->r, a->L);
-    reader_close(a->r);
+    mt_status st = mt_task_dataset_plan(a->r, a->L);
+    mt_task_dataset_reader_close(a->r);
     return st;
-}
-
-static void reader_close(reader *r) {
-    hid_t *dsets[] = {&r->images, &r->features, &r->targets};
-    for (int i = 0; i < 3; i++)
-        if (*dsets[i] >= 0) H5Dclose(*dsets[i]);
-    if (r->episodes_file >= 0 && r->episodes_file != r->file) H5Fclose(r->episodes_file);
-    if (r->file >= 0) H5Fclose(r->file);
-    if (r->fapl >= 0) H5Pclose(r->fapl);
-    int32_t **arrays[] = {&r->labels, &r->class_split, &r->target_class, &r->group, &r->group_split,
-                          &r->episode[0], &r->episode[1], &r->episode[2], &r->episode[3]};
-    for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++) {
-        free(*arrays[i]);
-        *arrays[i] = NULL;
-    }
-    free(r->class_names);
-    r->class_names = NULL;
-    r->images = r->features = r->targets = r->episodes_file = r->file = r->fapl = H5I_INVALID_HID;
 }
 
 /* ---- phase 2: node rank 0 fills the window -------------------------------------------------- */
@@ -539,7 +207,7 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
         else snprintf(what, sizeof what, "%s", path);
         plan_args args = {&r, L};
         mt_status checked = mt_isolate_run(plan_in_child, &args, what, MT_ISOLATE_TIMEOUT_S);
-        record(L, checked == MT_OK ? plan(&r, L) : checked);
+        record(L, checked == MT_OK ? mt_task_dataset_plan(&r, L) : checked);
         H5Eset_auto2(H5E_DEFAULT, old_func, old_data);
     }
     bcast_layout(d, L, ds->node_comm);
@@ -583,13 +251,13 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
             }
         }
     }
-    if (node_rank == 0) reader_close(&r);
+    if (node_rank == 0) mt_task_dataset_reader_close(&r);
     MT_TRY(mt_dist_agree(d, st));
     free(L);
     *out = ds;
     return MT_OK;
 fail:
-    if (node_rank == 0) reader_close(&r);
+    if (node_rank == 0) mt_task_dataset_reader_close(&r);
     free(L);
     release(ds);
     return st;
