@@ -119,7 +119,7 @@ int mt_cli_adapt(const mt_dist *d, int argc, char **argv) {
     if (!ckpt || !support || !out)
         MT_THROW(MT_ERR_ARG, "adapt: give CKPT, --support FILE and -o ADAPTED.h5 (see metatrain adapt --help)");
     MT_TRY(mt_cli_check_output_dir(out));
-    MT_TRY(mt_cli_rows_count(support, &rows));
+    MT_TRY(mt_cli_rows_count(support, &rows, NULL));
     MT_TRY(mt_cli_model_open(&m, ckpt, steps, rows < MT_MODEL_MAX_BATCH ? (int)rows : MT_MODEL_MAX_BATCH));
     MT_TRY(mt_cli_adapt_on(m, support, sha));
     MT_TRY(mt_model_save(m, out, &(mt_model_provenance){support, sha}));

@@ -131,9 +131,9 @@ mt_status mt_cli_rows_open(mt_cli_rows *r, const char *path, const mt_model_info
  * classes, naming the file, dataset and row. */
 mt_status mt_cli_rows_read(mt_cli_rows *r, int64_t first, int n, float *x, int32_t *labels, float *targets);
 void mt_cli_rows_close(mt_cli_rows *r);
-/* The number of rows of the file's /images or /features, for planning before the model is open;
- * 0 and an error when there is none. Local. */
-mt_status mt_cli_rows_count(const char *path, int64_t *rows);
+/* The number of rows of the file's /images or /features, and whether they are images (may be
+ * NULL), for planning before the model is open; 0 and an error when there is none. Local. */
+mt_status mt_cli_rows_count(const char *path, int64_t *rows, int *images);
 
 /* Using a trained model (src/cli/adapt.c): opens MODEL after checking it in a child process
  * (mt_isolate_run), with `steps` inner steps (0: the model's) and room for max_batch rows. */

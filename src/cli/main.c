@@ -3,6 +3,7 @@
  * without it, so that they start in milliseconds and work where no MPI launcher exists. */
 #include "cli/cli.h"
 
+#include <cblas.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +73,10 @@ int main(int argc, char **argv) {
     signal(SIGXFSZ, SIG_IGN);
     if (!mpi) {
         if (launcher_rank() != 0) return MT_EXIT_OK;
+        /* One OpenBLAS thread, as train.threads defaults to: small products lose more to thread
+         * hand-offs than they gain (the 4-conv predictions ran 3x slower on two threads of a busy
+         * machine). OPENBLAS_NUM_THREADS, when set, decides. */
+        if (!getenv("OPENBLAS_NUM_THREADS")) openblas_set_num_threads(1);
         const mt_dist alone = MT_CLI_NO_MPI;
         return run(&alone, argc - 2, argv + 2);
     }

@@ -113,16 +113,17 @@ int mt_cli_predict(const mt_dist *d, int argc, char **argv) {
     if (out && csv) MT_THROW(MT_ERR_ARG, "predict: -o and --csv both name where predictions go: give one");
     if (out) MT_TRY(mt_cli_check_output_dir(out));
     csv = csv || (!out && !json);
-    MT_TRY(mt_cli_rows_count(input, &rows));
-    if (support) MT_TRY(mt_cli_rows_count(support, &support_rows));
-    /* One batch per call: the input's rows up to --batch, and the whole support set. */
-    int chunk = batch ? batch : 1024;
+    int images = 0;
+    MT_TRY(mt_cli_rows_count(input, &rows, &images));
+    if (support) MT_TRY(mt_cli_rows_count(support, &support_rows, NULL));
+    /* One batch per call: the input's rows up to --batch (images fewer: a convolution's workspace
+     * grows by about 0.3 MB per image), and the whole support set. */
+    int chunk = batch ? batch : images ? 256 : 1024;
     if ((int64_t)chunk > rows) chunk = (int)rows;
     int plan = chunk > support_rows ? chunk : (int)(support_rows < MT_MODEL_MAX_BATCH ? support_rows : MT_MODEL_MAX_BATCH);
     MT_TRY(mt_cli_model_open(&m, model, steps, plan));
     mt_model_info mi;
     mt_model_describe(m, &mi);
-    if (!batch && mi.height * mi.width > 1 && chunk > 256) chunk = 256; /* images: bound the workspace */
     if (support) {
         MT_TRY(mt_cli_adapt_on(m, support, sha));
         mt_model_describe(m, &mi);

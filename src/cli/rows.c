@@ -136,7 +136,7 @@ fail:
     return st;
 }
 
-mt_status mt_cli_rows_count(const char *path, int64_t *rows) {
+mt_status mt_cli_rows_count(const char *path, int64_t *rows, int *images) {
     mt_status st = MT_OK;
     hid_t file = H5I_INVALID_HID, dset = H5I_INVALID_HID;
     hsize_t dims[4];
@@ -150,6 +150,7 @@ mt_status mt_cli_rows_count(const char *path, int64_t *rows) {
     int rank = mt_h5_dims(dset, dims);
     if (rank < 1 || dims[0] == 0) MT_THROW(MT_ERR_FORMAT, "%s: %s: no rows", path, name);
     *rows = (int64_t)dims[0];
+    if (images) *images = name[1] == 'i';
 fail:
     if (dset >= 0) H5Dclose(dset);
     if (file >= 0) H5Fclose(file);
