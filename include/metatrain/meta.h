@@ -1,5 +1,5 @@
 /* Meta-learning: the inner loop that adapts a model to one task, the exact meta-gradient through
- * it, and the outer optimizer. See ../shared/notes/meta-gradients.md for the math.
+ * it, and the outer optimizer. The math is in the header comment of src/meta/inner_loop.c.
  *
  * The meta-parameters are one flat vector: the network's parameters θ (mt_nn_net layout),
  * followed by the learned inner learning rates where the algorithm has them:

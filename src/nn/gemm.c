@@ -5,7 +5,8 @@
  *
  * The small kernel keeps a tile of C (4 rows, one vector wide) in registers over the whole K
  * loop, reading A through strides so that A and Aᵀ share it. Bᵀ is first transposed into a
- * stack buffer. */
+ * stack buffer. The kernels are GCC vector extensions, cloned per target (MT_KERNEL: AVX-512,
+ * FMA, baseline x86-64), so one binary runs the widest vectors each CPU has. */
 #include "metatrain/nn.h"
 #include "core/precision.h"
 

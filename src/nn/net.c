@@ -5,7 +5,11 @@
  * so a convolution over the whole batch is one GEMM whose output needs no reordering and batch
  * norm reads each channel contiguously. The batch arrives and the loss reads batch-major, (B,D):
  * the input is reordered on the way in (unless C = 1, where both layouts agree) and the output
- * of the last image layer on the way out, into ws->flat; gradients cross back the same way. */
+ * of the last image layer on the way out, into ws->flat; gradients cross back the same way.
+ *
+ * An HVP whose caller passes no gradient buffer (second-order MAML without learned rates,
+ * iMAML's conjugate gradient) skips the gradient's weight products: the deltas are still needed
+ * for the R-pass, the weight gradient is not, and leaving it out changes no bit of the HVP. */
 #include "metatrain/nn.h"
 #include "metatrain/rng.h"
 #include "core/precision.h"
