@@ -46,7 +46,7 @@ ckpt_iteration() {
     "$METATRAIN" info "$1" --json | sed -n 's/.*"iteration": \([0-9]*\).*/\1/p'
 }
 
-# report SCENARIO OUTCOME: one row of the README's table of hostile conditions, collected by
+# report SCENARIO OUTCOME: one row of the table of hostile conditions, collected by
 # scripts/hostile-report (which sets HOSTILE_REPORT); a no-op otherwise.
 report() {
     if [ -n "${HOSTILE_REPORT:-}" ]; then printf '| %s | %s |\n' "$1" "$2" >> "$HOSTILE_REPORT"; fi
