@@ -112,9 +112,11 @@ static void walk_grouped(const mt_task_dataset *ds) {
 }
 
 /* A bound on the loader's window for this file, from HDF5 directly (not the loader): 8 bytes
- * per declared element of every array it reads, and 24 per class or group implied by the
- * largest id (a class count comes from the largest label when the file gives none). 0 when the
- * file does not open: the loader then reports the problem itself. */
+ * per declared element of every array it reads, a whole name per element of /class_names (the
+ * loader gives every name the longest one's room: the string size of fixed-length names, up to
+ * 4 KiB for variable-length ones), and 24 per class or group implied by the largest id (a class
+ * count comes from the largest label when the file gives none). 0 when the file does not open:
+ * the loader then reports the problem itself. */
 static double window_bound(void) {
     static const char *const names[] = {"/images", "/labels", "/class_split", "/class_names", "/features", "/targets",
                                         "/group", "/group_split", "/episodes/support", "/episodes/support_labels",
@@ -131,6 +133,8 @@ static double window_bound(void) {
         hid_t space = H5Dget_space(dset), type = H5Dget_type(dset);
         hssize_t n = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
         if (n > 0) total += 8.0 * (double)n;
+        if (n > 0 && type >= 0 && strcmp(names[i], "/class_names") == 0)
+            total += (double)n * (H5Tis_variable_str(type) > 0 ? 4097.0 : (double)H5Tget_size(type) + 1);
         for (size_t k = 0; k < sizeof ids / sizeof *ids; k++) {
             if (strcmp(names[i], ids[k]) != 0 || n <= 0 || n > (1 << 24) || type < 0 || H5Tget_class(type) != H5T_INTEGER)
                 continue;
