@@ -70,8 +70,21 @@ mt_status mt_dist_agree(const mt_dist *d, mt_status local);
  * status, so all stop together and rank 0 alone reports. */
 mt_status mt_dist_share_status(const mt_dist *d, mt_status root_status);
 
+/* Collective. Text that rank 0 alone read (a config file) reaches every rank, so that ranks
+ * cannot see different files. Rank 0 passes its status and, when MT_OK, its malloc'ed NUL-terminated
+ * *text; every rank returns rank 0's status (rank 0 holds the message) or MT_OK with its own
+ * malloc'ed copy in *text. Free *text in any case. A failed allocation on other ranks is agreed. */
+mt_status mt_dist_share_text(const mt_dist *d, mt_status root_status, char **text);
+
+/* Collective. 1 when `value` (a digest) is the same on every rank, else 0, on every rank. */
+int mt_dist_same(const mt_dist *d, uint64_t value);
+
 /* Ends the whole job from one rank after printing "metatrain: rank R: <message>". Local. */
 _Noreturn void mt_dist_abort(const mt_dist *d, mt_status st);
+
+/* Fault injection for the tests: the value of METATRAIN_INJECT when it is "POINT:R" with this
+ * rank R, else NULL; the points are listed in src/dist/comm.c. Local; a getenv when unset. */
+const char *mt_dist_injected(const mt_dist *d, const char *point);
 
 /* Conditions that ride along with the reduction. */
 typedef struct {
@@ -106,6 +119,8 @@ typedef struct {
     float *row_base;        /* rank 0's first row; this rank's are mt_dist_node_sum_rows */
     void *row_states;       /* per row: the round it was published (2r + 1) or taken (2r + 2) */
     size_t state_stride;    /* row states from one rank's to the next rank's */
+    double wait_s;          /* the longest a rank waits in the node's barrier for a live rank */
+    uint64_t pid_ns;        /* this process's PID namespace (0: unknown), to trust a peer's pid */
 } mt_dist_node_sum;
 
 /* Collective. rows > 0 gives each rank `rows` float rows of row_len, shared within the node. */
@@ -114,7 +129,9 @@ mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, int rows, size_t row
 void mt_dist_node_sum_free(mt_dist_node_sum *s);
 /* Collective. Sums every rank's s->own (written before the call) and returns where the total
  * lies: n values, the same on every rank, valid until the next run. s->own may be rewritten as
- * soon as this returns. An MPI failure aborts the job: the node's other ranks would be waiting. */
+ * soon as this returns. An MPI failure aborts the job: the node's other ranks would be waiting.
+ * So does a rank of the node that does not come: at once when its process is gone, else after
+ * METATRAIN_NODE_TIMEOUT seconds (default 300), naming it. */
 const int64_t *mt_dist_node_sum_run(const mt_dist *d, mt_dist_node_sum *s);
 /* Local. This rank's rows: row i starts at i · row_len. NULL without rows. */
 float *mt_dist_node_sum_rows(const mt_dist_node_sum *s);

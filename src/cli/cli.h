@@ -59,8 +59,14 @@ int mt_cli_predict(const mt_dist *d, int argc, char **argv);
 /* Prints the recorded error once (rank 0) and returns the exit code for `st`. Local. */
 int mt_cli_report(const mt_dist *d, mt_status st);
 
+/* Reads CONFIG over cfg, as mt_config_load does, but collectively: rank 0 reads the file and
+ * broadcasts its text, which every rank parses, so that a file only rank 0 can see, or one that
+ * changes as the ranks start, cannot split them. Every rank returns the same status; an error
+ * every rank sees is rank 0's to report (mt_cli_report), one some ranks see aborts the job. */
+mt_status mt_cli_config_load(const mt_dist *d, mt_config *cfg, const char *path);
+
 /* Applies the sets, validates, parses the model and lays out the meta-parameters, and renders
- * config_text. Deterministic: every rank reaches the same verdict. */
+ * config_text. Deterministic but for allocation: agree on it (mt_dist_agree). */
 mt_status mt_cli_model_build(mt_cli_model *m, const mt_cli_sets *sets);
 
 /* Reads "--set KEY=VALUE" or "--set=KEY=VALUE" at argv[*i]; returns 1 when it was one. */
@@ -84,6 +90,13 @@ mt_status mt_cli_state_restore(const mt_ckpt *ck, const char *path, const mt_cli
 /* Reads a checkpoint and the config stored in it (cfg), once a child process has read it whole
  * without crashing (mt_isolate_run). Local. */
 mt_status mt_cli_state_read(const char *path, mt_ckpt *ck, mt_config *cfg);
+/* Collective. MT_OK when every rank read the same checkpoint `ck` (its arrays and attributes);
+ * else an error on every rank, for rank 0 to report: a file replaced between the ranks' reads
+ * would give them different models. */
+mt_status mt_cli_ckpt_agree_same(const mt_dist *d, const mt_ckpt *ck, const char *path);
+/* task.path, or with METATRAIN_INJECT=dataset:R on rank R (src/dist/comm.c) a name that does
+ * not exist, written into buf. Local. */
+const char *mt_cli_dataset_path(const mt_dist *d, const char *path, char *buf, size_t size);
 /* Writes metrics.csv from the history, atomically. */
 mt_status mt_cli_history_write_csv(const mt_cli_history *h, const char *path);
 

@@ -64,9 +64,10 @@ mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *m
             per_task[(size_t)t * width + s] =
                 fam->classification ? (double)ev->correct[s] / ev->task.query.n : ev->loss[s];
     }
-    /* Every rank reaches the allreduce: the loop above cannot fail. */
+    /* Every rank reaches the allreduce: the loop above cannot fail. A failure of it may be seen
+     * on some ranks only, which would leave the others in the next collective: abort. */
     if (MPI_Allreduce(MPI_IN_PLACE, per_task, n_tasks * (int)width, MPI_DOUBLE, MPI_SUM, d->comm) != MPI_SUCCESS)
-        return MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of evaluation results failed");
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce of evaluation results failed"));
     res->tasks = n_tasks;
     res->steps = steps;
     res->classification = fam->classification;
@@ -84,10 +85,42 @@ mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *m
     return MT_OK;
 }
 
+/* 64-bit FNV-1a over n bytes, continuing from h. */
+static uint64_t digest_bytes(uint64_t h, const void *data, size_t n) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+mt_status mt_cli_ckpt_agree_same(const mt_dist *d, const mt_ckpt *ck, const char *path) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < ck->n_arrays; i++) {
+        const mt_ckpt_array *a = &ck->arrays[i];
+        size_t bytes = a->dtype == MT_CKPT_F32 ? 4 : 8; /* MT_CKPT_F64, MT_CKPT_I64 */
+        for (int k = 0; k < a->rank; k++) bytes *= (size_t)a->dims[k];
+        h = digest_bytes(digest_bytes(h, a->path, strlen(a->path) + 1), a->data, a->data ? bytes : 0);
+    }
+    for (int i = 0; i < ck->n_attrs; i++)
+        h = digest_bytes(digest_bytes(h, ck->attrs[i].name, strlen(ck->attrs[i].name) + 1), ck->attrs[i].value,
+                         ck->attrs[i].value ? strlen(ck->attrs[i].value) + 1 : 0);
+    if (mt_dist_same(d, h)) return MT_OK;
+    return MT_RAISE(MT_ERR_IO,
+                    "%s: the ranks read different contents (was it replaced while they read it?); "
+                    "run again",
+                    path);
+}
+
+const char *mt_cli_dataset_path(const mt_dist *d, const char *path, char *buf, size_t size) {
+    const char *injected = mt_dist_injected(d, "dataset");
+    if (!injected) return path;
+    snprintf(buf, size, "%s (METATRAIN_INJECT=%s)", path, injected); /* no such file */
+    return buf;
+}
+
 /* A JSON number, or null where the value is not finite (a diverged adaptation): JSON has no NaN. */
 static json_t *json_number(double value) { return isfinite(value) ? json_real(value) : json_null(); }
 
-static void print_result(const mt_cli_model *m, const mt_task_family *fam, const mt_cli_eval_result *r, int json) {
+static mt_status print_result(const mt_cli_model *m, const mt_task_family *fam, const mt_cli_eval_result *r, int json) {
     const char *metric = r->classification ? "accuracy" : "mse";
     int S = r->steps;
     if (json) {
@@ -109,13 +142,13 @@ static void print_result(const mt_cli_model *m, const mt_task_family *fam, const
             json_array_append_new(steps, step);
         }
         json_object_set_new(o, "per_step", steps);
-        mt_cli_json_print(o);
-        return;
+        return mt_cli_json_print(o);
     }
     printf("%s on %d new tasks (%d-shot%s, %d queries), %s\n", metric, r->tasks, fam->shots,
            r->classification ? "" : " regression", fam->queries, mt_config_algorithm_name(m->cfg.algorithm));
     printf("%6s  %12s  %10s\n", "step", "mean", "ci95");
     for (int s = 0; s <= S; s++) printf("%6d  %12.5g  %10.3g\n", s, r->mean[s], r->ci95[s]);
+    return MT_OK;
 }
 
 int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
@@ -147,21 +180,35 @@ int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
         }
     }
     if (!path) MT_THROW(MT_ERR_ARG, "eval: give a checkpoint file (see metatrain eval --help)");
-    MT_TRY(mt_dist_agree(d, mt_cli_state_read(path, &ck, &m.cfg)));
-    MT_TRY(mt_cli_model_build(&m, &sets));
+    /* Every rank reads the checkpoint and sets up alone; each step that may fail on one rank
+     * (a read, an allocation) is agreed before the next collective, and the cleanup below
+     * (collective: the dataset's window) is reached by every rank or none. */
+    const char *injected = mt_dist_injected(d, "checkpoint");
+    st = injected ? MT_RAISE(MT_ERR_IO, "%s: failure injected (METATRAIN_INJECT=%s)", path, injected)
+                  : mt_cli_state_read(path, &ck, &m.cfg);
+    MT_TRY(mt_dist_agree(d, st));
+    MT_TRY(mt_cli_ckpt_agree_same(d, &ck, path));
+    MT_TRY(mt_dist_agree(d, mt_cli_model_build(&m, &sets)));
     openblas_set_num_threads(m.cfg.threads);
+    char dataset[sizeof m.cfg.task_path + 64];
     if (m.cfg.task_kind == MT_TASK_EPISODES || m.cfg.task_kind == MT_TASK_GROUPED)
-        MT_TRY(mt_task_dataset_load(&data, d, m.cfg.task_path, m.cfg.task_kind, m.cfg.eval_episodes));
-    MT_TRY(mt_task_family_init(&fam, &m.cfg, &m.net, data, m.cfg.eval_split, m.cfg.eval_queries));
-    meta = malloc(m.layout.n_meta * sizeof *meta);
-    if (!meta) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-parameters");
-    MT_TRY(mt_cli_state_restore(&ck, path, &m, meta, NULL, NULL, NULL, &iteration));
+        MT_TRY(mt_task_dataset_load(&data, d, mt_cli_dataset_path(d, m.cfg.task_path, dataset, sizeof dataset),
+                                    m.cfg.task_kind, m.cfg.eval_episodes));
+    st = mt_task_family_init(&fam, &m.cfg, &m.net, data, m.cfg.eval_split, m.cfg.eval_queries);
+    if (!st && !(meta = malloc(m.layout.n_meta * sizeof *meta)))
+        st = MT_RAISE(MT_ERR_NOMEM, "out of memory for the meta-parameters");
+    if (!st) st = mt_cli_state_restore(&ck, path, &m, meta, NULL, NULL, NULL, &iteration);
+    MT_TRY(mt_dist_agree(d, st));
     mt_ckpt_free(&ck);
     int steps = mt_config_eval_steps(&m.cfg);
     int tasks = fam.fixed_episodes ? data->n_episodes : m.cfg.eval_tasks;
-    MT_TRY(mt_dist_agree(d, mt_cli_evaluator_create(&ev, &m, &fam, tasks, steps)));
+    injected = mt_dist_injected(d, "evaluator");
+    st = injected ? MT_RAISE(MT_ERR_NOMEM, "evaluator: failure injected (METATRAIN_INJECT=%s)", injected)
+                  : mt_cli_evaluator_create(&ev, &m, &fam, tasks, steps);
+    MT_TRY(mt_dist_agree(d, st));
     MT_TRY(mt_cli_evaluate(d, &ev, meta, MT_RNG_EVAL_ITERATION, &res));
-    if (d->rank == 0) print_result(&m, &fam, &res, json);
+    /* Rank 0 alone prints; no collective follows but the cleanup, which every rank reaches. */
+    if (d->rank == 0) st = print_result(&m, &fam, &res, json);
 fail:
     mt_cli_evaluator_free(&ev);
     mt_ckpt_free(&ck);

@@ -73,27 +73,35 @@ static mt_status parse_args(int argc, char **argv, train_args *a, int *help) {
 }
 
 /* Builds the model from CONFIG (or the checkpoint's config) and --set; reads the checkpoint to
- * resume from, if any, into ck. Deterministic on every rank but for the file reads, which are
- * agreed on. */
+ * resume from, if any, into ck. Rank 0 alone reads CONFIG and decides whether train.resume finds
+ * a checkpoint; every rank reads the checkpoint, and the ranks agree on each read and allocation,
+ * and that they read the same checkpoint, so that everything after is alike on every rank. */
 static mt_status setup(const mt_dist *d, const train_args *a, mt_cli_model *m, mt_ckpt *ck,
                        const char **resume_path, char *auto_path, size_t auto_len) {
     mt_status st = MT_OK;
     static mt_config saved;
     mt_config_defaults(&m->cfg);
-    if (a->config_path) MT_TRY(mt_config_load(&m->cfg, a->config_path)); /* else defaults */
-    MT_TRY(mt_cli_model_build(m, &a->sets));
+    if (a->config_path) MT_TRY(mt_cli_config_load(d, &m->cfg, a->config_path)); /* else defaults */
+    MT_TRY(mt_dist_agree(d, mt_cli_model_build(m, &a->sets)));
 
     *resume_path = a->resume_path;
     if (!*resume_path && m->cfg.resume) {
         struct stat sb;
         snprintf(auto_path, auto_len, "%s/checkpoint.h5", m->cfg.output_dir);
-        if (stat(auto_path, &sb) == 0) *resume_path = auto_path;
+        int found = d->rank == 0 && stat(auto_path, &sb) == 0;
+        if (MPI_Bcast(&found, 1, MPI_INT, 0, d->comm) != MPI_SUCCESS)
+            mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Bcast of whether to resume failed"));
+        if (found) *resume_path = auto_path;
     }
     if (!*resume_path) return MT_OK;
-    MT_TRY(mt_dist_agree(d, mt_cli_state_read(*resume_path, ck, &saved)));
+    const char *injected = mt_dist_injected(d, "checkpoint");
+    st = injected ? MT_RAISE(MT_ERR_IO, "%s: failure injected (METATRAIN_INJECT=%s)", *resume_path, injected)
+                  : mt_cli_state_read(*resume_path, ck, &saved);
+    MT_TRY(mt_dist_agree(d, st));
+    MT_TRY(mt_cli_ckpt_agree_same(d, ck, *resume_path));
     if (!a->config_path) {
         m->cfg = saved;
-        MT_TRY(mt_cli_model_build(m, &a->sets));
+        MT_TRY(mt_dist_agree(d, mt_cli_model_build(m, &a->sets)));
     }
     MT_TRY(mt_config_check_resume(&saved, &m->cfg));
     return MT_OK;
@@ -282,6 +290,9 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
     double window_loss = 0;
     int window_n = 0;
     mt_cli_progress_init(&prog, d->rank == 0 && !quiet, cfg->iterations, cfg->log_every, cfg->meta_batch);
+    /* METATRAIN_INJECT=die:R or hang:R (src/dist/comm.c): rank R is killed or stopped in the
+     * second iteration, whose sum has a prediction and so waits in the node's barrier first. */
+    int injected_signal = mt_dist_injected(d, "die") ? SIGKILL : mt_dist_injected(d, "hang") ? SIGSTOP : 0;
 
     for (int64_t it = start; it < cfg->iterations; it++) {
         mt_dist_outcome out;
@@ -294,6 +305,8 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         int rows = mt_meta_batch_grads(p->ctx, &p->task, &p->fam, &sc, p->meta, cfg->seed, (int)it, next_claim,
                                        claims, p->vectors);
         claims->task_s += MPI_Wtime() - began;
+        if (injected_signal && it == start + 1 && raise(injected_signal) != 0)
+            mt_dist_abort(d, MT_RAISE(MT_ERR_ARG, "raise(%d) failed", injected_signal));
         st = mt_dist_reduce(d, &p->reducer, p->vectors, rows, cfg->meta_batch, flags, p->sum, &out);
         if (st) mt_dist_abort(d, st);
         claims->iterations++;
@@ -375,8 +388,10 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     mt_dist_install_stop_handlers();
     MT_TRY(setup(d, &a, &m, &ck, &resume_path, auto_path, sizeof auto_path));
     openblas_set_num_threads(m.cfg.threads);
+    char dataset[sizeof m.cfg.task_path + 64];
     if (m.cfg.task_kind == MT_TASK_EPISODES || m.cfg.task_kind == MT_TASK_GROUPED)
-        MT_TRY(mt_task_dataset_load(&p.data, d, m.cfg.task_path, m.cfg.task_kind, NULL));
+        MT_TRY(mt_task_dataset_load(&p.data, d, mt_cli_dataset_path(d, m.cfg.task_path, dataset, sizeof dataset),
+                                    m.cfg.task_kind, NULL));
     MT_TRY(mt_dist_claimer_init(d, m.cfg.meta_batch, m.cfg.balance == MT_BALANCE_DYNAMIC, &p.claimer));
     p.vector_len = m.layout.n_meta + MT_META_VECTOR_EXTRA;
     p.n_groups = reduction_groups(&m.layout, p.group_begin);
@@ -391,8 +406,12 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     } else {
         mt_meta_init_params(&m.layout, m.cfg.seed, m.cfg.inner_lr, p.meta);
     }
+    /* Rank 0 alone creates, locks and writes output.dir; the others learn how it went. */
     if (d->rank == 0) {
-        st = mt_cli_make_dirs(m.cfg.output_dir);
+        const char *injected = mt_dist_injected(d, "output_dir");
+        st = injected ? MT_RAISE(MT_ERR_IO, "%s: cannot create directory: failure injected (METATRAIN_INJECT=%s)",
+                                 m.cfg.output_dir, injected)
+                      : mt_cli_make_dirs(m.cfg.output_dir);
         if (!st) st = lock_output_dir(m.cfg.output_dir, &lock_fd);
     }
     MT_TRY(mt_dist_share_status(d, st));

@@ -90,8 +90,11 @@ mt_status mt_dist_claimer_init(const mt_dist *d, int n_tasks, int dynamic, mt_di
         rc = MPI_Win_allocate_shared(c->node_rank == 0 ? (MPI_Aint)(2 * sizeof(int64_t)) : 0, sizeof(int64_t),
                                      MPI_INFO_NULL, c->node, &counters, &c->window);
     c->owns_window = c->dynamic && rc == MPI_SUCCESS;
+    /* A window's calls abort the job by default (MPI_ERRORS_ARE_FATAL, whatever the
+     * communicator's handler): returned codes let mt_dist_claim name the call that failed. */
+    if (c->owns_window) rc = MPI_Win_set_errhandler(c->window, MPI_ERRORS_RETURN);
     /* A window made on some ranks only cannot be freed collectively: mt_dist_agree aborts then. */
-    MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "MPI_Win_allocate_shared of the task counters failed")));
+    MT_TRY(mt_dist_agree(d, rc == MPI_SUCCESS ? MT_OK : MT_RAISE(MT_ERR_MPI, "cannot make the task counters' window")));
     if (c->dynamic) {
         if (c->node_rank == 0) counters[0] = counters[1] = 0;
         /* One passive epoch for the whole run; the node's barrier below publishes the zeros. */

@@ -2,6 +2,7 @@
  * cleanly with one message from rank 0; those only some ranks see end the job with MPI_Abort. */
 #include "metatrain/dist.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,4 +87,50 @@ mt_status mt_dist_share_status(const mt_dist *d, mt_status root_status) {
         mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Bcast of a status failed"));
     if (code != MT_OK && d->rank != 0) return MT_RAISE((mt_status)code, "rank 0 failed");
     return (mt_status)code;
+}
+
+mt_status mt_dist_share_text(const mt_dist *d, mt_status root_status, char **text) {
+    size_t len = d->rank == 0 && root_status == MT_OK ? strlen(*text) : 0;
+    if (len > INT_MAX) root_status = MT_RAISE(MT_ERR_ARG, "a text of %zu bytes is too long to broadcast", len);
+    int64_t head[2] = {root_status, (int64_t)len}; /* rank 0's status, and the text's length */
+    if (MPI_Bcast(head, 2, MPI_INT64_T, 0, d->comm) != MPI_SUCCESS)
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Bcast of a text's length failed"));
+    if (head[0] != MT_OK) {
+        if (d->rank == 0) return root_status;
+        return MT_RAISE((mt_status)head[0], "rank 0 failed");
+    }
+    mt_status st = MT_OK;
+    if (d->rank != 0 && !(*text = malloc((size_t)head[1] + 1)))
+        st = MT_RAISE(MT_ERR_NOMEM, "out of memory for %lld bytes of text from rank 0", (long long)head[1]);
+    if ((st = mt_dist_agree(d, st))) return st;
+    if (MPI_Bcast(*text, (int)head[1], MPI_CHAR, 0, d->comm) != MPI_SUCCESS)
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Bcast of a text failed"));
+    (*text)[head[1]] = '\0';
+    return MT_OK;
+}
+
+int mt_dist_same(const mt_dist *d, uint64_t value) {
+    uint64_t v[2] = {value, ~value}; /* the largest value, and the complement of the smallest */
+    if (MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_UINT64_T, MPI_MAX, d->comm) != MPI_SUCCESS)
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce failed while comparing the ranks' data"));
+    return v[0] == ~v[1];
+}
+
+/* Fault injection, so that the tests (tests/integration/one_rank_failures.sh) can make one rank
+ * alone fail where only it would see the failure: METATRAIN_INJECT=POINT:R fails rank R at POINT,
+ *   config      reading CONFIG (rank 0 reads it) or parsing the text rank 0 sent (other ranks)
+ *   checkpoint  reading the checkpoint (eval; train --resume)
+ *   evaluator   allocating eval's evaluator
+ *   output_dir  creating output.dir (rank 0 alone does)
+ *   dataset     reading task.path: R opens a file that does not exist (a node's first rank
+ *               alone reads it, src/task/dataset.c)
+ *   die, hang   R raises SIGKILL or SIGSTOP in train's second iteration, before the sum
+ * Compiled in always: unset, it costs a getenv at each of these points, none per iteration. */
+const char *mt_dist_injected(const mt_dist *d, const char *point) {
+    const char *value = getenv("METATRAIN_INJECT");
+    size_t n = strlen(point);
+    if (!value || strncmp(value, point, n) != 0 || value[n] != ':') return NULL;
+    char *end;
+    long rank = strtol(value + n + 1, &end, 10);
+    return end != value + n + 1 && *end == '\0' && rank == d->rank ? value : NULL;
 }
