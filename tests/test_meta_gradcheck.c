@@ -1,4 +1,4 @@
-/* The meta-learning algorithms in double precision (../shared/notes/meta-gradients.md):
+/* The meta-learning algorithms in double precision (the math: src/meta/inner_loop.c):
  *  - MAML, Meta-SGD, ANIL and MAML++ (second order, with and without the multi-step loss): the
  *    meta-gradient against central differences of the meta-objective over the whole meta-parameter
  *    vector, learned rates included, on an MLP and on a conv net with batch norm;

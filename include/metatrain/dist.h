@@ -4,7 +4,7 @@
  * Sums do not depend on the rank count: per-task meta-gradients are converted to 64-bit fixed
  * point at a scale shared by all ranks (predicted from the previous sum, or from an MPI_MAX of
  * exponents) and summed as integers, which is associative
- * (../shared/notes/reproducible-reduction.md). */
+ * (src/dist/allreduce.c describes the scales and the sum). */
 #ifndef METATRAIN_DIST_H
 #define METATRAIN_DIST_H
 
