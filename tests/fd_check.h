@@ -40,9 +40,7 @@ static inline double fd_rel_err(const double *a, const double *b, size_t n) {
     return sqrt(d) / fd_rel_scale(sqrt(aa), sqrt(bb));
 }
 
-static inline double fd_rel_err_scalar(double a, double b) {
-    return fabs(a - b) / fd_rel_scale(fabs(a), fabs(b));
-}
+static inline double fd_rel_err_scalar(double a, double b) { return fabs(a - b) / fd_rel_scale(fabs(a), fabs(b)); }
 
 /* The float result against the double one. */
 static inline double fd_rel_err_f32(const float *a, const double *b, size_t n) {
@@ -106,9 +104,12 @@ static inline void fd_random_params(const mt_nn_net *net, uint64_t seed, double 
         int first = t == L->first_tensor;
         for (size_t i = 0; i < T->count; i++) {
             double v;
-            if (L->kind == MT_NN_BATCHNORM) v = first ? mt_rng_range(&rng, 0.5, 1.5) : 0.5 * mt_rng_normal(&rng);
-            else if (first) v = sqrt(2.0 * T->dims[0] / (double)T->count) * mt_rng_normal(&rng);
-            else v = 0.5 * mt_rng_normal(&rng);
+            if (L->kind == MT_NN_BATCHNORM)
+                v = first ? mt_rng_range(&rng, 0.5, 1.5) : 0.5 * mt_rng_normal(&rng);
+            else if (first)
+                v = sqrt(2.0 * T->dims[0] / (double)T->count) * mt_rng_normal(&rng);
+            else
+                v = 0.5 * mt_rng_normal(&rng);
             params[T->offset + i] = v;
         }
     }
@@ -116,8 +117,7 @@ static inline void fd_random_params(const mt_nn_net *net, uint64_t seed, double 
 
 /* A random batch of n: x ~ N(0, 1); targets ~ N(0, 1) for MSE, labels uniform for xent (the first
  * out_size samples cover every class once, as a 1-shot episode would). Buffers sized by the caller. */
-static inline void fd_random_batch(const mt_nn_net *net, int n, uint64_t seed, double *x, double *y,
-                                   int32_t *labels) {
+static inline void fd_random_batch(const mt_nn_net *net, int n, uint64_t seed, double *x, double *y, int32_t *labels) {
     fd_fill_normal(x, (size_t)n * net->in_size, 1.0, seed, 2000);
     fd_fill_normal(y, (size_t)n * net->out_size, 1.0, seed, 2001);
     mt_rng rng;
@@ -143,21 +143,20 @@ static inline size_t fd_kinks_size(const mt_nn_net *net, int n) {
 
 /* Records ReLU signs (from the outputs: y > 0 iff x > 0) and max-pool argmaxes of the last
  * forward pass in either precision's workspace. */
-#define FD_KINKS_READ(ws, n, buf)                                                                  \
-    do {                                                                                           \
-        const mt_nn_net *fd_net_ = (ws)->net;                                                      \
-        unsigned char *fd_p_ = (buf);                                                              \
-        for (int fd_l_ = 0; fd_l_ < fd_net_->n_layers; fd_l_++) {                                  \
-            const mt_nn_layer *fd_L_ = &fd_net_->layers[fd_l_];                                    \
-            size_t fd_out_ = (size_t)(n) * fd_L_->out_c * fd_L_->out_h * fd_L_->out_w;             \
-            if (fd_L_->kind == MT_NN_RELU)                                                         \
-                for (size_t fd_i_ = 0; fd_i_ < fd_out_; fd_i_++)                                   \
-                    *fd_p_++ = (ws)->act[fd_l_ + 1][fd_i_] > 0;                                    \
-            if (fd_L_->kind == MT_NN_MAXPOOL2) {                                                   \
-                memcpy(fd_p_, (ws)->pool_argmax + (ws)->pool_offset[fd_l_], fd_out_ * sizeof(int32_t)); \
-                fd_p_ += fd_out_ * sizeof(int32_t);                                                \
-            }                                                                                      \
-        }                                                                                          \
+#define FD_KINKS_READ(ws, n, buf)                                                                                      \
+    do {                                                                                                               \
+        const mt_nn_net *fd_net_ = (ws)->net;                                                                          \
+        unsigned char *fd_p_ = (buf);                                                                                  \
+        for (int fd_l_ = 0; fd_l_ < fd_net_->n_layers; fd_l_++) {                                                      \
+            const mt_nn_layer *fd_L_ = &fd_net_->layers[fd_l_];                                                        \
+            size_t fd_out_ = (size_t)(n)*fd_L_->out_c * fd_L_->out_h * fd_L_->out_w;                                   \
+            if (fd_L_->kind == MT_NN_RELU)                                                                             \
+                for (size_t fd_i_ = 0; fd_i_ < fd_out_; fd_i_++) *fd_p_++ = (ws)->act[fd_l_ + 1][fd_i_] > 0;           \
+            if (fd_L_->kind == MT_NN_MAXPOOL2) {                                                                       \
+                memcpy(fd_p_, (ws)->pool_argmax + (ws)->pool_offset[fd_l_], fd_out_ * sizeof(int32_t));                \
+                fd_p_ += fd_out_ * sizeof(int32_t);                                                                    \
+            }                                                                                                          \
+        }                                                                                                              \
     } while (0)
 
 /* A double workspace whose ReLUs keep their inputs (mt_nn_ws_plan), as fd_kink_margin needs. */
@@ -192,8 +191,10 @@ static inline double fd_kink_margin(const mt_nn_ws_f64 *ws, int n) {
                         const double *w0 = x + (size_t)p * H * W + (size_t)(2 * i) * W + 2 * j;
                         double v[4] = {w0[0], w0[1], w0[W], w0[W + 1]}, top = -INFINITY, second = -INFINITY;
                         for (int k = 0; k < 4; k++) {
-                            if (v[k] > top) second = top, top = v[k];
-                            else if (v[k] > second) second = v[k];
+                            if (v[k] > top)
+                                second = top, top = v[k];
+                            else if (v[k] > second)
+                                second = v[k];
                         }
                         if (top != 0 && top - second < margin) margin = top - second;
                     }

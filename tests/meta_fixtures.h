@@ -29,8 +29,8 @@ typedef struct {
 } mf_problem;
 
 /* Returns 0 on success; the caller asserts. Support and query come from different seeds. */
-static inline int mf_problem_init(mf_problem *p, const char *spec, mt_algorithm algorithm, int steps,
-                                  int ns, int nq, uint64_t data_seed) {
+static inline int mf_problem_init(mf_problem *p, const char *spec, mt_algorithm algorithm, int steps, int ns, int nq,
+                                  uint64_t data_seed) {
     memset(p, 0, sizeof *p);
     if (mt_nn_parse(&p->net, spec, "test spec") != MT_OK) return -1;
     mt_meta_layout_init(&p->layout, &p->net, algorithm, steps);

@@ -71,7 +71,8 @@ static void build_sample(mt_ckpt *ck, int big, const char *created) {
     assert_int_equal(mt_ckpt_add(ck, "/params/conv1/weight", MT_CKPT_F32, 4, (uint64_t[]){2, 3, 3, 3}, sd.w4), MT_OK);
     assert_int_equal(mt_ckpt_add(ck, "/params/conv1/bias", MT_CKPT_F32, 1, (uint64_t[]){2}, sd.bias), MT_OK);
     assert_int_equal(mt_ckpt_add(ck, "/params/head/w", MT_CKPT_F64, 2, (uint64_t[]){5, 4}, sd.head), MT_OK);
-    assert_int_equal(mt_ckpt_add(ck, "/params/inner_lr/conv1/weight", MT_CKPT_F64, 3, (uint64_t[]){2, 2, 3}, sd.lr3), MT_OK);
+    assert_int_equal(mt_ckpt_add(ck, "/params/inner_lr/conv1/weight", MT_CKPT_F64, 3, (uint64_t[]){2, 2, 3}, sd.lr3),
+                     MT_OK);
     assert_int_equal(mt_ckpt_add(ck, "/optimizer/step", MT_CKPT_I64, 1, (uint64_t[]){1}, sd.step), MT_OK);
     for (int i = 0; i < 10; i++) {
         char p[64];
@@ -197,7 +198,8 @@ static void expect_read_failure(const char *path, mt_status status, const char *
     mt_error_clear();
     mt_status st = mt_ckpt_read(path, ck);
     if (st != status || !strstr(mt_error_message(), part) || !strstr(mt_error_message(), path))
-        fail_msg("want %s containing \"%s\", got %s: %s", mt_status_name(status), part, mt_status_name(st), mt_error_message());
+        fail_msg("want %s containing \"%s\", got %s: %s", mt_status_name(status), part, mt_status_name(st),
+                 mt_error_message());
     assert_int_equal(ck->n_arrays + ck->n_attrs, 0);
     assert_null(strchr(mt_error_message(), '\n'));
     mt_error_clear();
@@ -525,10 +527,12 @@ static int read_corrupted(const char *bad, const unsigned char *bytes, size_t n,
     mt_status st = mt_ckpt_read(bad, got);
     if (st == MT_OK) {
         if (!sealed) fail_msg("%s: accepted", what);
-        if (!same_content(want, got)) fail_msg("%s, outer checksum made to match: wrong data returned without error", what);
+        if (!same_content(want, got))
+            fail_msg("%s, outer checksum made to match: wrong data returned without error", what);
         mt_ckpt_free(got);
     } else if (st != MT_ERR_FORMAT || !strstr(mt_error_message(), bad) || strchr(mt_error_message(), '\n')) {
-        fail_msg("%s%s: %s: %s", what, sealed ? ", outer checksum made to match" : "", mt_status_name(st), mt_error_message());
+        fail_msg("%s%s: %s: %s", what, sealed ? ", outer checksum made to match" : "", mt_status_name(st),
+                 mt_error_message());
     }
     assert_int_equal(got->n_arrays + got->n_attrs, 0);
     mt_error_clear();
@@ -567,7 +571,8 @@ static void test_corrupt_anywhere(void **state) {
         bytes[at] ^= flip;
     }
     print_message("%zu-byte file, %d flipped bytes: all refused; with the outer checksum made to match, %d refused "
-                  "inside, %d unused by HDF5 (read back identical)\n", n, tries, inner_refused, inner_identical);
+                  "inside, %d unused by HDF5 (read back identical)\n",
+                  n, tries, inner_refused, inner_identical);
     /* a lost sector: 512 bytes of zeros (or 0xff), at every sector of the file */
     unsigned char *lost = malloc(n);
     for (size_t at = 0; at < n; at += 512) {
@@ -600,8 +605,8 @@ static void test_truncated(void **state) {
         if (lengths[i] < CKPT_HEADER_SIZE)
             snprintf(want, sizeof want, "truncated (%zu bytes, shorter than the 512-byte checksum header)", lengths[i]);
         else
-            snprintf(want, sizeof want, "truncated (expected %zu bytes after the header, found %zu)", n - CKPT_HEADER_SIZE,
-                     lengths[i] - CKPT_HEADER_SIZE);
+            snprintf(want, sizeof want, "truncated (expected %zu bytes after the header, found %zu)",
+                     n - CKPT_HEADER_SIZE, lengths[i] - CKPT_HEADER_SIZE);
         expect_read_failure(bad, MT_ERR_FORMAT, want);
     }
     spit(bad, bytes, 0);
@@ -611,7 +616,8 @@ static void test_truncated(void **state) {
     memcpy(longer, bytes, n);
     longer[n] = 0;
     spit(bad, longer, n + 1);
-    snprintf(want, sizeof want, "%zu bytes after the header, expected %zu", n + 1 - CKPT_HEADER_SIZE, n - CKPT_HEADER_SIZE);
+    snprintf(want, sizeof want, "%zu bytes after the header, expected %zu", n + 1 - CKPT_HEADER_SIZE,
+             n - CKPT_HEADER_SIZE);
     expect_read_failure(bad, MT_ERR_FORMAT, want);
     free(longer);
     free(bytes);
@@ -688,8 +694,10 @@ static void test_refuses_other_files(void **state) {
     write_foreign(path, 3, CKPT_HEADER_SIZE);
     expect_read_failure(path, MT_ERR_FORMAT, "not a metatrain checkpoint (no checksum header)");
     /* with a valid header (other software could write one), the checks inside name what is wrong */
-    const char *why[] = {"no \"format\" attribute", "not a metatrain checkpoint", "version 2 not supported",
-                         "/w: data type", "/x: not chunked", "dense storage", "/link: a soft", "/y: chunks missing"};
+    const char *why[] = {"no \"format\" attribute", "not a metatrain checkpoint",
+                         "version 2 not supported", "/w: data type",
+                         "/x: not chunked",         "dense storage",
+                         "/link: a soft",           "/y: chunks missing"};
     for (int kind = 0; kind < 8; kind++) {
         write_foreign(path_in(path, "foreign.h5"), kind, CKPT_HEADER_SIZE);
         reseal(path);
@@ -812,16 +820,11 @@ static void test_keep_copy(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_bad_arguments),
-        cmocka_unit_test(test_checksum_header),
-        cmocka_unit_test(test_hdf5_tools_read_it),
-        cmocka_unit_test(test_reproducible),
-        cmocka_unit_test(test_corrupt_data),
-        cmocka_unit_test(test_corrupt_anywhere),
-        cmocka_unit_test(test_truncated),
-        cmocka_unit_test(test_refuses_other_files),
-        cmocka_unit_test(test_failed_write_keeps_old_file),
+        cmocka_unit_test(test_round_trip),          cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_checksum_header),     cmocka_unit_test(test_hdf5_tools_read_it),
+        cmocka_unit_test(test_reproducible),        cmocka_unit_test(test_corrupt_data),
+        cmocka_unit_test(test_corrupt_anywhere),    cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_refuses_other_files), cmocka_unit_test(test_failed_write_keeps_old_file),
         cmocka_unit_test(test_keep_copy),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

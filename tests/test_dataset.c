@@ -31,13 +31,15 @@ static const char *path_in(char *buf, size_t size, const char *name) {
     snprintf(buf, size, "%s/%s", tmpdir, name);
     return buf;
 }
-#define PATH(buf, name) path_in((buf), sizeof (buf), (name))
+#define PATH(buf, name) path_in((buf), sizeof(buf), (name))
 
 /* Runs on rank 0 only; the others wait until the files are there. */
-#define ON_RANK0(code)                                                                     \
-    do {                                                                                   \
-        if (dist.rank == 0) { code; }                                                      \
-        MPI_Barrier(MPI_COMM_WORLD);                                                       \
+#define ON_RANK0(code)                                                                                                 \
+    do {                                                                                                               \
+        if (dist.rank == 0) {                                                                                          \
+            code;                                                                                                      \
+        }                                                                                                              \
+        MPI_Barrier(MPI_COMM_WORLD);                                                                                   \
     } while (0)
 
 /* ---- writing HDF5 by hand ---- */
@@ -61,7 +63,9 @@ static void put(hid_t f, const char *name, hid_t type, int rank, const hsize_t *
     H5Pclose(lcpl);
 }
 
-static void put_i32(hid_t f, const char *name, hsize_t n, const int32_t *v) { put(f, name, H5T_NATIVE_INT32, 1, &n, v); }
+static void put_i32(hid_t f, const char *name, hsize_t n, const int32_t *v) {
+    put(f, name, H5T_NATIVE_INT32, 1, &n, v);
+}
 
 static void put_attr(hid_t obj, const char *name, hid_t type, const void *value) {
     hid_t space = H5Screate(H5S_SCALAR);
@@ -85,8 +89,13 @@ static void spit(const char *name, const char *text) {
 enum { N = 28, C = 2, H = 3, W = 4, PIX = C * H * W, K = 7 };
 static const int class_size[K] = {4, 1, 6, 3, 5, 2, 7};
 static const int32_t sample_split[K] = {0, 1, 2, 0, 0, 1, 0};
-static const char *const sample_names[K] = {"Alpha/character01", "Alpha/character02", "Beta/character01",
-                                            "Beta/character02", "Gamma/c1", "Gamma/character_long_name", "Z"};
+static const char *const sample_names[K] = {"Alpha/character01",
+                                            "Alpha/character02",
+                                            "Beta/character01",
+                                            "Beta/character02",
+                                            "Gamma/c1",
+                                            "Gamma/character_long_name",
+                                            "Z"};
 static uint8_t sample_images[N * PIX];
 static int32_t sample_labels[N];
 
@@ -100,13 +109,13 @@ static void make_sample(void) {
 
 typedef struct {
     int no_images, float_images, flat_images, huge_images, int64_labels;
-    int bad_label;       /* > 0: this label at index 12 */
-    int labels_len;      /* > 0: /labels this long */
-    int split_value;     /* > 0: class_split[2] = this */
-    int split_len;       /* > 0: /class_split this long */
+    int bad_label;   /* > 0: this label at index 12 */
+    int labels_len;  /* > 0: /labels this long */
+    int split_value; /* > 0: class_split[2] = this */
+    int split_len;   /* > 0: /class_split this long */
     int no_split, no_names, no_attrs, vlen_names;
-    int names_len;       /* > 0: /class_names this long */
-    int with_episodes;   /* the good episodes inside this file */
+    int names_len;     /* > 0: /class_names this long */
+    int with_episodes; /* the good episodes inside this file */
 } flaws;
 
 static void write_episodes(hid_t f, int bad_index, int bad_label);
@@ -220,8 +229,8 @@ static const int32_t sample_target_class[R] = {0, 2, 1, 1, 0, 2, 2, 0, 1, 0};
 
 typedef struct {
     int classification, no_group, no_group_split, int_features, flat_targets, nan_feature;
-    int bad_group;      /* > 0: this group at index 4 */
-    int group_len;      /* > 0: /group this long */
+    int bad_group; /* > 0: this group at index 4 */
+    int group_len; /* > 0: /group this long */
 } gflaws;
 
 static void write_grouped(const char *name, gflaws fl) {
@@ -237,9 +246,12 @@ static void write_grouped(const char *name, gflaws fl) {
     } else {
         put(f, "features", H5T_NATIVE_FLOAT, 2, (hsize_t[]){R, D}, features);
     }
-    if (fl.classification) put_i32(f, "targets", R, sample_target_class);
-    else if (fl.flat_targets) put(f, "targets", H5T_NATIVE_FLOAT, 1, (hsize_t[]){R}, targets);
-    else put(f, "targets", H5T_NATIVE_FLOAT, 2, (hsize_t[]){R, T}, targets);
+    if (fl.classification)
+        put_i32(f, "targets", R, sample_target_class);
+    else if (fl.flat_targets)
+        put(f, "targets", H5T_NATIVE_FLOAT, 1, (hsize_t[]){R}, targets);
+    else
+        put(f, "targets", H5T_NATIVE_FLOAT, 2, (hsize_t[]){R, T}, targets);
     int32_t group[R];
     memcpy(group, sample_group, sizeof group);
     if (fl.bad_group) group[4] = fl.bad_group;
@@ -254,7 +266,8 @@ static mt_task_dataset *load_ok(const char *name, mt_task_kind kind, const char 
     char p[256], e[256];
     mt_task_dataset *ds = NULL;
     mt_error_clear();
-    mt_status st = mt_task_dataset_load(&ds, &dist, PATH(p, name), kind, episodes && episodes[0] ? PATH(e, episodes) : episodes);
+    mt_status st =
+        mt_task_dataset_load(&ds, &dist, PATH(p, name), kind, episodes && episodes[0] ? PATH(e, episodes) : episodes);
     if (st != MT_OK) fail_msg("loading %s: %s: %s", name, mt_status_name(st), mt_error_message());
     assert_non_null(ds);
     assert_string_equal(ds->path, p);
@@ -276,7 +289,8 @@ static void expect_failure(const char *name, mt_task_kind kind, const char *epis
     mt_error_clear();
     mt_status st = mt_task_dataset_load(&ds, &dist, PATH(p, name), kind, episodes ? PATH(e, episodes) : NULL);
     if (st != want)
-        fail_msg("loading %s: got %s (%s), expected %s", name, mt_status_name(st), mt_error_message(), mt_status_name(want));
+        fail_msg("loading %s: got %s (%s), expected %s", name, mt_status_name(st), mt_error_message(),
+                 mt_status_name(want));
     assert_null(ds);
     assert_message(file_named ? file_named : name, what);
     mt_error_clear();
@@ -452,7 +466,8 @@ static void test_missing_episodes_file(void **state) {
     ON_RANK0(write_images("images_noep.h5", (flaws){0}));
     expect_failure("images_noep.h5", MT_TASK_EPISODES, "no_episodes.h5", MT_ERR_IO, "no_episodes.h5", "no such file");
     /* a file without /episodes */
-    expect_failure("images_noep.h5", MT_TASK_EPISODES, "images_noep.h5", MT_ERR_FORMAT, NULL, "/episodes: no such group");
+    expect_failure("images_noep.h5", MT_TASK_EPISODES, "images_noep.h5", MT_ERR_FORMAT, NULL,
+                   "/episodes: no such group");
 }
 
 static void test_bad_arguments(void **state) {
@@ -495,24 +510,29 @@ static void test_wrong_rank(void **state) {
 
 static void test_int64_labels(void **state) {
     ON_RANK0(write_images("wide.h5", (flaws){.int64_labels = 1}));
-    expect_failure("wide.h5", MT_TASK_EPISODES, NULL, MT_ERR_FORMAT, NULL, "/labels: expected int32 [N], got int64 of rank 1");
+    expect_failure("wide.h5", MT_TASK_EPISODES, NULL, MT_ERR_FORMAT, NULL,
+                   "/labels: expected int32 [N], got int64 of rank 1");
 }
 
 static void test_label_out_of_range(void **state) {
     ON_RANK0(write_images("label.h5", (flaws){.bad_label = 999}));
-    expect_failure("label.h5", MT_TASK_EPISODES, NULL, MT_ERR_FORMAT, NULL, "/labels: label 999 at index 12 outside [0, 7)");
+    expect_failure("label.h5", MT_TASK_EPISODES, NULL, MT_ERR_FORMAT, NULL,
+                   "/labels: label 999 at index 12 outside [0, 7)");
     ON_RANK0(write_images("negative.h5", (flaws){.bad_label = -3, .no_split = 1, .no_names = 1}));
-    expect_failure("negative.h5", MT_TASK_EPISODES, NULL, MT_ERR_FORMAT, NULL, "/labels: label -3 at index 12 is negative");
+    expect_failure("negative.h5", MT_TASK_EPISODES, NULL, MT_ERR_FORMAT, NULL,
+                   "/labels: label -3 at index 12 is negative");
 }
 
 static void test_length_mismatch(void **state) {
     ON_RANK0(write_images("short.h5", (flaws){.labels_len = N - 2}));
-    expect_failure("short.h5", MT_TASK_EPISODES, NULL, MT_ERR_FORMAT, NULL, "/labels: length 26 does not match /images (28)");
+    expect_failure("short.h5", MT_TASK_EPISODES, NULL, MT_ERR_FORMAT, NULL,
+                   "/labels: length 26 does not match /images (28)");
 }
 
 static void test_bad_class_split(void **state) {
     ON_RANK0(write_images("split_value.h5", (flaws){.split_value = 3}));
-    expect_failure("split_value.h5", MT_TASK_EPISODES, NULL, MT_ERR_FORMAT, NULL, "/class_split: value 3 at index 2 outside [0, 2]");
+    expect_failure("split_value.h5", MT_TASK_EPISODES, NULL, MT_ERR_FORMAT, NULL,
+                   "/class_split: value 3 at index 2 outside [0, 2]");
     /* too short for the labels */
     ON_RANK0(write_images("split_short.h5", (flaws){.split_len = 5, .no_names = 1}));
     expect_failure("split_short.h5", MT_TASK_EPISODES, NULL, MT_ERR_FORMAT, NULL, "/class_split");
@@ -547,7 +567,8 @@ static void test_class_too_small(void **state) {
     mt_error_clear();
     /* train classes hold 4, 3, 5, 7: class 3 is the first short of 2 + 2 */
     assert_int_equal(mt_task_dataset_check_episodes(ds, MT_SPLIT_TRAIN, 2, 2, 2), MT_ERR_CONFIG);
-    assert_message("small_class.h5", "/labels: class 'Beta/character02' has 3 images, fewer than task.shots + task.queries = 4");
+    assert_message("small_class.h5",
+                   "/labels: class 'Beta/character02' has 3 images, fewer than task.shots + task.queries = 4");
     mt_error_clear();
     assert_int_equal(mt_task_dataset_check_episodes(ds, MT_SPLIT_VAL, 2, 1, 1), MT_ERR_CONFIG);
     assert_message("small_class.h5", "class 'Alpha/character02' has 1 image,");
@@ -600,13 +621,16 @@ static void test_bad_grouped(void **state) {
     ON_RANK0(write_grouped("g_nogroup.h5", (gflaws){.no_group = 1}));
     expect_failure("g_nogroup.h5", MT_TASK_GROUPED, NULL, MT_ERR_FORMAT, NULL, "/group: no such dataset");
     ON_RANK0(write_grouped("g_int.h5", (gflaws){.int_features = 1}));
-    expect_failure("g_int.h5", MT_TASK_GROUPED, NULL, MT_ERR_FORMAT, NULL, "/features: expected float32 [N, D], got int32 of rank 2");
+    expect_failure("g_int.h5", MT_TASK_GROUPED, NULL, MT_ERR_FORMAT, NULL,
+                   "/features: expected float32 [N, D], got int32 of rank 2");
     ON_RANK0(write_grouped("g_flat.h5", (gflaws){.flat_targets = 1}));
     expect_failure("g_flat.h5", MT_TASK_GROUPED, NULL, MT_ERR_FORMAT, NULL, "/targets: expected float32 [N, T]");
     ON_RANK0(write_grouped("g_range.h5", (gflaws){.bad_group = 4}));
-    expect_failure("g_range.h5", MT_TASK_GROUPED, NULL, MT_ERR_FORMAT, NULL, "/group: group 4 at index 4 outside [0, 4)");
+    expect_failure("g_range.h5", MT_TASK_GROUPED, NULL, MT_ERR_FORMAT, NULL,
+                   "/group: group 4 at index 4 outside [0, 4)");
     ON_RANK0(write_grouped("g_len.h5", (gflaws){.group_len = 9}));
-    expect_failure("g_len.h5", MT_TASK_GROUPED, NULL, MT_ERR_FORMAT, NULL, "/group: length 9 does not match /features (10)");
+    expect_failure("g_len.h5", MT_TASK_GROUPED, NULL, MT_ERR_FORMAT, NULL,
+                   "/group: length 9 does not match /features (10)");
     ON_RANK0(write_grouped("g_nan.h5", (gflaws){.nan_feature = 1}));
     expect_failure("g_nan.h5", MT_TASK_GROUPED, NULL, MT_ERR_FORMAT, NULL, "/features: non-finite value nan at [2, 1]");
     /* a grouped file read as images */
@@ -658,21 +682,23 @@ static void test_converter_tiny(void **state) {
     /* 2 alphabets x 2 characters x 3 drawings, ink (0) on white (1): Alpha/character01 is inked
      * in its top half, character02 in its left half, Beta's in the bottom and right halves */
     ON_RANK0(spit("make_pngs.py",
-         "import os, sys\n"
-         "from PIL import Image, ImageDraw\n"
-         "root = sys.argv[1]\n"
-         "boxes = {('Alpha', 'character01'): (0, 0, 104, 51), ('Alpha', 'character02'): (0, 0, 51, 104),\n"
-         "         ('Beta', 'character01'): (0, 53, 104, 104), ('Beta', 'character02'): (53, 0, 104, 104)}\n"
-         "for (alphabet, character), box in boxes.items():\n"
-         "    d = os.path.join(root, 'images_background_tiny', alphabet, character)\n"
-         "    os.makedirs(d)\n"
-         "    for k in range(3):\n"
-         "        img = Image.new('1', (105, 105), 1)\n"
-         "        ImageDraw.Draw(img).rectangle(box, fill=0)\n"
-         "        img.save(os.path.join(d, '%04d_%02d.png' % (k + 1, k + 1)))\n"));
+                  "import os, sys\n"
+                  "from PIL import Image, ImageDraw\n"
+                  "root = sys.argv[1]\n"
+                  "boxes = {('Alpha', 'character01'): (0, 0, 104, 51), ('Alpha', 'character02'): (0, 0, 51, 104),\n"
+                  "         ('Beta', 'character01'): (0, 53, 104, 104), ('Beta', 'character02'): (53, 0, 104, 104)}\n"
+                  "for (alphabet, character), box in boxes.items():\n"
+                  "    d = os.path.join(root, 'images_background_tiny', alphabet, character)\n"
+                  "    os.makedirs(d)\n"
+                  "    for k in range(3):\n"
+                  "        img = Image.new('1', (105, 105), 1)\n"
+                  "        ImageDraw.Draw(img).rectangle(box, fill=0)\n"
+                  "        img.save(os.path.join(d, '%04d_%02d.png' % (k + 1, k + 1)))\n"));
     assert_int_equal(run("/usr/bin/python3 '%s' '%s'", PATH(script, "make_pngs.py"), PATH(tree, "tree")), 0);
-    assert_int_equal(run("/usr/bin/python3 '%s' --rotations --val-fraction 0.5 --seed 1 -o '%s' '%s/images_background_tiny' > '%s' 2>&1",
-                         conv, PATH(out, "tiny.h5"), tree, PATH(log, "tiny.log")), 0);
+    assert_int_equal(run("/usr/bin/python3 '%s' --rotations --val-fraction 0.5 --seed 1 -o '%s' "
+                         "'%s/images_background_tiny' > '%s' 2>&1",
+                         conv, PATH(out, "tiny.h5"), tree, PATH(log, "tiny.log")),
+                     0);
     assert_one_line("tiny.log", "16 classes (8 train, 8 val)");
 
     mt_task_dataset *ds = load_ok("tiny.h5", MT_TASK_EPISODES, NULL);
@@ -717,8 +743,9 @@ static void test_converter_tiny(void **state) {
     const char *bad[][2] = {{"missing.zip", "missing.zip"}, {"notzip.zip", "not a zip"}, {"nopngs", "no PNG"}};
     for (int i = 0; i < 3; i++) {
         char in[256];
-        assert_int_not_equal(run("/usr/bin/python3 '%s' -o '%s' '%s' 2> '%s'", conv, PATH(out, "bad.h5"), PATH(in, bad[i][0]),
-                                 PATH(log, "bad.log")), 0);
+        assert_int_not_equal(run("/usr/bin/python3 '%s' -o '%s' '%s' 2> '%s'", conv, PATH(out, "bad.h5"),
+                                 PATH(in, bad[i][0]), PATH(log, "bad.log")),
+                             0);
         assert_one_line("bad.log", bad[i][1]);
     }
     assert_int_not_equal(run("/usr/bin/python3 '%s' --val-fraction 1.5 -o '%s' '%s' 2> '%s'", conv, out, tree, log), 0);
@@ -735,7 +762,8 @@ static void test_converter_omniglot(void **state) {
     if (access(zip, R_OK) != 0) skip();
 
     assert_int_equal(run("/usr/bin/python3 '%s' --rotations --val-fraction 0.1 -o '%s' '%s' > /dev/null", conv,
-                         PATH(out, "small1.h5"), zip), 0);
+                         PATH(out, "small1.h5"), zip),
+                     0);
     mt_task_dataset *ds = load_ok("small1.h5", MT_TASK_EPISODES, NULL);
     assert_int_equal(ds->n_classes, 136 * 4);
     assert_int_equal(ds->n_images, 136 * 4 * 20);

@@ -65,12 +65,13 @@ static void test_the_library_sets_no_eager_limit(void **state) {
 #define T 3
 static void fill_vectors(float v[T][N]) {
     for (int t = 0; t < T; t++)
-        for (int i = 0; i < N; i++) v[t][i] = (float)(sin(1.7 * i + 0.3 * t) * pow(2.0, (i * 7 + t) % 23 - 22)); /* below 1 */
+        for (int i = 0; i < N; i++)
+            v[t][i] = (float)(sin(1.7 * i + 0.3 * t) * pow(2.0, (i * 7 + t) % 23 - 22)); /* below 1 */
     for (int i = 19; i < N; i++) v[0][i] = v[1][i] = v[2][i] = 0;
     v[1][30] = 0x1p-40f;
     v[0][0] = 3.0f; /* group 0's largest: exponent 2, shift 62 − 2 − 2 − 1 = 57 */
     v[0][5] = 3 * 0x1p-58f, v[1][5] = 5 * 0x1p-58f, v[2][5] = -3 * 0x1p-58f; /* 1.5, 2.5, −1.5 */
-    v[0][6] = 0x1p-58f, v[1][6] = 7 * 0x1p-58f, v[2][6] = 0;                   /* 0.5, 3.5, 0 */
+    v[0][6] = 0x1p-58f, v[1][6] = 7 * 0x1p-58f, v[2][6] = 0;                 /* 0.5, 3.5, 0 */
 }
 
 /* MPI on this process's one rank (started by the first caller). */
@@ -224,7 +225,8 @@ static void test_node_sum_on_one_rank(void **state) {
     assert_int_equal(mt_dist_reducer_init(&r_shared, N, 2, groups, &s), MT_OK);
     assert_int_equal(mt_dist_reducer_init(&r_rows, N, 2, groups, &rows), MT_OK);
     assert_int_equal(mt_dist_reducer_init(&r_wrong, N - 1, 2, groups, &s), MT_ERR_ARG); /* sizes differ */
-    assert_int_equal(mt_dist_reduce(&d, &r_rows, &v[0][0], T, T, flags, from_rows, &out), MT_ERR_ARG); /* not its rows */
+    assert_int_equal(mt_dist_reduce(&d, &r_rows, &v[0][0], T, T, flags, from_rows, &out),
+                     MT_ERR_ARG); /* not its rows */
     mt_error_clear();
     for (int round = 0; round < 2; round++) { /* exact, then predicted */
         assert_int_equal(mt_dist_reduce(&d, &r_plain, &v[0][0], T, T, flags, plain, &out), MT_OK);

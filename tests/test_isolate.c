@@ -35,9 +35,7 @@ static mt_status segfaults(void *arg) {
     return MT_OK;
 }
 
-static mt_status aborts(void *arg) {
-    abort();
-}
+static mt_status aborts(void *arg) { abort(); }
 
 static mt_status hangs(void *arg) {
     for (;;) pause();
@@ -53,9 +51,7 @@ static mt_status hangs_telling_its_pid(void *arg) {
     return MT_OK;
 }
 
-static mt_status exits_silently(void *arg) {
-    _exit(3);
-}
+static mt_status exits_silently(void *arg) { _exit(3); }
 
 static double now_s(void) {
     struct timespec t;

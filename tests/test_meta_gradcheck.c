@@ -44,8 +44,8 @@ typedef struct {
 } netdef;
 
 static const netdef MLP = {"mlp", "input 2, linear 7, relu, linear 5, relu, linear 1, mse", 5, 7, 0.05, 0.15};
-static const netdef CONV = {"conv", "input 1x6x6, conv 3 s2, bn, relu, conv 4, bn, relu, flatten, linear 3, xent",
-                            6, 5, 0.05, 0.15};
+static const netdef CONV = {
+    "conv", "input 1x6x6, conv 3 s2, bn, relu, conv 4, bn, relu, flatten, linear 3, xent", 6, 5, 0.05, 0.15};
 
 /* Meta-gradient of one (network, algorithm, K, loss) case against central differences of the
  * meta-objective in every coordinate of the meta-parameter vector. Returns the relative error. */
@@ -123,8 +123,8 @@ static double check_meta_gradient(const netdef *nd, mt_algorithm algo, int K, in
     double rate_norm = p.layout.n_rates ? fd_norm(grad + nt, p.layout.n_rates) : 0;
     printf("%-4s %-7s K=%d %-6s n_meta=%-4zu seed=%-2d margin %.1e | rel err %.2e (theta %.2e, "
            "rates %.2e, |rate grad| %.2e) | L_s %.3f -> %.3f, objective %.4f | kink-crossing coords %d\n",
-           nd->name, algo_name(algo), K, msl ? "msl" : "final", n, seed, margin, err, err_theta,
-           err_rates, rate_norm, ls0, lsK, objective, n_crossed);
+           nd->name, algo_name(algo), K, msl ? "msl" : "final", n, seed, margin, err, err_theta, err_rates, rate_norm,
+           ls0, lsK, objective, n_crossed);
 
     assert_true(fd_norm(fd, n) > 1e-6); /* something to compare */
     assert_true(err <= GRAD_TOL);
@@ -237,8 +237,8 @@ static void check_fomaml(const netdef *nd, int K) {
         hvp_err = fd_rel_err(so, hv, n);
         assert_true(hvp_err <= 1e-12);
     }
-    printf("%-4s fomaml K=%d: rel err against grad L_q(theta_K) %.2e; relative difference to MAML %.2e%s",
-           nd->name, K, err, diff, K == 1 ? "" : "\n");
+    printf("%-4s fomaml K=%d: rel err against grad L_q(theta_K) %.2e; relative difference to MAML %.2e%s", nd->name, K,
+           err, diff, K == 1 ? "" : "\n");
     if (K == 1) printf("; MAML - (FOMAML - HVP term) %.2e\n", hvp_err);
 
     mt_meta_ctx_free_f64(q.ctx);
@@ -292,7 +292,8 @@ static void check_first_order_msl(const netdef *nd, mt_algorithm algo, int K) {
     for (int k = 0; k < K; k++) {
         mt_nn_grad_f64(ws, thetas + (size_t)k * nt, &p.task.support, g + (size_t)k * nt);
         for (size_t j = 0; j < nt; j++)
-            thetas[(size_t)(k + 1) * nt + j] = thetas[(size_t)k * nt + j] - alpha[(size_t)k * nt + j] * g[(size_t)k * nt + j];
+            thetas[(size_t)(k + 1) * nt + j] =
+                thetas[(size_t)k * nt + j] - alpha[(size_t)k * nt + j] * g[(size_t)k * nt + j];
     }
     double objective = sc.step_weights[K - 1] * mt_nn_grad_f64(ws, thetas + (size_t)K * nt, &p.task.query, gq);
     for (size_t j = 0; j < nt; j++) want[j] = sc.step_weights[K - 1] * gq[j];
@@ -397,8 +398,8 @@ static void check_reptile(int K, double alpha) {
     double obj = mt_meta_task_grad_f64(p.ctx, &sc, p.meta, &p.task, grad);
     double err = fd_rel_err(grad, expected, QUAD_N);
     double obj_err = fd_rel_err_scalar(obj, quad_loss(p.xq, p.yq, p.nq, theta_K));
-    printf("reptile K=%-2d alpha %.2f: |theta - theta_K| %.3e, rel err %.2e, objective rel err %.2e\n", K,
-           alpha, fd_norm(expected, QUAD_N), err, obj_err);
+    printf("reptile K=%-2d alpha %.2f: |theta - theta_K| %.3e, rel err %.2e, objective rel err %.2e\n", K, alpha,
+           fd_norm(expected, QUAD_N), err, obj_err);
     assert_true(fd_norm(expected, QUAD_N) > 1e-2); /* the inner loop moved */
     assert_true(err <= 1e-10);
     assert_true(obj_err <= 1e-10);
@@ -474,8 +475,8 @@ static void test_imaml_quadratic_closed_form(void **state) {
     mt_meta_task_grad_f64(p.ctx, &sc, p.meta, &p.task, grad);
     double loose_res = p.ctx->last_cg_residual, loose_true = imaml_residual(Hs, lambda, grad, b);
     int loose_its = p.ctx->last_cg_iterations;
-    printf("imaml cg_tol 1e-2: %d iterations, residual %.2e (true %.2e), gradient rel err %.2e\n", loose_its,
-           loose_res, loose_true, fd_rel_err(grad, x, QUAD_N));
+    printf("imaml cg_tol 1e-2: %d iterations, residual %.2e (true %.2e), gradient rel err %.2e\n", loose_its, loose_res,
+           loose_true, fd_rel_err(grad, x, QUAD_N));
     assert_true(loose_res <= sc.cg_tol);
     assert_true(loose_true <= sc.cg_tol * (1 + 1e-6));
     assert_true(loose_its >= 1);
@@ -677,8 +678,8 @@ static void check_cover(const mt_meta_layout *lay, const mt_meta_tensor *t, int 
 /* With every learned rate zero but those of `tensor`, one inner loop moves exactly the
  * parameters that tensor's name says, and at the steps it says: the table and the inner loop
  * agree on the layout. */
-static void check_rate_semantics(mf_problem *p, const mt_meta_tensor *t, int count, const char *tensor,
-                                 int step, size_t moved_begin, size_t moved_end) {
+static void check_rate_semantics(mf_problem *p, const mt_meta_tensor *t, int count, const char *tensor, int step,
+                                 size_t moved_begin, size_t moved_end) {
     int idx = -1;
     for (int i = 0; i < count; i++)
         if (strcmp(t[i].name, tensor) == 0) idx = i;
@@ -698,8 +699,10 @@ static void check_rate_semantics(mf_problem *p, const mt_meta_tensor *t, int cou
         int should = step < 0 || step == k, moved_inside = 0;
         for (size_t j = 0; j < n; j++) {
             int inside = j >= moved_begin && j < moved_end;
-            if (!inside) assert_true(a[j] == b[j]);
-            else if (a[j] != b[j]) moved_inside = 1;
+            if (!inside)
+                assert_true(a[j] == b[j]);
+            else if (a[j] != b[j])
+                moved_inside = 1;
         }
         assert_int_equal(moved_inside, should);
     }

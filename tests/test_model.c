@@ -648,7 +648,7 @@ static void check_save(const char *name) {
     assert_memory_equal(file_meta, ref.theta, fx->layout.n_theta * sizeof(float)); /* θ adapted */
     assert_memory_equal(file_meta + fx->layout.n_theta, fx->meta + fx->layout.n_theta,
                         fx->layout.n_rates * sizeof(float)); /* rates as they were */
-    if (fx->cfg.algorithm == MT_ALGO_ANIL) { /* the body stays, the head moves */
+    if (fx->cfg.algorithm == MT_ALGO_ANIL) {                 /* the body stays, the head moves */
         size_t hb, he;
         mt_nn_head_range(&fx->net, &hb, &he);
         assert_memory_equal(file_meta, fx->meta, hb * sizeof(float));
@@ -723,7 +723,8 @@ static void test_reset_keeps_adapted_file_adapted(void **state) {
     free_model(fx);
     if (adapted_after_reset != 1 || strcmp(steps, "3") != 0)
         fail_msg("after mt_model_reset, an adapted file's handle says adapted=%d and saves steps=%s, but predict "
-                 "uses the file's adapted parameters (adapted with 3 steps)", adapted_after_reset, steps);
+                 "uses the file's adapted parameters (adapted with 3 steps)",
+                 adapted_after_reset, steps);
 }
 
 /* ---- 5. refusals ---- */
@@ -980,8 +981,8 @@ static void *work(void *arg) {
             char want[32];
             snprintf(want, sizeof want, "row %d,", w->id);
             if (mt_model_adapt(m, &bad) == MT_OK || !strstr(mt_error_message(), want))
-                snprintf(w->failure, sizeof w->failure, "task %d: refusal '%s' does not name %s", i,
-                         mt_error_message(), want);
+                snprintf(w->failure, sizeof w->failure, "task %d: refusal '%s' does not name %s", i, mt_error_message(),
+                         want);
         }
     }
 done:

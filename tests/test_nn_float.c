@@ -74,14 +74,15 @@ static void check_precisions(const char *spec, int n) {
     float *g2 = xcalloc(np, sizeof(float));
     double loss_f2 = mt_nn_grad(wf, pf, &bf, g2);
     double e_self = fd_rel_err_f32(g2, gd, np);
-    printf("%-64s B=%-2d n=%-6zu draw %-2d | loss %.2e  grad %.2e  HVP %.2e\n", spec, n, np, (int)seed,
-           e_loss, e_grad, e_hvp);
+    printf("%-64s B=%-2d n=%-6zu draw %-2d | loss %.2e  grad %.2e  HVP %.2e\n", spec, n, np, (int)seed, e_loss, e_grad,
+           e_hvp);
     worst_loss = maxd(worst_loss, e_loss);
     worst_grad = maxd(worst_grad, e_grad);
     worst_hvp = maxd(worst_hvp, e_hvp);
     if (!(e_loss <= FLOAT_TOL && e_grad <= FLOAT_TOL && e_hvp <= FLOAT_TOL && e_self <= FLOAT_TOL))
         fail_msg("%s: float vs double relative errors: loss %.3e, gradient %.3e, HVP %.3e, "
-                 "grad-pass gradient %.3e (tolerance %.0e)", spec, e_loss, e_grad, e_hvp, e_self, FLOAT_TOL);
+                 "grad-pass gradient %.3e (tolerance %.0e)",
+                 spec, e_loss, e_grad, e_hvp, e_self, FLOAT_TOL);
     assert_true(loss_f2 == loss_f);
     assert_true(mt_nn_loss(wf, pf, &bf) == loss_f);
 
@@ -112,15 +113,17 @@ static void test_float_agrees_with_double_on_networks(void **state) {
     for (int intrinsics = 1; intrinsics >= 0; intrinsics--) {
         mt_nn_use_intrinsics(intrinsics);
         check_precisions("input 1x12x12, conv 4 s2, bn, relu, conv 4 s2, bn, relu, conv 4 s2, bn, relu, "
-                         "conv 4 s2, bn, relu, flatten, linear 5, xent", 5);
+                         "conv 4 s2, bn, relu, flatten, linear 5, xent",
+                         5);
         check_precisions("input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
-                         "conv 64 s2, bn, relu, flatten, linear 5, xent", 5);
+                         "conv 64 s2, bn, relu, flatten, linear 5, xent",
+                         5);
         check_precisions("input 3x9x11, conv 5 s2, bn, relu, conv 4 s2, relu, conv 3 s2, flatten, linear 3, xent", 4);
         check_precisions("input 2x21x16, conv 3 s2, bn, relu, conv 2 s2, flatten, linear 2, mse", 3);
     }
     mt_nn_use_intrinsics(1);
-    printf("worst float-vs-double relative errors: loss %.2e, gradient %.2e, HVP %.2e (tolerance %.0e)\n",
-           worst_loss, worst_grad, worst_hvp, FLOAT_TOL);
+    printf("worst float-vs-double relative errors: loss %.2e, gradient %.2e, HVP %.2e (tolerance %.0e)\n", worst_loss,
+           worst_grad, worst_hvp, FLOAT_TOL);
 }
 
 /* ---- im2col + GEMM convolution against the direct loops ---- */
@@ -130,12 +133,22 @@ typedef struct {
 } conv_shape;
 
 static const conv_shape CONV_SHAPES[] = {
-    {2, 3, 5, 4, 2, 1}, {2, 3, 5, 4, 2, 2}, {1, 1, 1, 1, 3, 1}, {1, 2, 1, 5, 2, 2}, {3, 4, 7, 5, 3, 2},
-    {2, 1, 28, 28, 8, 2}, {2, 16, 7, 7, 16, 2}, {1, 5, 6, 9, 7, 1},
+    {2, 3, 5, 4, 2, 1},
+    {2, 3, 5, 4, 2, 2},
+    {1, 1, 1, 1, 3, 1},
+    {1, 2, 1, 5, 2, 2},
+    {3, 4, 7, 5, 3, 2},
+    {2, 1, 28, 28, 8, 2},
+    {2, 16, 7, 7, 16, 2},
+    {1, 5, 6, 9, 7, 1},
     /* src/nn/conv.c's AVX-512 rows: tall planes, the widest (16), and one past it (17) */
-    {2, 3, 40, 12, 4, 2}, {1, 2, 3, 16, 2, 2}, {1, 2, 5, 17, 2, 2},
+    {2, 3, 40, 12, 4, 2},
+    {1, 2, 3, 16, 2, 2},
+    {1, 2, 5, 17, 2, 2},
     /* planes above src/nn/conv.c's TAP_TABLE_MAX outputs take the row-by-row path */
-    {2, 2, 40, 33, 3, 1}, {2, 2, 70, 66, 3, 2}, {1, 1, 65, 63, 2, 2},
+    {2, 2, 40, 33, 3, 1},
+    {2, 2, 70, 66, 3, 2},
+    {1, 1, 65, 63, 2, 2},
 };
 
 static void test_conv_forward_matches_reference(void **state) {
@@ -174,12 +187,14 @@ static void test_conv_forward_matches_reference(void **state) {
             mt_nn_conv_forward_f64(y, &cw, x, w, b, s.B, s.C, s.H, s.W, s.O, s.stride);
             mt_nn_conv_forward(yf, &cwf, xf, wf, bf, s.B, s.C, s.H, s.W, s.O, s.stride);
             double e64 = fd_rel_err(y, yr, ny), e32 = 0, n32 = 0;
-            for (size_t i = 0; i < ny; i++) e32 += ((double)yf[i] - yrf[i]) * ((double)yf[i] - yrf[i]), n32 += (double)yrf[i] * yrf[i];
+            for (size_t i = 0; i < ny; i++)
+                e32 += ((double)yf[i] - yrf[i]) * ((double)yf[i] - yrf[i]), n32 += (double)yrf[i] * yrf[i];
             e32 = sqrt(e32 / n32);
             worst_conv_f64 = maxd(worst_conv_f64, e64);
             worst_conv_f32 = maxd(worst_conv_f32, e32);
             if (!(e64 <= 1e-12 && e32 <= 1e-5 && e_ref <= 1e-5))
-                fail_msg("conv B%d C%d %dx%d O%d s%d plan %d: fast vs reference %.3e (f64) %.3e (f32), f32 ref vs f64 ref %.3e",
+                fail_msg("conv B%d C%d %dx%d O%d s%d plan %d: fast vs reference %.3e (f64) %.3e (f32), f32 ref vs f64 "
+                         "ref %.3e",
                          s.B, s.C, s.H, s.W, s.O, s.stride, plan, e64, e32, e_ref);
         }
         mt_nn_use_intrinsics(1);
@@ -210,11 +225,12 @@ static void test_conv_reference_by_hand(void **state) {
  * the samples couple, but reordering the batch must change nothing. */
 
 /* Loss, gradient and HVP of samples [first, first + n) of (x, y, labels), in double. */
-static double pass(mt_nn_ws_f64 *ws, const mt_nn_net *net, const double *params, const double *dir,
-                   const double *x, const double *y, const int32_t *labels, int first, int n,
-                   double *grad, double *hv) {
-    mt_nn_batch_f64 b = {.x = x + (size_t)first * net->in_size, .y = y + (size_t)first * net->out_size,
-                         .labels = labels + first, .n = n};
+static double pass(mt_nn_ws_f64 *ws, const mt_nn_net *net, const double *params, const double *dir, const double *x,
+                   const double *y, const int32_t *labels, int first, int n, double *grad, double *hv) {
+    mt_nn_batch_f64 b = {.x = x + (size_t)first * net->in_size,
+                         .y = y + (size_t)first * net->out_size,
+                         .labels = labels + first,
+                         .n = n};
     return mt_nn_hvp_f64(ws, params, &b, dir, grad, hv);
 }
 
@@ -279,7 +295,8 @@ static void check_ws_plans(const char *spec, int n) {
     mt_nn_net net;
     if (mt_nn_parse(&net, spec, "test") != MT_OK) fail_msg("%s: %s", spec, mt_error_message());
     size_t np = net.n_params, nx = (size_t)n * net.in_size, ny = (size_t)n * net.out_size;
-    const mt_nn_ws_plan plans[] = {MT_NN_WS_PLAN_DEFAULT, {0, 1, 0}, {0, 500, 1}, {(size_t)1 << 30, 1, 0}, {3000, 1, 0}};
+    const mt_nn_ws_plan plans[] = {
+        MT_NN_WS_PLAN_DEFAULT, {0, 1, 0}, {0, 500, 1}, {(size_t)1 << 30, 1, 0}, {3000, 1, 0}};
     double *p = xcalloc(np, sizeof(double)), *d = xcalloc(np, sizeof(double));
     double *g0 = xcalloc(np, sizeof(double)), *h0 = xcalloc(np, sizeof(double));
     double *g = xcalloc(np, sizeof(double)), *h = xcalloc(np, sizeof(double));
@@ -299,11 +316,12 @@ static void check_ws_plans(const char *spec, int n) {
         for (int k = 0; k < N_PLANS; k++) {
             const mt_nn_ws_plan *pl = &plans[k];
             double loss = pass(ws[k], &net, p, d, x, y, labels, 0, m, g, h);
-            double e_loss = fd_rel_err_scalar(loss, loss0), e_grad = fd_rel_err(g, g0, np), e_hvp = fd_rel_err(h, h0, np);
+            double e_loss = fd_rel_err_scalar(loss, loss0), e_grad = fd_rel_err(g, g0, np),
+                   e_hvp = fd_rel_err(h, h0, np);
             if (!(e_loss <= 1e-13 && e_grad <= 1e-13 && e_hvp <= 1e-13))
                 fail_msg("%s (batch %d of %d, keep %zu, chunk %zu, ReLU inputs kept %d): loss %.3e, gradient %.3e, "
-                         "HVP %.3e", spec, m, n, pl->keep_fields, pl->chunk_fields, pl->keep_relu_inputs, e_loss,
-                         e_grad, e_hvp);
+                         "HVP %.3e",
+                         spec, m, n, pl->keep_fields, pl->chunk_fields, pl->keep_relu_inputs, e_loss, e_grad, e_hvp);
         }
     }
     mt_nn_ws_free_f64(ref);
@@ -335,18 +353,18 @@ static void expect_rejected(const char *spec) {
 }
 
 static void test_parse_rejects_bad_specs(void **state) {
-    expect_rejected("input 3, linear 4, relu, sigmoid, linear 2, mse"); /* unknown item */
-    expect_rejected("input 3, linear 4, relu, linear 2");                /* missing loss */
-    expect_rejected("linear 4, relu, linear 2, mse");                    /* missing input */
+    expect_rejected("input 3, linear 4, relu, sigmoid, linear 2, mse");       /* unknown item */
+    expect_rejected("input 3, linear 4, relu, linear 2");                     /* missing loss */
+    expect_rejected("linear 4, relu, linear 2, mse");                         /* missing input */
     expect_rejected("input 1x8x8, linear 4, conv 2, flatten, linear 2, mse"); /* conv after linear */
     expect_rejected("input 1x8x8, linear 4, relu, conv 2, flatten, linear 2, mse");
-    expect_rejected("input 1x8x8, conv 2 s3, flatten, linear 2, mse");   /* bad stride */
+    expect_rejected("input 1x8x8, conv 2 s3, flatten, linear 2, mse"); /* bad stride */
     expect_rejected("input 1x8x8, conv 2 2, flatten, linear 2, mse");
     expect_rejected("input 1x8x8, conv, flatten, linear 2, mse");
-    expect_rejected("input 3, linear 2, mse, relu");                     /* loss not last */
-    expect_rejected("input 3, mse");                                     /* no parameters */
-    expect_rejected("input 3, linear 1, xent");                          /* softmax of one class */
-    expect_rejected("input 3x4, linear 2, mse");                         /* neither D nor CxHxW */
+    expect_rejected("input 3, linear 2, mse, relu"); /* loss not last */
+    expect_rejected("input 3, mse");                 /* no parameters */
+    expect_rejected("input 3, linear 1, xent");      /* softmax of one class */
+    expect_rejected("input 3x4, linear 2, mse");     /* neither D nor CxHxW */
     expect_rejected("input 1x2x3x4, linear 2, mse");
     expect_rejected("input 0, linear 2, mse");
     expect_rejected("input 3, linear -2, mse");
@@ -358,8 +376,9 @@ static void test_parse_rejects_bad_specs(void **state) {
 
 static void test_parse_fourconv_layout(void **state) {
     mt_nn_net net;
-    assert_int_equal(mt_nn_parse(&net, "input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
-                                       "conv 64 s2, bn, relu, conv 64 s2, bn, relu, flatten, linear 5, xent",
+    assert_int_equal(mt_nn_parse(&net,
+                                 "input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
+                                 "conv 64 s2, bn, relu, conv 64 s2, bn, relu, flatten, linear 5, xent",
                                  "test"),
                      MT_OK);
     /* conv1 64·1·9 + 64 = 640; conv2..4 64·64·9 + 64 = 36,928 each = 110,784; bn1..4 4·(64+64) =

@@ -14,20 +14,20 @@
 #include "metatrain/rng.h"
 
 /* src/core/precision.h declares these per precision; the test needs both at once. */
-void mt_nn_matmul(int ta, int tb, int M, int N, int K, float alpha, const float *A, const float *B,
-                  float beta, float *C);
-void mt_nn_matmul_f64(int ta, int tb, int M, int N, int K, double alpha, const double *A,
-                      const double *B, double beta, double *C);
-void mt_nn_matmul_ld(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-                     const float *B, int ldb, float beta, float *C, int ldc);
+void mt_nn_matmul(int ta, int tb, int M, int N, int K, float alpha, const float *A, const float *B, float beta,
+                  float *C);
+void mt_nn_matmul_f64(int ta, int tb, int M, int N, int K, double alpha, const double *A, const double *B, double beta,
+                      double *C);
+void mt_nn_matmul_ld(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                     float beta, float *C, int ldc);
 
 /* M, N, K: the sinusoid MLP's (10 samples, 40 hidden, 1 in and out), the 4-conv's head and
  * convolutions (small and above the OpenBLAS threshold), and sizes one off the 4-, 8- and
  * 16-wide tiles. */
 static const int shapes[][3] = {
-    {10, 40, 40}, {40, 40, 10}, {10, 40, 1}, {10, 1, 40}, {1, 40, 10}, {40, 1, 10}, {10, 1, 1},
-    {5, 5, 256}, {75, 5, 256}, {5, 256, 75}, {64, 20, 576}, {576, 20, 64}, {64, 245, 576},
-    {3, 7, 5}, {5, 9, 3}, {7, 15, 17}, {9, 17, 15}, {17, 33, 9}, {4, 16, 1}, {1, 1, 1}, {2, 31, 33},
+    {10, 40, 40}, {40, 40, 10}, {10, 40, 1},  {10, 1, 40},   {1, 40, 10},   {40, 1, 10},    {10, 1, 1},
+    {5, 5, 256},  {75, 5, 256}, {5, 256, 75}, {64, 20, 576}, {576, 20, 64}, {64, 245, 576}, {3, 7, 5},
+    {5, 9, 3},    {7, 15, 17},  {9, 17, 15},  {17, 33, 9},   {4, 16, 1},    {1, 1, 1},      {2, 31, 33},
 };
 
 static double reference(int ta, int tb, int M, int N, int K, const double *A, const double *B, int i, int j) {
@@ -53,14 +53,15 @@ static void check_shape(int ta, int tb, int M, int N, int K, double alpha, doubl
     mt_nn_matmul(ta, tb, M, N, K, (float)alpha, Af, Bf, (float)beta, Cf);
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
-            double want = alpha * reference(ta, tb, M, N, K, A, B, i, j) + (beta != 0 ? beta * C0[(size_t)i * N + j] : 0);
+            double want =
+                alpha * reference(ta, tb, M, N, K, A, B, i, j) + (beta != 0 ? beta * C0[(size_t)i * N + j] : 0);
             double scale = fabs(alpha) * 0.25 * K + fabs(beta) + 1;
             double err64 = fabs(C[(size_t)i * N + j] - want) / scale;
             double err32 = fabs(Cf[(size_t)i * N + j] - want) / scale;
             if (err64 > 1e-13 || err32 > 1e-5)
-                fail_msg("C(%d,%d) of %s%s %dx%dx%d alpha %g beta %g: want %.17g, double %.17g, float %.9g",
-                         i, j, ta ? "Aᵀ" : "A", tb ? "Bᵀ" : "B", M, N, K, alpha, beta, want,
-                         C[(size_t)i * N + j], (double)Cf[(size_t)i * N + j]);
+                fail_msg("C(%d,%d) of %s%s %dx%dx%d alpha %g beta %g: want %.17g, double %.17g, float %.9g", i, j,
+                         ta ? "Aᵀ" : "A", tb ? "Bᵀ" : "B", M, N, K, alpha, beta, want, C[(size_t)i * N + j],
+                         (double)Cf[(size_t)i * N + j]);
         }
     free(A), free(B), free(C), free(Af), free(Bf), free(Cf), free(C0);
 }
@@ -102,11 +103,14 @@ static void check_shape_ld(int ta, int tb, int M, int N, int K, float alpha, flo
     for (size_t i = 0; i < (size_t)rb * ldb; i++) Bp[i] = 1e30f;
     for (size_t i = 0; i < (size_t)M * ldc; i++) Cp[i] = -7;
     for (int r = 0; r < ra; r++)
-        for (int c = 0; c < ca; c++) Ap[(size_t)r * lda + c] = A[(size_t)r * ca + c] = (float)(mt_rng_uniform(&rng) - 0.5);
+        for (int c = 0; c < ca; c++)
+            Ap[(size_t)r * lda + c] = A[(size_t)r * ca + c] = (float)(mt_rng_uniform(&rng) - 0.5);
     for (int r = 0; r < rb; r++)
-        for (int c = 0; c < cb; c++) Bp[(size_t)r * ldb + c] = B[(size_t)r * cb + c] = (float)(mt_rng_uniform(&rng) - 0.5);
+        for (int c = 0; c < cb; c++)
+            Bp[(size_t)r * ldb + c] = B[(size_t)r * cb + c] = (float)(mt_rng_uniform(&rng) - 0.5);
     for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) Cp[(size_t)i * ldc + j] = C[(size_t)i * N + j] = (float)(mt_rng_uniform(&rng) - 0.5);
+        for (int j = 0; j < N; j++)
+            Cp[(size_t)i * ldc + j] = C[(size_t)i * N + j] = (float)(mt_rng_uniform(&rng) - 0.5);
     mt_nn_matmul(ta, tb, M, N, K, alpha, A, B, beta, C);
     mt_nn_matmul_ld(ta, tb, M, N, K, alpha, Ap, lda, Bp, ldb, beta, Cp, ldc);
     for (int i = 0; i < M; i++)

@@ -38,12 +38,12 @@ typedef struct {
 
 /* What to check and how hard. */
 typedef struct {
-    int full;          /* every gradient coordinate and every Hessian column */
-    int grad_coords;   /* otherwise: this many gradient coordinates ... */
-    int hess_coords;   /* ... and this many Hessian columns, at random */
-    int dirs;          /* random directional checks */
-    double margin;     /* required distance to the nearest kink */
-    double max_skip;   /* fraction of perturbations allowed to cross a kink (then redrawn) */
+    int full;        /* every gradient coordinate and every Hessian column */
+    int grad_coords; /* otherwise: this many gradient coordinates ... */
+    int hess_coords; /* ... and this many Hessian columns, at random */
+    int dirs;        /* random directional checks */
+    double margin;   /* required distance to the nearest kink */
+    double max_skip; /* fraction of perturbations allowed to cross a kink (then redrawn) */
 } plan;
 
 static const plan FULL = {1, 0, 0, 4, 1e-3, 0};
@@ -258,7 +258,8 @@ static void check_net(const char *spec, int n, const plan *p) {
         int before_bn = T->layer + 1 < f.net.n_layers && f.net.layers[T->layer + 1].kind == MT_NN_BATCHNORM;
         if (!before_bn || !strstr(T->name, "/bias")) continue;
         for (size_t i = T->offset; i < T->offset + T->count; i++)
-            if (f.gm[i] != 0 || f.hv[i] != 0) fail_msg("%s: %s before batch norm has a nonzero derivative", spec, T->name);
+            if (f.gm[i] != 0 || f.hv[i] != 0)
+                fail_msg("%s: %s before batch norm has a nonzero derivative", spec, T->name);
     }
 
     size_t *coords = xcalloc(f.np, sizeof(size_t));
@@ -273,8 +274,8 @@ static void check_net(const char *spec, int n, const plan *p) {
 
     printf("%-64s B=%-2d n=%-6zu margin %.1e | grad %.2e (%zu coords) | Hessian %.2e (%zu cols) | "
            "dir grad %.2e, dir HVP %.2e (%d dirs) | skipped %zu/%zu/%zu\n",
-           spec, n, f.np, f.margin, e_grad, n_g - skip_g, e_hess, n_h - skip_h, e_dgrad, e_dhvp,
-           p->dirs, skip_g, skip_h, skip_d);
+           spec, n, f.np, f.margin, e_grad, n_g - skip_g, e_hess, n_h - skip_h, e_dgrad, e_dhvp, p->dirs, skip_g,
+           skip_h, skip_d);
     worst_grad = maxd(worst_grad, e_grad);
     worst_hess = maxd(worst_hess, e_hess);
     worst_dgrad = maxd(worst_dgrad, e_dgrad);
@@ -285,8 +286,8 @@ static void check_net(const char *spec, int n, const plan *p) {
     expect_small(&f, "directional derivative", e_dgrad);
     expect_small(&f, "directional HVP", e_dhvp);
     if (skip_g > p->max_skip * (double)n_g || skip_h > p->max_skip * (double)n_h)
-        fail_msg("%s: %zu of %zu gradient and %zu of %zu Hessian perturbations crossed a kink", spec,
-                 skip_g, n_g, skip_h, n_h);
+        fail_msg("%s: %zu of %zu gradient and %zu of %zu Hessian perturbations crossed a kink", spec, skip_g, n_g,
+                 skip_h, n_h);
     teardown(&f);
 }
 
@@ -358,15 +359,14 @@ static void test_sinusoid_mlp_matches_fd(void **state) {
     check_net("input 1, linear 40, relu, linear 40, relu, linear 1, mse", 10, &FULL);
 }
 
-static void test_seed_mlp_matches_fd(void **state) {
-    check_net("input 10, linear 10, relu, linear 1, mse", 10, &FULL);
-}
+static void test_seed_mlp_matches_fd(void **state) { check_net("input 10, linear 10, relu, linear 1, mse", 10, &FULL); }
 
 /* The few-shot 4-conv net with 4 filters on 12x12: every coordinate. Its last block is 1x1, so
  * its BN normalizes over the batch alone. */
 static void test_small_fourconv_matches_fd(void **state) {
     check_net("input 1x12x12, conv 4 s2, bn, relu, conv 4 s2, bn, relu, conv 4 s2, bn, relu, "
-              "conv 4 s2, bn, relu, flatten, linear 5, xent", 5, &FULL);
+              "conv 4 s2, bn, relu, flatten, linear 5, xent",
+              5, &FULL);
 }
 
 /* The full 4-conv net (113,221 parameters), 5-way 1-shot: a full difference of every coordinate
@@ -377,7 +377,8 @@ static void test_small_fourconv_matches_fd(void **state) {
 static void test_fourconv_matches_fd(void **state) {
     const plan full = {0, 200, 40, 8, 0, 0.05}, quick = {0, 20, 4, 2, 0, 0.05};
     check_net("input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
-              "conv 64 s2, bn, relu, flatten, linear 5, xent", 5, getenv("METATRAIN_GRADCHECK_QUICK") ? &quick : &full);
+              "conv 64 s2, bn, relu, flatten, linear 5, xent",
+              5, getenv("METATRAIN_GRADCHECK_QUICK") ? &quick : &full);
 }
 
 /* The harness itself: a point placed on a kink is seen as one, and its coordinate is skipped rather
@@ -428,20 +429,13 @@ static void test_summary(void **state) {
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0); /* keep printed errors in order with cmocka's stderr */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_harness_sees_kinks),
-        cmocka_unit_test(test_linear_matches_fd),
-        cmocka_unit_test(test_relu_matches_fd),
-        cmocka_unit_test(test_conv_matches_fd),
-        cmocka_unit_test(test_layout_crossings_match_fd),
-        cmocka_unit_test(test_batchnorm_matches_fd),
-        cmocka_unit_test(test_maxpool_matches_fd),
-        cmocka_unit_test(test_avgpool_matches_fd),
-        cmocka_unit_test(test_losses_match_fd),
-        cmocka_unit_test(test_sinusoid_mlp_matches_fd),
-        cmocka_unit_test(test_seed_mlp_matches_fd),
-        cmocka_unit_test(test_small_fourconv_matches_fd),
-        cmocka_unit_test(test_fourconv_matches_fd),
-        cmocka_unit_test(test_summary),
+        cmocka_unit_test(test_harness_sees_kinks),        cmocka_unit_test(test_linear_matches_fd),
+        cmocka_unit_test(test_relu_matches_fd),           cmocka_unit_test(test_conv_matches_fd),
+        cmocka_unit_test(test_layout_crossings_match_fd), cmocka_unit_test(test_batchnorm_matches_fd),
+        cmocka_unit_test(test_maxpool_matches_fd),        cmocka_unit_test(test_avgpool_matches_fd),
+        cmocka_unit_test(test_losses_match_fd),           cmocka_unit_test(test_sinusoid_mlp_matches_fd),
+        cmocka_unit_test(test_seed_mlp_matches_fd),       cmocka_unit_test(test_small_fourconv_matches_fd),
+        cmocka_unit_test(test_fourconv_matches_fd),       cmocka_unit_test(test_summary),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

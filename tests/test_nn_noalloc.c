@@ -85,10 +85,10 @@ int posix_memalign(void **out, size_t alignment, size_t size) {
 
 /* ---- GEMM wrappers: the engine's calls bind to these, which call OpenBLAS's. ---- */
 
-typedef void sgemm_fn(enum CBLAS_ORDER, enum CBLAS_TRANSPOSE, enum CBLAS_TRANSPOSE, blasint, blasint,
-                      blasint, float, const float *, blasint, const float *, blasint, float, float *, blasint);
-typedef void dgemm_fn(enum CBLAS_ORDER, enum CBLAS_TRANSPOSE, enum CBLAS_TRANSPOSE, blasint, blasint,
-                      blasint, double, const double *, blasint, const double *, blasint, double, double *, blasint);
+typedef void sgemm_fn(enum CBLAS_ORDER, enum CBLAS_TRANSPOSE, enum CBLAS_TRANSPOSE, blasint, blasint, blasint, float,
+                      const float *, blasint, const float *, blasint, float, float *, blasint);
+typedef void dgemm_fn(enum CBLAS_ORDER, enum CBLAS_TRANSPOSE, enum CBLAS_TRANSPOSE, blasint, blasint, blasint, double,
+                      const double *, blasint, const double *, blasint, double, double *, blasint);
 static sgemm_fn *real_sgemm;
 static dgemm_fn *real_dgemm;
 
@@ -113,17 +113,16 @@ static void record_shape(char precision, int ta, int tb, int M, int N, int K, lo
     if (n < 64) alloc_shapes[n] = (gemm_shape){precision, ta, tb, M, N, K, calls}, atomic_store(&n_alloc_shapes, n + 1);
 }
 
-#define GEMM_WRAPPER(name, real, type, letter)                                                     \
-    void name(const enum CBLAS_ORDER order, const enum CBLAS_TRANSPOSE ta, const enum CBLAS_TRANSPOSE tb, \
-              const blasint M, const blasint N, const blasint K, const type alpha, const type *A,  \
-              const blasint lda, const type *B, const blasint ldb, const type beta, type *C,       \
-              const blasint ldc) {                                                                 \
-        long before = atomic_load(&n_calls);                                                       \
-        atomic_store(&in_blas, 1);                                                                 \
-        real(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);                         \
-        atomic_store(&in_blas, 0);                                                                 \
-        long calls = atomic_load(&n_calls) - before;                                               \
-        if (calls) record_shape(letter, ta == CblasTrans, tb == CblasTrans, M, N, K, calls);       \
+#define GEMM_WRAPPER(name, real, type, letter)                                                                         \
+    void name(const enum CBLAS_ORDER order, const enum CBLAS_TRANSPOSE ta, const enum CBLAS_TRANSPOSE tb,              \
+              const blasint M, const blasint N, const blasint K, const type alpha, const type *A, const blasint lda,   \
+              const type *B, const blasint ldb, const type beta, type *C, const blasint ldc) {                         \
+        long before = atomic_load(&n_calls);                                                                           \
+        atomic_store(&in_blas, 1);                                                                                     \
+        real(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);                                             \
+        atomic_store(&in_blas, 0);                                                                                     \
+        long calls = atomic_load(&n_calls) - before;                                                                   \
+        if (calls) record_shape(letter, ta == CblasTrans, tb == CblasTrans, M, N, K, calls);                           \
     }
 GEMM_WRAPPER(cblas_sgemm, real_sgemm, float, 's')
 GEMM_WRAPPER(cblas_dgemm, real_dgemm, double, 'd')
@@ -190,43 +189,43 @@ static void test_counter_sees_engine_allocations(void **state) {
     assert_true(count_end() >= 2);
 }
 
-#define PASSES_OF(type, suffix)                                                                    \
-    static long passes##suffix(const mt_nn_net *net, int n, int repeats) {                        \
-        size_t np = net->n_params, nx = (size_t)n * net->in_size, ny = (size_t)n * net->out_size; \
-        double *pd = calloc(np, sizeof(double)), *xd = calloc(nx, sizeof(double));               \
-        double *yd = calloc(ny, sizeof(double));                                                   \
-        type *p = calloc(np, sizeof(type)), *d = calloc(np, sizeof(type)), *x = calloc(nx, sizeof(type)); \
-        type *y = calloc(ny, sizeof(type)), *g = calloc(np, sizeof(type)), *hv = calloc(np, sizeof(type)); \
-        int32_t *labels = calloc((size_t)n, sizeof(int32_t));                                      \
-        assert_true(pd && xd && yd && p && d && x && y && g && hv && labels);                      \
-        fd_random_params(net, 3, pd);                                                              \
-        fd_random_batch(net, n, 3, xd, yd, labels);                                                \
-        for (size_t i = 0; i < np; i++) p[i] = (type)pd[i], d[i] = (type)(pd[i] * 0.1);           \
-        for (size_t i = 0; i < nx; i++) x[i] = (type)xd[i];                                        \
-        for (size_t i = 0; i < ny; i++) y[i] = (type)yd[i];                                        \
-        mt_nn_ws##suffix *ws;                                                                      \
-        assert_int_equal(mt_nn_ws_create##suffix(&ws, net, n), MT_OK);                             \
-        mt_nn_batch##suffix batch = {.x = x, .y = y, .labels = labels, .n = n};                    \
-        mt_nn_batch##suffix smaller = batch;                                                       \
-        smaller.n = n > 1 ? n - 1 : 1;                                                             \
-        /* Warm-up: OpenBLAS may set up its buffers on its first calls. */                         \
-        mt_nn_loss##suffix(ws, p, &batch);                                                         \
-        mt_nn_grad##suffix(ws, p, &batch, g);                                                      \
-        mt_nn_hvp##suffix(ws, p, &batch, d, g, hv);                                                \
-        double sink = 0;                                                                           \
-        count_begin();                                                                             \
-        for (int r = 0; r < repeats; r++) {                                                        \
-            sink += mt_nn_loss##suffix(ws, p, &batch);                                             \
-            sink += mt_nn_grad##suffix(ws, p, &batch, g);                                          \
-            sink += mt_nn_hvp##suffix(ws, p, &batch, d, g, hv);                                    \
-            sink += mt_nn_hvp##suffix(ws, p, &smaller, d, g, hv); /* fewer samples than planned */ \
-        }                                                                                          \
-        long calls = count_end();                                                                  \
-        assert_true(sink == sink); /* the passes ran and produced numbers */                      \
-        mt_nn_ws_free##suffix(ws);                                                                 \
-        void *buffers[] = {pd, xd, yd, p, d, x, y, g, hv, labels};                                 \
-        for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) free(buffers[i]);            \
-        return calls;                                                                              \
+#define PASSES_OF(type, suffix)                                                                                        \
+    static long passes##suffix(const mt_nn_net *net, int n, int repeats) {                                             \
+        size_t np = net->n_params, nx = (size_t)n * net->in_size, ny = (size_t)n * net->out_size;                      \
+        double *pd = calloc(np, sizeof(double)), *xd = calloc(nx, sizeof(double));                                     \
+        double *yd = calloc(ny, sizeof(double));                                                                       \
+        type *p = calloc(np, sizeof(type)), *d = calloc(np, sizeof(type)), *x = calloc(nx, sizeof(type));              \
+        type *y = calloc(ny, sizeof(type)), *g = calloc(np, sizeof(type)), *hv = calloc(np, sizeof(type));             \
+        int32_t *labels = calloc((size_t)n, sizeof(int32_t));                                                          \
+        assert_true(pd &&xd &&yd &&p &&d &&x &&y &&g &&hv &&labels);                                                   \
+        fd_random_params(net, 3, pd);                                                                                  \
+        fd_random_batch(net, n, 3, xd, yd, labels);                                                                    \
+        for (size_t i = 0; i < np; i++) p[i] = (type)pd[i], d[i] = (type)(pd[i] * 0.1);                                \
+        for (size_t i = 0; i < nx; i++) x[i] = (type)xd[i];                                                            \
+        for (size_t i = 0; i < ny; i++) y[i] = (type)yd[i];                                                            \
+        mt_nn_ws##suffix *ws;                                                                                          \
+        assert_int_equal(mt_nn_ws_create##suffix(&ws, net, n), MT_OK);                                                 \
+        mt_nn_batch##suffix batch = {.x = x, .y = y, .labels = labels, .n = n};                                        \
+        mt_nn_batch##suffix smaller = batch;                                                                           \
+        smaller.n = n > 1 ? n - 1 : 1;                                                                                 \
+        /* Warm-up: OpenBLAS may set up its buffers on its first calls. */                                             \
+        mt_nn_loss##suffix(ws, p, &batch);                                                                             \
+        mt_nn_grad##suffix(ws, p, &batch, g);                                                                          \
+        mt_nn_hvp##suffix(ws, p, &batch, d, g, hv);                                                                    \
+        double sink = 0;                                                                                               \
+        count_begin();                                                                                                 \
+        for (int r = 0; r < repeats; r++) {                                                                            \
+            sink += mt_nn_loss##suffix(ws, p, &batch);                                                                 \
+            sink += mt_nn_grad##suffix(ws, p, &batch, g);                                                              \
+            sink += mt_nn_hvp##suffix(ws, p, &batch, d, g, hv);                                                        \
+            sink += mt_nn_hvp##suffix(ws, p, &smaller, d, g, hv); /* fewer samples than planned */                     \
+        }                                                                                                              \
+        long calls = count_end();                                                                                      \
+        assert_true(sink == sink); /* the passes ran and produced numbers */                                           \
+        mt_nn_ws_free##suffix(ws);                                                                                     \
+        void *buffers[] = {pd, xd, yd, p, d, x, y, g, hv, labels};                                                     \
+        for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) free(buffers[i]);                                \
+        return calls;                                                                                                  \
     }
 PASSES_OF(float, )
 PASSES_OF(double, _f64)
@@ -235,8 +234,8 @@ PASSES_OF(double, _f64)
 static void print_alloc_shapes(void) {
     for (int i = 0; i < atomic_load(&n_alloc_shapes); i++) {
         const gemm_shape *s = &alloc_shapes[i];
-        printf("    allocating %cgemm: C(%d,%d) = %sA · %sB, K = %d: %ld allocator calls\n", s->precision,
-               s->M, s->N, s->ta ? "ᵀ" : "", s->tb ? "ᵀ" : "", s->K, s->calls);
+        printf("    allocating %cgemm: C(%d,%d) = %sA · %sB, K = %d: %ld allocator calls\n", s->precision, s->M, s->N,
+               s->ta ? "ᵀ" : "", s->tb ? "ᵀ" : "", s->K, s->calls);
     }
 }
 
@@ -248,8 +247,8 @@ static int no_allocations(const char *spec, int n, int repeats) {
     for (int precision = 0; precision < 2; precision++) {
         total[precision] = precision ? passes_f64(&net, n, repeats) : passes(&net, n, repeats);
         blas[precision] = atomic_load(&n_calls_in_blas);
-        printf("%-64s B=%-2d %s, %d x (loss, grad, HVP, HVP): %ld allocator calls, %ld of them inside GEMM\n",
-               spec, n, precision ? "f64" : "f32", repeats, total[precision], blas[precision]);
+        printf("%-64s B=%-2d %s, %d x (loss, grad, HVP, HVP): %ld allocator calls, %ld of them inside GEMM\n", spec, n,
+               precision ? "f64" : "f32", repeats, total[precision], blas[precision]);
         print_alloc_shapes();
     }
     /* The engine's own code, and the BLAS underneath it: an allocating GEMM breaks the promise as
@@ -272,7 +271,8 @@ static void test_mlp_and_small_conv_passes_do_not_allocate(void **state) {
 
 static void test_fourconv_passes_do_not_allocate(void **state) {
     int ok = no_allocations("input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
-                            "conv 64 s2, bn, relu, flatten, linear 5, xent", 5, 5);
+                            "conv 64 s2, bn, relu, flatten, linear 5, xent",
+                            5, 5);
     if (!ok) fail_msg("the passes allocated (see above)");
 }
 
@@ -335,7 +335,8 @@ static long model_calls(const char *algorithm, const char *spec, const char *con
     long calls = count_end();
     assert_true(ok);
     printf("%-58s %-7s B=%-2d %d x (adapt, predict, predict, reset, predict, refused adapt): %ld allocator calls, "
-           "%ld of them inside GEMM\n", spec, algorithm, rows, repeats, calls, (long)atomic_load(&n_calls_in_blas));
+           "%ld of them inside GEMM\n",
+           spec, algorithm, rows, repeats, calls, (long)atomic_load(&n_calls_in_blas));
     print_alloc_shapes();
     mt_model_close(m);
     void *buffers[] = {xd, yd, x, y, bad, pred, labels, classes};

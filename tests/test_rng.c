@@ -101,9 +101,9 @@ static void test_uniform_is_in_unit_interval_with_mean_half(void **state) {
     double mean = sum / N_DRAWS;
     printf("uniform: mean %.5f, min %.2e, max 1 - %.2e, P(u < 1/4) %.4f, P(lsb) %.4f\n", mean, lo, 1 - hi,
            (double)below_quarter / N_DRAWS, (double)odd_lsb / N_DRAWS);
-    assert_true(fabs(mean - 0.5) < 5e-3);                               /* σ = 0.29/√N = 9e-4 */
-    assert_true(fabs((double)below_quarter / N_DRAWS - 0.25) < 7e-3);  /* σ = 1.4e-3 */
-    assert_true(fabs((double)odd_lsb / N_DRAWS - 0.5) < 8e-3);         /* σ = 1.6e-3 */
+    assert_true(fabs(mean - 0.5) < 5e-3);                             /* σ = 0.29/√N = 9e-4 */
+    assert_true(fabs((double)below_quarter / N_DRAWS - 0.25) < 7e-3); /* σ = 1.4e-3 */
+    assert_true(fabs((double)odd_lsb / N_DRAWS - 0.5) < 8e-3);        /* σ = 1.6e-3 */
     assert_true(lo < 1e-3 && hi > 1 - 1e-3);
 
     for (int i = 0; i < 1000; i++) {

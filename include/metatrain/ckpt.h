@@ -42,9 +42,9 @@ typedef enum { MT_CKPT_F32, MT_CKPT_F64, MT_CKPT_I64 } mt_ckpt_dtype;
 typedef struct {
     char path[MT_CKPT_PATH_LEN]; /* absolute dataset path, groups created as needed */
     mt_ckpt_dtype dtype;
-    int rank;                    /* 1 to 4; a scalar is rank 1 with dims[0] = 1 */
-    uint64_t dims[4];            /* dims[0] may be 0 (an empty series) */
-    void *data;                  /* writer: caller's; reader: malloc'ed, freed by mt_ckpt_free */
+    int rank;         /* 1 to 4; a scalar is rank 1 with dims[0] = 1 */
+    uint64_t dims[4]; /* dims[0] may be 0 (an empty series) */
+    void *data;       /* writer: caller's; reader: malloc'ed, freed by mt_ckpt_free */
 } mt_ckpt_array;
 
 typedef struct {
@@ -62,8 +62,8 @@ typedef struct {
 
 /* Adds an array description (no copy) to a checkpoint being assembled for writing; `ck` starts
  * zeroed (mt_ckpt is large: allocate it, e.g. with calloc). */
-mt_status mt_ckpt_add(mt_ckpt *ck, const char *path, mt_ckpt_dtype dtype, int rank,
-                      const uint64_t *dims, const void *data);
+mt_status mt_ckpt_add(mt_ckpt *ck, const char *path, mt_ckpt_dtype dtype, int rank, const uint64_t *dims,
+                      const void *data);
 /* Adds a root string attribute (no copy). */
 mt_status mt_ckpt_add_attr(mt_ckpt *ck, const char *name, const char *value);
 

@@ -14,11 +14,18 @@
 
 #define MT_CONFIG_STR 512
 
-/* The algorithms, each as (enum suffix, name in configs); what each one does is its row of
- * traits in src/meta/algorithms.c (mt_meta_traits). */
-#define MT_ALGORITHMS(X)                                                                       \
-    X(MAML, "maml") X(FOMAML, "fomaml") X(METASGD, "metasgd") X(ANIL, "anil") X(MAMLPP, "mamlpp") \
-    X(REPTILE, "reptile") X(IMAML, "imaml")
+/* The algorithms, one a line, each as (enum suffix, name in configs); what each one does is its
+ * row of traits in src/meta/algorithms.c (mt_meta_traits). */
+// clang-format off
+#define MT_ALGORITHMS(X) \
+    X(MAML, "maml")       \
+    X(FOMAML, "fomaml")   \
+    X(METASGD, "metasgd") \
+    X(ANIL, "anil")       \
+    X(MAMLPP, "mamlpp")   \
+    X(REPTILE, "reptile") \
+    X(IMAML, "imaml")
+// clang-format on
 #define MT_ALGO_ENUM_(suffix, name) MT_ALGO_##suffix,
 typedef enum { MT_ALGORITHMS(MT_ALGO_ENUM_) MT_ALGO_COUNT } mt_algorithm;
 #undef MT_ALGO_ENUM_
@@ -30,51 +37,51 @@ typedef enum { MT_BALANCE_DYNAMIC, MT_BALANCE_STATIC } mt_balance;
 
 typedef struct {
     /* [train] */
-    uint64_t seed;            /* train.seed: keys every random number */
-    int iterations;           /* train.iterations: outer steps in total */
-    int meta_batch;           /* train.meta_batch: tasks per outer step */
-    int checkpoint_every;     /* train.checkpoint_every: 0 writes only at the end */
-    int keep_checkpoints;     /* train.keep_checkpoints: numbered copies kept besides checkpoint.h5 */
-    int log_every;            /* train.log_every: progress line period in iterations (files) */
-    int stop_at;              /* train.stop_at: stop (with a checkpoint) after this iteration, 0 = off */
-    int resume;               /* train.resume: 1 = continue from output.dir/checkpoint.h5 if present */
-    int threads;              /* train.threads: OpenBLAS threads per rank */
-    mt_balance balance;       /* train.balance: how a node's ranks share the tasks */
+    uint64_t seed;        /* train.seed: keys every random number */
+    int iterations;       /* train.iterations: outer steps in total */
+    int meta_batch;       /* train.meta_batch: tasks per outer step */
+    int checkpoint_every; /* train.checkpoint_every: 0 writes only at the end */
+    int keep_checkpoints; /* train.keep_checkpoints: numbered copies kept besides checkpoint.h5 */
+    int log_every;        /* train.log_every: progress line period in iterations (files) */
+    int stop_at;          /* train.stop_at: stop (with a checkpoint) after this iteration, 0 = off */
+    int resume;           /* train.resume: 1 = continue from output.dir/checkpoint.h5 if present */
+    int threads;          /* train.threads: OpenBLAS threads per rank */
+    mt_balance balance;   /* train.balance: how a node's ranks share the tasks */
     /* [output] */
     char output_dir[MT_CONFIG_STR]; /* output.dir */
     /* [meta] */
-    mt_algorithm algorithm;   /* meta.algorithm */
-    int inner_steps;          /* meta.inner_steps */
-    double inner_lr;          /* meta.inner_lr: initial value where the rates are learned */
-    double outer_lr;          /* meta.outer_lr */
-    mt_optimizer_kind optimizer; /* meta.optimizer: adam or sgd */
-    double momentum;          /* meta.momentum: SGD */
+    mt_algorithm algorithm;        /* meta.algorithm */
+    int inner_steps;               /* meta.inner_steps */
+    double inner_lr;               /* meta.inner_lr: initial value where the rates are learned */
+    double outer_lr;               /* meta.outer_lr */
+    mt_optimizer_kind optimizer;   /* meta.optimizer: adam or sgd */
+    double momentum;               /* meta.momentum: SGD */
     double beta1, beta2, adam_eps; /* meta.beta1, meta.beta2, meta.adam_eps */
-    double clip_norm;         /* meta.clip_norm: global-norm clipping, 0 = off */
-    int first_order_iterations; /* meta.first_order_iterations: MAML++ derivative-order annealing */
-    int msl_iterations;       /* meta.msl_iterations: MAML++ multi-step-loss annealing length */
-    double min_outer_lr;      /* meta.min_outer_lr: MAML++ cosine schedule floor */
-    double imaml_lambda;      /* meta.lambda: iMAML proximal strength */
-    int cg_steps;             /* meta.cg_steps: iMAML conjugate-gradient iterations at most */
-    double cg_tol;            /* meta.cg_tol: iMAML residual tolerance, relative to ‖b‖ */
+    double clip_norm;              /* meta.clip_norm: global-norm clipping, 0 = off */
+    int first_order_iterations;    /* meta.first_order_iterations: MAML++ derivative-order annealing */
+    int msl_iterations;            /* meta.msl_iterations: MAML++ multi-step-loss annealing length */
+    double min_outer_lr;           /* meta.min_outer_lr: MAML++ cosine schedule floor */
+    double imaml_lambda;           /* meta.lambda: iMAML proximal strength */
+    int cg_steps;                  /* meta.cg_steps: iMAML conjugate-gradient iterations at most */
+    double cg_tol;                 /* meta.cg_tol: iMAML residual tolerance, relative to ‖b‖ */
     /* [task] */
-    mt_task_kind task_kind;   /* task.kind */
-    int shots;                /* task.shots: support examples per task (per class when classifying) */
-    int queries;              /* task.queries: query examples per task (per class when classifying) */
-    int ways;                 /* task.ways: classes per episode */
+    mt_task_kind task_kind;        /* task.kind */
+    int shots;                     /* task.shots: support examples per task (per class when classifying) */
+    int queries;                   /* task.queries: query examples per task (per class when classifying) */
+    int ways;                      /* task.ways: classes per episode */
     char task_path[MT_CONFIG_STR]; /* task.path: HDF5 dataset for episodes and grouped */
     /* [model] */
     char model_spec[MT_CONFIG_STR]; /* model.spec: see mt_nn_parse */
     char model_spec_origin[640];    /* "file.ini:12:" or "--set" where model.spec was set, or "" */
     /* [eval] */
-    int eval_tasks;           /* eval.tasks */
-    int eval_steps;           /* eval.steps: inner steps at evaluation; 0 = meta.inner_steps */
-    int eval_queries;         /* eval.queries: 0 = task.queries */
-    mt_split eval_split;      /* eval.split */
-    int eval_every;           /* eval.every: validation period during training, 0 = off */
-    int eval_val_tasks;       /* eval.val_tasks: tasks per validation during training */
+    int eval_tasks;                    /* eval.tasks */
+    int eval_steps;                    /* eval.steps: inner steps at evaluation; 0 = meta.inner_steps */
+    int eval_queries;                  /* eval.queries: 0 = task.queries */
+    mt_split eval_split;               /* eval.split */
+    int eval_every;                    /* eval.every: validation period during training, 0 = off */
+    int eval_val_tasks;                /* eval.val_tasks: tasks per validation during training */
     char eval_episodes[MT_CONFIG_STR]; /* eval.episodes: fixed-episode file, "" = sampled episodes */
-    int eval_keep_best;       /* eval.keep_best: keep best.h5 by validation metric */
+    int eval_keep_best;                /* eval.keep_best: keep best.h5 by validation metric */
 } mt_config;
 
 /* Defaults for every key. */

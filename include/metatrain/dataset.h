@@ -48,14 +48,14 @@ typedef struct mt_task_dataset {
     /* images */
     int64_t n_images;
     int channels, height, width;
-    const uint8_t *images;     /* n_images × C × H × W, in the shared window */
-    const int32_t *labels;     /* n_images */
+    const uint8_t *images; /* n_images × C × H × W, in the shared window */
+    const int32_t *labels; /* n_images */
     double pixel_scale, pixel_offset;
     int n_classes;
-    const int32_t *class_split; /* n_classes */
-    const int64_t *class_start; /* n_classes + 1: class c's images are class_members[start[c] .. start[c+1]) */
+    const int32_t *class_split;   /* n_classes */
+    const int64_t *class_start;   /* n_classes + 1: class c's images are class_members[start[c] .. start[c+1]) */
     const int64_t *class_members; /* n_images image indices, grouped by class, ascending within a class */
-    const char *class_names;    /* n_classes × class_name_size, NUL-terminated; NULL without /class_names */
+    const char *class_names;      /* n_classes × class_name_size, NUL-terminated; NULL without /class_names */
     int class_name_size;
     /* grouped */
     int64_t n_rows;
@@ -64,8 +64,8 @@ typedef struct mt_task_dataset {
     const float *targets;        /* n_rows × n_targets (regression) */
     const int32_t *target_class; /* n_rows (classification) */
     int n_groups;
-    const int32_t *group_split;  /* n_groups */
-    const int64_t *group_start;  /* n_groups + 1, rows of group g: group_members[start[g] .. start[g+1]) */
+    const int32_t *group_split; /* n_groups */
+    const int64_t *group_start; /* n_groups + 1, rows of group g: group_members[start[g] .. start[g+1]) */
     const int64_t *group_members;
     /* fixed episodes (optional) */
     int n_episodes, episode_ways, episode_support, episode_query; /* per-episode index counts */
@@ -81,8 +81,8 @@ typedef struct mt_task_dataset {
  * MT_TASK_GROUPED: grouped). episodes_path, when not NULL or "", names the file with
  * /episodes (it may be `path` itself). On any failure every rank returns an error; a failure
  * that only one node saw ends the job with MPI_Abort (mt_dist_agree). */
-mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const char *path,
-                               mt_task_kind kind, const char *episodes_path);
+mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const char *path, mt_task_kind kind,
+                               const char *episodes_path);
 /* Collective over d (the node's window and communicator); NULL does nothing. */
 void mt_task_dataset_free(mt_task_dataset *ds);
 

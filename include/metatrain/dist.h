@@ -39,8 +39,8 @@ mt_status mt_dist_join_node(const mt_dist *d, MPI_Comm *node, int *node_rank, in
 /* Who computes which of an iteration's tasks (src/dist/claim.c): a rank's static block, or,
  * with dynamic claiming, the next free task of its node's pooled blocks. */
 typedef struct {
-    MPI_Comm node;       /* the ranks that share this one's memory */
-    MPI_Win window;      /* dynamic: two int64 counters on the node's first rank */
+    MPI_Comm node;  /* the ranks that share this one's memory */
+    MPI_Win window; /* dynamic: two int64 counters on the node's first rank */
     int node_rank, node_size;
     int owns_node, owns_window, locked; /* what free must release */
     int dynamic;
@@ -109,18 +109,18 @@ typedef struct {
     MPI_Win window;         /* nodes of several ranks: flags, the total, slots, row states, rows */
     int node_rank, node_size, n_nodes;
     int owns_node, owns_leaders, owns_window; /* what free must release */
-    int64_t *own;           /* this rank's vector: its slot, or private memory on a node of one */
-    int64_t *total;         /* the node's total (shared), or NULL on a node of one */
-    void *flags;            /* the barriers' arrival flags (shared) */
-    size_t slot_stride;     /* int64 values from one slot to the next */
-    int64_t generation;     /* runs so far */
-    int rows;               /* float rows per rank (0: none) */
-    size_t row_len, row_stride; /* floats per row; from one rank's first row to the next rank's */
-    float *row_base;        /* rank 0's first row; this rank's are mt_dist_node_sum_rows */
-    void *row_states;       /* per row: the round it was published (2r + 1) or taken (2r + 2) */
-    size_t state_stride;    /* row states from one rank's to the next rank's */
-    double wait_s;          /* the longest a rank waits in the node's barrier for a live rank */
-    uint64_t pid_ns;        /* this process's PID namespace (0: unknown), to trust a peer's pid */
+    int64_t *own;                             /* this rank's vector: its slot, or private memory on a node of one */
+    int64_t *total;                           /* the node's total (shared), or NULL on a node of one */
+    void *flags;                              /* the barriers' arrival flags (shared) */
+    size_t slot_stride;                       /* int64 values from one slot to the next */
+    int64_t generation;                       /* runs so far */
+    int rows;                                 /* float rows per rank (0: none) */
+    size_t row_len, row_stride;               /* floats per row; from one rank's first row to the next rank's */
+    float *row_base;                          /* rank 0's first row; this rank's are mt_dist_node_sum_rows */
+    void *row_states;                         /* per row: the round it was published (2r + 1) or taken (2r + 2) */
+    size_t state_stride;                      /* row states from one rank's to the next rank's */
+    double wait_s;                            /* the longest a rank waits in the node's barrier for a live rank */
+    uint64_t pid_ns;                          /* this process's PID namespace (0: unknown), to trust a peer's pid */
 } mt_dist_node_sum;
 
 /* Collective. rows > 0 gives each rank `rows` float rows of row_len, shared within the node. */
@@ -156,15 +156,15 @@ const float *mt_dist_node_sum_take(mt_dist_node_sum *s, int64_t round, int *curs
 typedef struct {
     size_t n;
     int n_groups;
-    size_t *group_begin;  /* n_groups + 1 boundaries, ascending, 0 … n */
-    int *exponents;       /* n_groups + 4, the exact path's MPI_MAX */
-    int *predicted;       /* n_groups: every |v| of group g is below 2^predicted[g], if have_prediction */
+    size_t *group_begin; /* n_groups + 1 boundaries, ascending, 0 … n */
+    int *exponents;      /* n_groups + 4, the exact path's MPI_MAX */
+    int *predicted;      /* n_groups: every |v| of group g is below 2^predicted[g], if have_prediction */
     int have_prediction;
-    double *scales;       /* n_groups: this round's 2^shift */
-    size_t sum_len;       /* int64 values summed: n, one signature per group, flags */
-    int64_t *fixed;       /* sum_len, when the sum is an MPI_Allreduce over all ranks */
+    double *scales;             /* n_groups: this round's 2^shift */
+    size_t sum_len;             /* int64 values summed: n, one signature per group, flags */
+    int64_t *fixed;             /* sum_len, when the sum is an MPI_Allreduce over all ranks */
     mt_dist_node_sum *node_sum; /* or this, which holds the fixed-point values itself */
-    int64_t round;        /* reductions so far: rows are published for the next one */
+    int64_t round;              /* reductions so far: rows are published for the next one */
 } mt_dist_reducer;
 
 /* Local. The int64 values a reducer of n values in n_groups groups sums: size its node sum so. */
@@ -188,7 +188,7 @@ void mt_dist_reducer_publish(mt_dist_reducer *r, int row);
  * n_total is the number of vectors over all ranks. With a node sum that has rows, vectors must be
  * this rank's rows. When the outcome reports an error or a non-finite value, sum is left
  * unwritten; a stop request still completes the sum, so the iteration can finish first. */
-mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local,
-                         int n_total, mt_dist_flags flags, float *sum, mt_dist_outcome *outcome);
+mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local, int n_total,
+                         mt_dist_flags flags, float *sum, mt_dist_outcome *outcome);
 
 #endif

@@ -35,20 +35,20 @@ const char *mt_status_name(mt_status status);
 #define MT_RAISE(status, ...) mt_error_raise((status), __FILE__, __LINE__, __VA_ARGS__)
 
 /* Runs `call`; on failure stores its status in the local `st` and jumps to `fail:`. */
-#define MT_TRY(call)                                                                       \
-    do {                                                                                   \
-        mt_status mt_try_status_ = (call);                                                 \
-        if (mt_try_status_ != MT_OK) {                                                     \
-            st = mt_try_status_;                                                           \
-            goto fail;                                                                     \
-        }                                                                                  \
+#define MT_TRY(call)                                                                                                   \
+    do {                                                                                                               \
+        mt_status mt_try_status_ = (call);                                                                             \
+        if (mt_try_status_ != MT_OK) {                                                                                 \
+            st = mt_try_status_;                                                                                       \
+            goto fail;                                                                                                 \
+        }                                                                                                              \
     } while (0)
 
 /* Raises and jumps to `fail:` in one step. */
-#define MT_THROW(status, ...)                                                              \
-    do {                                                                                   \
-        st = MT_RAISE((status), __VA_ARGS__);                                              \
-        goto fail;                                                                         \
+#define MT_THROW(status, ...)                                                                                          \
+    do {                                                                                                               \
+        st = MT_RAISE((status), __VA_ARGS__);                                                                          \
+        goto fail;                                                                                                     \
     } while (0)
 
 #endif

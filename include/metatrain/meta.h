@@ -20,9 +20,9 @@
 
 /* An algorithm as traits (src/meta/algorithms.c holds the table). */
 typedef enum {
-    MT_RATES_FIXED,          /* meta.inner_lr for every parameter */
-    MT_RATES_PER_PARAMETER,  /* learned, one per parameter (Meta-SGD) */
-    MT_RATES_PER_LAYER_STEP  /* learned, one per parameter-holding layer and inner step (MAML++) */
+    MT_RATES_FIXED,         /* meta.inner_lr for every parameter */
+    MT_RATES_PER_PARAMETER, /* learned, one per parameter (Meta-SGD) */
+    MT_RATES_PER_LAYER_STEP /* learned, one per parameter-holding layer and inner step (MAML++) */
 } mt_meta_rates;
 typedef enum {
     MT_ADAPT_ALL, /* every parameter moves in the inner loop */
@@ -43,9 +43,9 @@ typedef struct { /* the name is in MT_ALGORITHMS (config.h) */
     mt_meta_adapts adapts;
     mt_meta_order order;
     mt_meta_metagrad metagrad;
-    int proximal;           /* inner steps add λ(θ_k − θ) (meta.lambda) */
-    int multi_step_loss;    /* Σ_k w_k L_q(θ_k), annealed over meta.msl_iterations */
-    int cosine_outer_lr;    /* outer rate cosine-annealed to meta.min_outer_lr */
+    int proximal;        /* inner steps add λ(θ_k − θ) (meta.lambda) */
+    int multi_step_loss; /* Σ_k w_k L_q(θ_k), annealed over meta.msl_iterations */
+    int cosine_outer_lr; /* outer rate cosine-annealed to meta.min_outer_lr */
 } mt_meta_traits;
 
 /* The algorithm's row; never NULL. Local. */
@@ -69,9 +69,7 @@ typedef struct {
     size_t n_meta;  /* n_theta + n_rates */
 } mt_meta_layout;
 
-void mt_meta_layout_init(mt_meta_layout *layout, const mt_nn_net *net, mt_algorithm algorithm,
-                         int inner_steps);
-
+void mt_meta_layout_init(mt_meta_layout *layout, const mt_nn_net *net, mt_algorithm algorithm, int inner_steps);
 
 /* A named slice of the meta-parameter vector: the network's tensors ("conv1/weight") and the
  * learned rates ("inner_lr/conv1/weight" for Meta-SGD, "inner_lr/conv1" of K steps for MAML++).
@@ -92,14 +90,14 @@ int mt_meta_tensors(const mt_meta_layout *layout, mt_meta_tensor *out, int max);
 mt_status mt_meta_ckpt_add(mt_ckpt *ck, const mt_meta_layout *layout, const char *prefix, const float *vector);
 /* Copies them back from a read checkpoint, refusing a missing tensor or another dtype or shape
  * with a message naming `path` (the file) and the array. Local. */
-mt_status mt_meta_ckpt_restore(const mt_ckpt *ck, const char *path, const mt_meta_layout *layout,
-                               const char *prefix, float *vector);
+mt_status mt_meta_ckpt_restore(const mt_ckpt *ck, const char *path, const mt_meta_layout *layout, const char *prefix,
+                               float *vector);
 
 /* Per-iteration settings of the inner loop, from the config and the schedules. */
 typedef struct {
-    double inner_lr;     /* fixed rate where rates are not learned */
-    int second_order;    /* 0: drop the Hessian terms (FOMAML; MAML++ early iterations) */
-    int multi_step_loss; /* MAML++: Σ_k w_k L_q(θ_k) */
+    double inner_lr;                        /* fixed rate where rates are not learned */
+    int second_order;                       /* 0: drop the Hessian terms (FOMAML; MAML++ early iterations) */
+    int multi_step_loss;                    /* MAML++: Σ_k w_k L_q(θ_k) */
     double step_weights[MT_META_MAX_STEPS]; /* w_1..w_K, index k-1, when multi_step_loss */
     double imaml_lambda;
     int cg_steps;
@@ -139,8 +137,8 @@ double mt_meta_clip_grad(float *grad, size_t n, double clip);
  * [meta-gradient (n_meta) | meta-objective] into the next row of vectors (n_meta + 1 wide).
  * Returns the number of rows written. The sum over tasks, across ranks, is mt_dist_reduce's job. */
 #define MT_META_VECTOR_EXTRA 1
-int mt_meta_batch_grads(mt_meta_ctx *ctx, mt_task *task, const mt_task_family *fam,
-                        const mt_meta_step_config *sc, const float *meta, uint64_t seed,
-                        int iteration, int (*next_task)(void *arg), void *arg, float *vectors);
+int mt_meta_batch_grads(mt_meta_ctx *ctx, mt_task *task, const mt_task_family *fam, const mt_meta_step_config *sc,
+                        const float *meta, uint64_t seed, int iteration, int (*next_task)(void *arg), void *arg,
+                        float *vectors);
 
 #endif

@@ -63,10 +63,10 @@ typedef struct {
     size_t parameters;           /* network parameters */
     int steps;                   /* inner steps mt_model_adapt takes */
     int max_batch;
-    int adapted;                 /* the parameters predict uses are adapted (by mt_model_adapt or
+    int adapted;       /* the parameters predict uses are adapted (by mt_model_adapt or
                                     read from an adapted file), not the meta-learned ones */
-    int adapted_steps;           /* the inner steps of that adaptation (0 when not adapted) */
-    int64_t iteration;           /* the training iteration the checkpoint holds (source's, for an
+    int adapted_steps; /* the inner steps of that adaptation (0 when not adapted) */
+    int64_t iteration; /* the training iteration the checkpoint holds (source's, for an
                                     adapted file), or -1 when unknown */
     const char *algorithm, *model_spec, *path;
 } mt_model_info;

@@ -42,9 +42,9 @@ typedef struct {
 #define MT_NN_WS_PLAN_DEFAULT ((mt_nn_ws_plan){MT_NN_KEEP_FIELDS, MT_NN_CHUNK_FIELDS, 0})
 
 typedef enum {
-    MT_NN_LINEAR,  /* y = x Wᵀ + b */
+    MT_NN_LINEAR, /* y = x Wᵀ + b */
     MT_NN_RELU,
-    MT_NN_CONV3X3, /* 3x3 kernel, padding 1, stride 1 or 2 */
+    MT_NN_CONV3X3,   /* 3x3 kernel, padding 1, stride 1 or 2 */
     MT_NN_BATCHNORM, /* batch statistics always, learnable scale and shift */
     MT_NN_MAXPOOL2,  /* 2x2 window, stride 2 */
     MT_NN_AVGPOOL    /* global average pool over H x W */
@@ -54,14 +54,14 @@ typedef enum { MT_NN_LOSS_MSE, MT_NN_LOSS_XENT } mt_nn_loss_kind;
 
 typedef struct {
     mt_nn_layer_kind kind;
-    int in_c, in_h, in_w;    /* per-sample input shape (C,H,W); features are (D,1,1) */
-    int out_c, out_h, out_w; /* per-sample output shape */
-    int stride;              /* conv only */
-    size_t param_offset;     /* into the flat buffer */
-    size_t weight_count;     /* weight (or BN scale) entries; the bias (or shift) follows */
-    size_t param_count;      /* weight_count + bias entries; 0 for layers without parameters */
-    int first_tensor;        /* index into mt_nn_net.tensors of the weight, -1 without */
-    int aux;                 /* index of this layer's BN/maxpool slot in a workspace, else -1 */
+    int in_c, in_h, in_w;      /* per-sample input shape (C,H,W); features are (D,1,1) */
+    int out_c, out_h, out_w;   /* per-sample output shape */
+    int stride;                /* conv only */
+    size_t param_offset;       /* into the flat buffer */
+    size_t weight_count;       /* weight (or BN scale) entries; the bias (or shift) follows */
+    size_t param_count;        /* weight_count + bias entries; 0 for layers without parameters */
+    int first_tensor;          /* index into mt_nn_net.tensors of the weight, -1 without */
+    int aux;                   /* index of this layer's BN/maxpool slot in a workspace, else -1 */
     char name[MT_NN_NAME_LEN]; /* "conv1", "bn2", "fc3", "relu1" */
 } mt_nn_layer;
 

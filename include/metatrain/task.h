@@ -16,15 +16,15 @@ struct mt_task_dataset; /* HDF5 data behind the episodes and grouped families */
 
 typedef struct {
     mt_task_kind kind;
-    int shots, queries, ways;  /* per class for classification */
-    size_t in_size, out_size;  /* per example */
-    int classification;        /* labels instead of regression targets */
+    int shots, queries, ways; /* per class for classification */
+    size_t in_size, out_size; /* per example */
+    int classification;       /* labels instead of regression targets */
     const struct mt_task_dataset *data;
-    mt_split split;            /* which classes or groups tasks come from */
-    int *split_ids;            /* the classes (episodes) or groups (grouped) of the split */
+    mt_split split; /* which classes or groups tasks come from */
+    int *split_ids; /* the classes (episodes) or groups (grouped) of the split */
     int n_split;
-    int fixed_episodes;        /* task i is the dataset's fixed episode i */
-    int scratch_len;           /* per-task index scratch the samplers need */
+    int fixed_episodes; /* task i is the dataset's fixed episode i */
+    int scratch_len;    /* per-task index scratch the samplers need */
 } mt_task_family;
 
 /* Builds a family from the config for the given split; queries overrides cfg->queries when > 0.

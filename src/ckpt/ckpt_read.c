@@ -26,11 +26,16 @@ static mt_status check_file(const char *path, struct stat *sb) {
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block us */
     if (fd < 0) return MT_RAISE(MT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     mt_status st = MT_OK;
-    if (fstat(fd, sb) != 0) st = MT_RAISE(MT_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
-    else if (S_ISDIR(sb->st_mode)) st = MT_RAISE(MT_ERR_IO, "%s: is a directory, not a checkpoint file", path);
-    else if (!S_ISREG(sb->st_mode)) st = MT_RAISE(MT_ERR_IO, "%s: not a regular file", path);
-    else if (sb->st_size == 0) st = MT_RAISE(MT_ERR_FORMAT, "%s: empty file", path);
-    else st = ckpt_verify_fd(fd, (uint64_t)sb->st_size, path);
+    if (fstat(fd, sb) != 0)
+        st = MT_RAISE(MT_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    else if (S_ISDIR(sb->st_mode))
+        st = MT_RAISE(MT_ERR_IO, "%s: is a directory, not a checkpoint file", path);
+    else if (!S_ISREG(sb->st_mode))
+        st = MT_RAISE(MT_ERR_IO, "%s: not a regular file", path);
+    else if (sb->st_size == 0)
+        st = MT_RAISE(MT_ERR_FORMAT, "%s: empty file", path);
+    else
+        st = ckpt_verify_fd(fd, (uint64_t)sb->st_size, path);
     close(fd);
     return st;
 }
@@ -139,7 +144,8 @@ static mt_status read_attrs(hid_t root, walk *w) {
 #endif
     if (got < 0) return MT_RAISE(MT_ERR_FORMAT, "%s: root group unreadable", w->path);
     if (info.meta_size.attr.heap_size || info.meta_size.attr.index_size)
-        return MT_RAISE(MT_ERR_FORMAT, "%s: root attributes in dense storage, which has no checksum (not written by metatrain)",
+        return MT_RAISE(MT_ERR_FORMAT,
+                        "%s: root attributes in dense storage, which has no checksum (not written by metatrain)",
                         w->path);
     hsize_t idx = 0;
     if (H5Aiterate2(root, H5_INDEX_NAME, H5_ITER_INC, &idx, read_attr, w) < 0) {
@@ -158,17 +164,23 @@ static mt_status read_dataset(hid_t dset, const char *name, walk *w) {
     hsize_t dims[H5S_MAX_RANK], chunk[4];
     unsigned flags;
     size_t n_params = 0;
-    if (w->ck->n_arrays == MT_CKPT_MAX_ARRAYS) MT_THROW(MT_ERR_FORMAT, "%s: more than %d datasets", path, MT_CKPT_MAX_ARRAYS);
+    if (w->ck->n_arrays == MT_CKPT_MAX_ARRAYS)
+        MT_THROW(MT_ERR_FORMAT, "%s: more than %d datasets", path, MT_CKPT_MAX_ARRAYS);
     snprintf(a.path, sizeof a.path, "%s", name);
     if ((type = H5Dget_type(dset)) < 0 || (space = H5Dget_space(dset)) < 0 || (dcpl = H5Dget_create_plist(dset)) < 0)
         MT_THROW(MT_ERR_FORMAT, "%s: %s: unreadable dataset header", path, name);
-    if (H5Tequal(type, H5T_IEEE_F32LE) > 0) a.dtype = MT_CKPT_F32;
-    else if (H5Tequal(type, H5T_IEEE_F64LE) > 0) a.dtype = MT_CKPT_F64;
-    else if (H5Tequal(type, H5T_STD_I64LE) > 0) a.dtype = MT_CKPT_I64;
-    else MT_THROW(MT_ERR_FORMAT, "%s: %s: data type is not little-endian float32, float64 or int64", path, name);
+    if (H5Tequal(type, H5T_IEEE_F32LE) > 0)
+        a.dtype = MT_CKPT_F32;
+    else if (H5Tequal(type, H5T_IEEE_F64LE) > 0)
+        a.dtype = MT_CKPT_F64;
+    else if (H5Tequal(type, H5T_STD_I64LE) > 0)
+        a.dtype = MT_CKPT_I64;
+    else
+        MT_THROW(MT_ERR_FORMAT, "%s: %s: data type is not little-endian float32, float64 or int64", path, name);
     int rank = H5Sget_simple_extent_type(space) == H5S_SIMPLE ? H5Sget_simple_extent_ndims(space) : -1;
     if (rank < 1 || rank > 4) MT_THROW(MT_ERR_FORMAT, "%s: %s: rank %d, want 1 to 4", path, name, rank);
-    if (H5Sget_simple_extent_dims(space, dims, NULL) != rank) MT_THROW(MT_ERR_FORMAT, "%s: %s: unreadable shape", path, name);
+    if (H5Sget_simple_extent_dims(space, dims, NULL) != rank)
+        MT_THROW(MT_ERR_FORMAT, "%s: %s: unreadable shape", path, name);
     a.rank = rank;
     for (int i = 0; i < rank; i++) a.dims[i] = dims[i];
     size_t elem = ckpt_dtype_size(a.dtype);
@@ -177,7 +189,8 @@ static mt_status read_dataset(hid_t dset, const char *name, walk *w) {
     /* Without the filter HDF5 would hand back corrupted data unchecked. */
     if (H5Pget_layout(dcpl) != H5D_CHUNKED ||
         H5Pget_filter_by_id2(dcpl, H5Z_FILTER_FLETCHER32, &flags, &n_params, NULL, 0, NULL, NULL) < 0)
-        MT_THROW(MT_ERR_FORMAT, "%s: %s: not chunked with a Fletcher32 checksum (not written by metatrain)", path, name);
+        MT_THROW(MT_ERR_FORMAT, "%s: %s: not chunked with a Fletcher32 checksum (not written by metatrain)", path,
+                 name);
     uint64_t chunk64[4], want_chunks = 1, elems = 1;
     if (H5Pget_chunk(dcpl, rank, chunk) != rank) MT_THROW(MT_ERR_FORMAT, "%s: %s: unreadable chunk shape", path, name);
     for (int i = 0; i < rank; i++) {
@@ -228,8 +241,10 @@ static herr_t visit_link(hid_t root, const char *rel, const H5L_info_t *info, vo
         return -1;
     }
     H5I_type_t kind = H5Iget_type(obj);
-    if (kind == H5I_DATASET) w->st = read_dataset(obj, name, w);
-    else if (kind != H5I_GROUP) w->st = MT_RAISE(MT_ERR_FORMAT, "%s: %s: neither a group nor a dataset", w->path, name);
+    if (kind == H5I_DATASET)
+        w->st = read_dataset(obj, name, w);
+    else if (kind != H5I_GROUP)
+        w->st = MT_RAISE(MT_ERR_FORMAT, "%s: %s: neither a group nor a dataset", w->path, name);
     H5Oclose(obj);
     return w->st == MT_OK ? 0 : -1;
 }

@@ -49,8 +49,9 @@ static mt_status check_length(const char *path, uint64_t want, uint64_t have) {
         return MT_RAISE(MT_ERR_FORMAT, "%s: truncated (expected %llu bytes after the header, found %llu)", path,
                         (unsigned long long)want, (unsigned long long)have);
     if (have > want)
-        return MT_RAISE(MT_ERR_FORMAT, "%s: %llu bytes after the header, expected %llu (data appended, or file corrupted)",
-                        path, (unsigned long long)have, (unsigned long long)want);
+        return MT_RAISE(MT_ERR_FORMAT,
+                        "%s: %llu bytes after the header, expected %llu (data appended, or file corrupted)", path,
+                        (unsigned long long)have, (unsigned long long)want);
     return MT_OK;
 }
 
@@ -66,8 +67,7 @@ mt_status ckpt_seal_fd(int fd, const char *path) {
     put_le(h + 28, crc, 4);
     put_le(h + 32, header_crc(h), 4);
     ssize_t put;
-    while ((put = pwrite(fd, h, sizeof h, 0)) < 0 && errno == EINTR) {
-    }
+    while ((put = pwrite(fd, h, sizeof h, 0)) < 0 && errno == EINTR) {}
     if (put < 0) return MT_RAISE(MT_ERR_IO, "%s: checksum header: write failed: %s", path, strerror(errno));
     if (put != (ssize_t)sizeof h) return MT_RAISE(MT_ERR_IO, "%s: checksum header: short write (disk full?)", path);
     return MT_OK;
@@ -76,14 +76,15 @@ mt_status ckpt_seal_fd(int fd, const char *path) {
 mt_status ckpt_verify_fd(int fd, uint64_t size, const char *path) {
     unsigned char h[CKPT_HEADER_SIZE] = {0};
     ssize_t got;
-    while ((got = pread(fd, h, sizeof h, 0)) < 0 && errno == EINTR) {
-    }
+    while ((got = pread(fd, h, sizeof h, 0)) < 0 && errno == EINTR) {}
     if (got < 0) return MT_RAISE(MT_ERR_IO, "%s: read failed: %s", path, strerror(errno));
     size_t n = (size_t)got;
     if (memcmp(h, magic, n < MAGIC_LEN ? n : MAGIC_LEN) != 0) {
         if (n >= sizeof hdf5_signature && memcmp(h, hdf5_signature, sizeof hdf5_signature) == 0)
-            return MT_RAISE(MT_ERR_FORMAT, "%s: not a metatrain checkpoint (no checksum header): an HDF5 file from other "
-                                           "software or from an older metatrain", path);
+            return MT_RAISE(MT_ERR_FORMAT,
+                            "%s: not a metatrain checkpoint (no checksum header): an HDF5 file from other "
+                            "software or from an older metatrain",
+                            path);
         return MT_RAISE(MT_ERR_FORMAT, "%s: not a metatrain checkpoint (no checksum header)", path);
     }
     if (n < CKPT_HEADER_SIZE)
@@ -91,7 +92,8 @@ mt_status ckpt_verify_fd(int fd, uint64_t size, const char *path) {
                         CKPT_HEADER_SIZE);
     unsigned char unused = 0;
     for (size_t i = USED_LEN; i < CKPT_HEADER_SIZE; i++) unused |= h[i];
-    if (get_le(h + 32, 4) != header_crc(h) || unused) return MT_RAISE(MT_ERR_FORMAT, "%s: checksum header corrupted", path);
+    if (get_le(h + 32, 4) != header_crc(h) || unused)
+        return MT_RAISE(MT_ERR_FORMAT, "%s: checksum header corrupted", path);
     if (get_le(h + 16, 4) != CKPT_HEADER_FORMAT)
         return MT_RAISE(MT_ERR_FORMAT, "%s: checksum header format %u not supported (this metatrain reads %d)", path,
                         (unsigned)get_le(h + 16, 4), CKPT_HEADER_FORMAT);
@@ -102,6 +104,7 @@ mt_status ckpt_verify_fd(int fd, uint64_t size, const char *path) {
     if (st == MT_OK) st = crc_after_header(fd, path, &crc, &len);
     if (st == MT_OK) st = check_length(path, want, len); /* the bytes read, should the file have changed since */
     if (st != MT_OK) return st;
-    if (crc != get_le(h + 28, 4)) return MT_RAISE(MT_ERR_FORMAT, "%s: whole-file checksum mismatch (file corrupted)", path);
+    if (crc != get_le(h + 28, 4))
+        return MT_RAISE(MT_ERR_FORMAT, "%s: whole-file checksum mismatch (file corrupted)", path);
     return MT_OK;
 }

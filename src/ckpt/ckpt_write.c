@@ -34,13 +34,17 @@ static int valid_dataset_path(const char *p) {
 
 static mt_status check_array(const mt_ckpt_array *a) {
     if (!valid_dataset_path(a->path))
-        return MT_RAISE(MT_ERR_ARG, "checkpoint array \"%.*s\": path must be absolute, shorter than %d, without empty, . or .. components",
-                        MT_CKPT_PATH_LEN - 1, a->path, MT_CKPT_PATH_LEN);
+        return MT_RAISE(
+            MT_ERR_ARG,
+            "checkpoint array \"%.*s\": path must be absolute, shorter than %d, without empty, . or .. components",
+            MT_CKPT_PATH_LEN - 1, a->path, MT_CKPT_PATH_LEN);
     if (a->dtype != MT_CKPT_F32 && a->dtype != MT_CKPT_F64 && a->dtype != MT_CKPT_I64)
         return MT_RAISE(MT_ERR_ARG, "checkpoint array %s: unknown dtype %d", a->path, (int)a->dtype);
-    if (a->rank < 1 || a->rank > 4) return MT_RAISE(MT_ERR_ARG, "checkpoint array %s: rank %d, want 1 to 4", a->path, a->rank);
+    if (a->rank < 1 || a->rank > 4)
+        return MT_RAISE(MT_ERR_ARG, "checkpoint array %s: rank %d, want 1 to 4", a->path, a->rank);
     if (!ckpt_extent_bytes(ckpt_dtype_size(a->dtype), a->rank, a->dims))
-        return MT_RAISE(MT_ERR_ARG, "checkpoint array %s: larger than %llu bytes", a->path, (unsigned long long)MT_CKPT_MAX_BYTES);
+        return MT_RAISE(MT_ERR_ARG, "checkpoint array %s: larger than %llu bytes", a->path,
+                        (unsigned long long)MT_CKPT_MAX_BYTES);
     for (int i = 0; i < a->rank; i++)
         if (a->dims[i] == 0) return MT_OK;
     if (!a->data) return MT_RAISE(MT_ERR_ARG, "checkpoint array %s: no data", a->path);
@@ -50,12 +54,14 @@ static mt_status check_array(const mt_ckpt_array *a) {
 static mt_status check_attr(const mt_ckpt_attr *at) {
     size_t n = strnlen(at->name, sizeof at->name);
     if (n == 0 || n == sizeof at->name || strchr(at->name, '/'))
-        return MT_RAISE(MT_ERR_ARG, "checkpoint attribute \"%.63s\": name must be 1 to 63 characters without '/'", at->name);
+        return MT_RAISE(MT_ERR_ARG, "checkpoint attribute \"%.63s\": name must be 1 to 63 characters without '/'",
+                        at->name);
     if (!strcmp(at->name, CKPT_ATTR_FORMAT) || !strcmp(at->name, CKPT_ATTR_VERSION))
         return MT_RAISE(MT_ERR_ARG, "checkpoint attribute %s: reserved name", at->name);
     if (!at->value) return MT_RAISE(MT_ERR_ARG, "checkpoint attribute %s: no value", at->name);
     if (strlen(at->value) > MT_CKPT_MAX_ATTR_LEN)
-        return MT_RAISE(MT_ERR_ARG, "checkpoint attribute %s: value longer than %d bytes", at->name, MT_CKPT_MAX_ATTR_LEN);
+        return MT_RAISE(MT_ERR_ARG, "checkpoint attribute %s: value longer than %d bytes", at->name,
+                        MT_CKPT_MAX_ATTR_LEN);
     return MT_OK;
 }
 
@@ -107,8 +113,8 @@ static mt_status write_string_attr(hid_t root, const char *name, const char *val
     size_t len = strlen(value);
     if ((type = H5Tcopy(H5T_C_S1)) < 0 || H5Tset_size(type, len ? len : 1) < 0 ||
         H5Tset_strpad(type, H5T_STR_NULLPAD) < 0 || H5Tset_cset(type, H5T_CSET_UTF8) < 0 ||
-        (space = H5Screate(H5S_SCALAR)) < 0 || (attr = H5Acreate2(root, name, type, space, H5P_DEFAULT, H5P_DEFAULT)) < 0 ||
-        H5Awrite(attr, type, value) < 0)
+        (space = H5Screate(H5S_SCALAR)) < 0 ||
+        (attr = H5Acreate2(root, name, type, space, H5P_DEFAULT, H5P_DEFAULT)) < 0 || H5Awrite(attr, type, value) < 0)
         goto h5fail;
     if (H5Aclose(attr) < 0) {
         attr = H5I_INVALID_HID;
@@ -193,7 +199,8 @@ static mt_status write_array(hid_t file, hid_t gcpl, const mt_ckpt_array *a, con
         goto h5fail;
     if ((dset = H5Dcreate2(file, a->path, ckpt_file_type(a->dtype), space, H5P_DEFAULT, dcpl, H5P_DEFAULT)) < 0) {
         if (ckpt_h5_errno()) goto h5fail;
-        MT_THROW(MT_ERR_ARG, "%s: cannot create dataset %s (does a group or dataset of that name exist?)", path, a->path);
+        MT_THROW(MT_ERR_ARG, "%s: cannot create dataset %s (does a group or dataset of that name exist?)", path,
+                 a->path);
     }
     if (!empty && H5Dwrite(dset, ckpt_mem_type(a->dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, a->data) < 0) goto h5fail;
     herr_t closed = H5Dclose(dset);
@@ -219,9 +226,8 @@ static mt_status write_hdf5(const char *tmp, const mt_ckpt *ck, const char *path
      * they would move to dense storage, where values over 4 KiB have no checksum at all. The user
      * block is left for the whole-file checksum header (seal_and_sync). */
     if ((fcpl = H5Pcreate(H5P_FILE_CREATE)) < 0 || H5Pset_obj_track_times(fcpl, 0) < 0 ||
-        H5Pset_userblock(fcpl, CKPT_HEADER_SIZE) < 0 ||
-        H5Pset_attr_phase_change(fcpl, MT_CKPT_MAX_ATTRS + 2, 0) < 0 || (fapl = H5Pcreate(H5P_FILE_ACCESS)) < 0 ||
-        H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST) < 0 ||
+        H5Pset_userblock(fcpl, CKPT_HEADER_SIZE) < 0 || H5Pset_attr_phase_change(fcpl, MT_CKPT_MAX_ATTRS + 2, 0) < 0 ||
+        (fapl = H5Pcreate(H5P_FILE_ACCESS)) < 0 || H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST) < 0 ||
         H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG) < 0 || H5Pset_file_locking(fapl, 0, 1) < 0 ||
         (gcpl = H5Pcreate(H5P_GROUP_CREATE)) < 0 || H5Pset_obj_track_times(gcpl, 0) < 0)
         MT_THROW(MT_ERR_IO, "%s: cannot set up HDF5 property lists", path);

@@ -72,8 +72,7 @@ mt_status mt_cli_adapt_on(mt_model *m, const char *support, char sha256[65]) {
     mt_model_describe(m, &mi);
     MT_TRY(mt_cli_rows_open(&r, support, &mi, mi.max_batch));
     if (!r.has_labels && !r.has_targets)
-        MT_THROW(MT_ERR_FORMAT, "%s: %s: missing: a support set needs the answers to adapt on", support,
-                 r.answer_name);
+        MT_THROW(MT_ERR_FORMAT, "%s: %s: missing: a support set needs the answers to adapt on", support, r.answer_name);
     if (r.rows > mi.max_batch)
         MT_THROW(MT_ERR_FORMAT, "%s: %lld rows, more than the %d a support set may have", support, (long long)r.rows,
                  mi.max_batch);
@@ -83,8 +82,8 @@ mt_status mt_cli_adapt_on(mt_model *m, const char *support, char sha256[65]) {
     targets = malloc((size_t)n * mi.outputs * sizeof *targets);
     if (!x || !labels || !targets) MT_THROW(MT_ERR_NOMEM, "%s: out of memory for %d rows", support, n);
     MT_TRY(mt_cli_rows_read(&r, 0, n, x, labels, targets));
-    MT_TRY(mt_model_adapt(m, &(mt_model_batch){x, mi.classification ? labels : NULL,
-                                               mi.classification ? NULL : targets, n}));
+    MT_TRY(mt_model_adapt(
+        m, &(mt_model_batch){x, mi.classification ? labels : NULL, mi.classification ? NULL : targets, n}));
     MT_TRY(sha256_file(support, sha256));
 fail:
     mt_cli_rows_close(&r);

@@ -34,21 +34,27 @@ typedef struct {
 
 static const workload workloads[] = {
     {"sinusoid-mlp-b10", "input 1, linear 40, relu, linear 40, relu, linear 1, mse", 10},
-    {"conv4-b5", "input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
-                 "conv 64 s2, bn, relu, flatten, linear 5, xent", 5},
-    {"conv4-b80", "input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
-                  "conv 64 s2, bn, relu, flatten, linear 5, xent", 80},
+    {"conv4-b5",
+     "input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
+     "conv 64 s2, bn, relu, flatten, linear 5, xent",
+     5},
+    {"conv4-b80",
+     "input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "
+     "conv 64 s2, bn, relu, flatten, linear 5, xent",
+     80},
 };
 
 /* Calls per second of grad (hvp = 0) or HVP (hvp = 1), timed for at least `seconds`. */
-static double rate(mt_nn_ws *ws, const float *params, const mt_nn_batch *batch, const float *dir,
-                   float *grad, float *hv, int hvp, double seconds) {
+static double rate(mt_nn_ws *ws, const float *params, const mt_nn_batch *batch, const float *dir, float *grad,
+                   float *hv, int hvp, double seconds) {
     long reps = 1, done = 0;
     double start = MPI_Wtime(), now = start;
     while (now - start < seconds) {
         for (long r = 0; r < reps; r++) {
-            if (hvp) mt_nn_hvp(ws, params, batch, dir, grad, hv);
-            else mt_nn_grad(ws, params, batch, grad);
+            if (hvp)
+                mt_nn_hvp(ws, params, batch, dir, grad, hv);
+            else
+                mt_nn_grad(ws, params, batch, grad);
         }
         done += reps;
         reps *= 2;
@@ -95,8 +101,9 @@ fail:
 
 /* ---- meta workloads: the same work as scripts/reference/torch_maml.py ---- */
 
-#define CONV4(ways) "input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, " \
-                    "conv 64 s2, bn, relu, flatten, linear " #ways ", xent"
+#define CONV4(ways)                                                                                                    \
+    "input 1x28x28, conv 64 s2, bn, relu, conv 64 s2, bn, relu, conv 64 s2, bn, relu, "                                \
+    "conv 64 s2, bn, relu, flatten, linear " #ways ", xent"
 #define SINE_MLP "input 1, linear 40, relu, linear 40, relu, linear 1, mse"
 
 typedef struct {
@@ -301,8 +308,8 @@ static mt_status bench_adapt(const char *name, double seconds, int json) {
     double median_us = 1e6 * times[n / 2], mean_us = 1e6 * sum / n;
     if (json)
         mt_cli_json_print(json_pack("{s:s, s:f, s:f, s:f, s:I, s:i, s:i, s:i}", "workload", w->name, "metatrain_us",
-                                    median_us, "metatrain_mean_us", mean_us, "metatrain_rss_mb", peak_rss_mb(),
-                                    "tasks", (json_int_t)n, "steps", w->steps, "support", w->support, "predictions",
+                                    median_us, "metatrain_mean_us", mean_us, "metatrain_rss_mb", peak_rss_mb(), "tasks",
+                                    (json_int_t)n, "steps", w->steps, "support", w->support, "predictions",
                                     w->predict));
     else
         printf("%s: adapt (%d support, %d step%s) + predict %d: median %.1f us, mean %.1f us per task over %ld tasks, "
@@ -320,7 +327,8 @@ fail:
 /* The single-thread sgemm ceiling on square 1024 products. */
 static mt_status bench_sgemm(double seconds, int json) {
     const int n = 1024;
-    float *a = malloc((size_t)n * n * sizeof *a), *b = malloc((size_t)n * n * sizeof *b), *c = malloc((size_t)n * n * sizeof *c);
+    float *a = malloc((size_t)n * n * sizeof *a), *b = malloc((size_t)n * n * sizeof *b),
+          *c = malloc((size_t)n * n * sizeof *c);
     if (!a || !b || !c) {
         free(a), free(b), free(c);
         return MT_RAISE(MT_ERR_NOMEM, "out of memory");
@@ -335,8 +343,10 @@ static mt_status bench_sgemm(double seconds, int json) {
         now = MPI_Wtime();
     }
     double gflops = 2.0 * n * n * (double)n * reps / (now - start) / 1e9;
-    if (json) mt_cli_json_print(json_pack("{s:f, s:i}", "sgemm_ceiling_gflops", gflops, "n", n));
-    else printf("sgemm %dx%dx%d, one thread: %.2f GFLOP/s\n", n, n, n, gflops);
+    if (json)
+        mt_cli_json_print(json_pack("{s:f, s:i}", "sgemm_ceiling_gflops", gflops, "n", n));
+    else
+        printf("sgemm %dx%dx%d, one thread: %.2f GFLOP/s\n", n, n, n, gflops);
     free(a), free(b), free(c);
     return MT_OK;
 }
@@ -347,14 +357,19 @@ int mt_cli_bench(const mt_dist *d, int argc, char **argv) {
     double seconds = 1.0;
     const char *what = NULL, *workload_name = NULL;
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) json = 1;
-        else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) seconds = atof(argv[++i]);
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
+            seconds = atof(argv[++i]);
         else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             if (d->rank == 0) fputs(bench_usage, stdout);
             return MT_EXIT_OK;
-        } else if (!what && argv[i][0] != '-') what = argv[i];
-        else if (!workload_name && argv[i][0] != '-') workload_name = argv[i];
-        else MT_THROW(MT_ERR_ARG, "bench: unexpected argument '%s' (see metatrain bench --help)", argv[i]);
+        } else if (!what && argv[i][0] != '-')
+            what = argv[i];
+        else if (!workload_name && argv[i][0] != '-')
+            workload_name = argv[i];
+        else
+            MT_THROW(MT_ERR_ARG, "bench: unexpected argument '%s' (see metatrain bench --help)", argv[i]);
     }
     if (!what || (strcmp(what, "engine") != 0 && strcmp(what, "meta") != 0 && strcmp(what, "sgemm") != 0 &&
                   strcmp(what, "adapt") != 0))
@@ -377,7 +392,8 @@ int mt_cli_bench(const mt_dist *d, int argc, char **argv) {
         return MT_EXIT_OK;
     }
     if (!json) printf("%-18s %6s %10s %14s %14s %14s\n", "workload", "batch", "params", "grad/s", "hvp/s", "hvp/grad");
-    for (size_t i = 0; i < sizeof workloads / sizeof *workloads; i++) MT_TRY(bench_workload(&workloads[i], seconds, json));
+    for (size_t i = 0; i < sizeof workloads / sizeof *workloads; i++)
+        MT_TRY(bench_workload(&workloads[i], seconds, json));
     return MT_EXIT_OK;
 fail:
     return mt_cli_report(d, st);

@@ -75,12 +75,10 @@ int mt_cli_take_set(int argc, char **argv, int *i, mt_cli_sets *sets, mt_status 
 /* Checkpoint <-> training state (src/cli/train_state.c). */
 mt_status mt_cli_history_init(mt_cli_history *h, size_t capacity);
 void mt_cli_history_free(mt_cli_history *h);
-void mt_cli_history_add(mt_cli_history *h, int64_t iteration, double meta_loss, double val_metric,
-                        double elapsed_s);
+void mt_cli_history_add(mt_cli_history *h, int64_t iteration, double meta_loss, double val_metric, double elapsed_s);
 /* reducer (may be NULL): its predicted exponents, which an exact resume needs, when it has them. */
-mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float *meta,
-                            const mt_meta_optim *opt, const mt_dist_reducer *reducer, int64_t next_iteration,
-                            const mt_cli_history *h);
+mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float *meta, const mt_meta_optim *opt,
+                            const mt_dist_reducer *reducer, int64_t next_iteration, const mt_cli_history *h);
 /* Restores the meta-parameters, optimizer (may be NULL), the reducer's predictions (may be NULL;
  * a checkpoint without them makes the first sum exact) and history (may be NULL) from a read
  * checkpoint whose layout must match m's. Returns the next iteration in *next_iteration. */
@@ -117,8 +115,8 @@ typedef struct {
     int *correct;
 } mt_cli_evaluator;
 /* Local. m and fam must outlive the evaluator. */
-mt_status mt_cli_evaluator_create(mt_cli_evaluator *ev, const mt_cli_model *m, const mt_task_family *fam,
-                                  int n_tasks, int steps);
+mt_status mt_cli_evaluator_create(mt_cli_evaluator *ev, const mt_cli_model *m, const mt_task_family *fam, int n_tasks,
+                                  int steps);
 void mt_cli_evaluator_free(mt_cli_evaluator *ev);
 /* Accuracy or MSE per inner step at meta-parameters meta. Collective; allocates nothing. */
 mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *meta, uint32_t key_iteration,
@@ -134,7 +132,7 @@ typedef struct {
     size_t width, outputs; /* floats per row of x; the model's outputs */
     double pixel_scale, pixel_offset;
     int chunk;
-    uint8_t *pixels;       /* one chunk of images */
+    uint8_t *pixels; /* one chunk of images */
 } mt_cli_rows;
 /* Opens `path` and checks it against the model: the x dataset's dtype and shape, and the answers'
  * when present. chunk: the most rows one read takes. Local. */

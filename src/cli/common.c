@@ -58,8 +58,7 @@ fail:
 
 mt_status mt_cli_make_dirs(const char *path) {
     char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return MT_RAISE(MT_ERR_IO, "%s: path too long", path);
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return MT_RAISE(MT_ERR_IO, "%s: path too long", path);
     for (char *p = buf + 1;; p++) {
         if (*p == '/' || *p == '\0') {
             char saved = *p;

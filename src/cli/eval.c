@@ -18,8 +18,8 @@ static const char *eval_usage =
     "for classification). Prints a table per step, or with --json one JSON object with metric,\n"
     "mean, ci95, tasks, steps, shots, ways and per_step.\n";
 
-mt_status mt_cli_evaluator_create(mt_cli_evaluator *ev, const mt_cli_model *m, const mt_task_family *fam,
-                                  int n_tasks, int steps) {
+mt_status mt_cli_evaluator_create(mt_cli_evaluator *ev, const mt_cli_model *m, const mt_task_family *fam, int n_tasks,
+                                  int steps) {
     mt_status st = MT_OK;
     memset(ev, 0, sizeof *ev);
     ev->m = m, ev->fam = fam, ev->n_tasks = n_tasks, ev->steps = steps;

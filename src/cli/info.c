@@ -23,7 +23,8 @@ int mt_cli_info(const mt_dist *d, int argc, char **argv) {
     int64_t iteration = 0;
     memset(&ck, 0, sizeof ck);
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) json = 1;
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
         else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(info_usage, stdout);
             return MT_EXIT_OK;

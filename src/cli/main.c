@@ -57,8 +57,8 @@ int main(int argc, char **argv) {
         const char *name;
         int (*run)(const mt_dist *, int, char **);
         int mpi; /* 0: one process, no MPI_Init (d is MT_CLI_NO_MPI) */
-    } verbs[] = {{"train", mt_cli_train, 1},   {"eval", mt_cli_eval, 1},       {"info", mt_cli_info, 0},
-                 {"bench", mt_cli_bench, 1},   {"config", mt_cli_config_verb, 1}, {"adapt", mt_cli_adapt, 0},
+    } verbs[] = {{"train", mt_cli_train, 1},    {"eval", mt_cli_eval, 1},          {"info", mt_cli_info, 0},
+                 {"bench", mt_cli_bench, 1},    {"config", mt_cli_config_verb, 1}, {"adapt", mt_cli_adapt, 0},
                  {"predict", mt_cli_predict, 0}};
     int (*run)(const mt_dist *, int, char **) = NULL;
     int mpi = 1;

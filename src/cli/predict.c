@@ -99,7 +99,8 @@ int mt_cli_predict(const mt_dist *d, int argc, char **argv) {
             char *end;
             long v = strtol(argv[++i], &end, 10);
             if (*end || v < 1 || v > MT_MODEL_MAX_BATCH)
-                MT_THROW(MT_ERR_ARG, "--batch: expected an integer from 1 to %d, got '%s'", MT_MODEL_MAX_BATCH, argv[i]);
+                MT_THROW(MT_ERR_ARG, "--batch: expected an integer from 1 to %d, got '%s'", MT_MODEL_MAX_BATCH,
+                         argv[i]);
             batch = (int)v;
         } else if ((strcmp(a, "--input") == 0 || strcmp(a, "--support") == 0 || strcmp(a, "-o") == 0) && i + 1 < argc) {
             *(a[1] == 'o' ? &out : a[2] == 'i' ? &input : &support) = argv[++i];
@@ -120,7 +121,8 @@ int mt_cli_predict(const mt_dist *d, int argc, char **argv) {
      * grows by about 0.3 MB per image), and the whole support set. */
     int chunk = batch ? batch : images ? 256 : 1024;
     if ((int64_t)chunk > rows) chunk = (int)rows;
-    int plan = chunk > support_rows ? chunk : (int)(support_rows < MT_MODEL_MAX_BATCH ? support_rows : MT_MODEL_MAX_BATCH);
+    int plan =
+        chunk > support_rows ? chunk : (int)(support_rows < MT_MODEL_MAX_BATCH ? support_rows : MT_MODEL_MAX_BATCH);
     MT_TRY(mt_cli_model_open(&m, model, steps, plan));
     mt_model_info mi;
     mt_model_describe(m, &mi);
@@ -135,7 +137,8 @@ int mt_cli_predict(const mt_dist *d, int argc, char **argv) {
     targets = malloc((size_t)chunk * O * sizeof *targets);
     labels = malloc((size_t)chunk * sizeof *labels);
     classes = malloc((size_t)chunk * sizeof *classes);
-    if (!x || !y || !targets || !labels || !classes) MT_THROW(MT_ERR_NOMEM, "out of memory for a chunk of %d rows", chunk);
+    if (!x || !y || !targets || !labels || !classes)
+        MT_THROW(MT_ERR_NOMEM, "out of memory for a chunk of %d rows", chunk);
     if (out) MT_TRY(out_create(&o, out, rows, O, mi.classification, chunk));
     if (csv) print_csv_header(O, mi.classification);
     double err_sum = 0;

@@ -17,8 +17,7 @@ static int live_line_wanted(void) {
     return isatty(STDOUT_FILENO);
 }
 
-void mt_cli_progress_init(mt_cli_progress *p, int enabled, int64_t total, int64_t log_every,
-                          int tasks_per_iteration) {
+void mt_cli_progress_init(mt_cli_progress *p, int enabled, int64_t total, int64_t log_every, int tasks_per_iteration) {
     p->enabled = enabled;
     p->tty = enabled && live_line_wanted();
     p->total = total;
@@ -28,14 +27,18 @@ void mt_cli_progress_init(mt_cli_progress *p, int enabled, int64_t total, int64_
 }
 
 static void format_duration(char *out, size_t size, double s) {
-    if (!isfinite(s) || s < 0) snprintf(out, size, "?");
-    else if (s < 60) snprintf(out, size, "%.0fs", s);
-    else if (s < 3600) snprintf(out, size, "%dm%02ds", (int)s / 60, (int)s % 60);
-    else snprintf(out, size, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
+    if (!isfinite(s) || s < 0)
+        snprintf(out, size, "?");
+    else if (s < 60)
+        snprintf(out, size, "%.0fs", s);
+    else if (s < 3600)
+        snprintf(out, size, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else
+        snprintf(out, size, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
 }
 
-void mt_cli_progress_update(mt_cli_progress *p, int64_t done, double meta_loss, double val_metric,
-                            double seconds, int64_t done_here) {
+void mt_cli_progress_update(mt_cli_progress *p, int64_t done, double meta_loss, double val_metric, double seconds,
+                            int64_t done_here) {
     if (!p->enabled) return;
     int last = done == p->total;
     if (p->tty ? (seconds - p->last_draw < 0.1 && !last) : (done % p->log_every != 0 && !last)) return;

@@ -52,8 +52,8 @@ static mt_status open_sets(mt_cli_rows *r, const mt_model_info *mi) {
         r->has_labels = 1;
     } else {
         if (images) MT_THROW(MT_ERR_FORMAT, "%s: /labels: the model is a regression model; it takes /features", p);
-        MT_TRY(mt_h5_check_array(r->answers, p, r->answer_name, MT_H5_F32, 2, "[N, T] (regression targets)", adims,
-                                 NULL));
+        MT_TRY(
+            mt_h5_check_array(r->answers, p, r->answer_name, MT_H5_F32, 2, "[N, T] (regression targets)", adims, NULL));
         if (adims[1] != mi->outputs)
             MT_THROW(MT_ERR_FORMAT, "%s: /targets: %llu targets per row, but the model predicts %zu", p,
                      (unsigned long long)adims[1], mi->outputs);
@@ -145,7 +145,8 @@ mt_status mt_cli_rows_count(const char *path, int64_t *rows, int *images) {
     MT_TRY(mt_h5_open_file(path, H5P_DEFAULT, &file));
     const char *name = mt_h5_link_exists(file, "/images") ? "/images" : "/features";
     if (!mt_h5_link_exists(file, name))
-        MT_THROW(MT_ERR_FORMAT, "%s: no /images or /features dataset: not a dataset file (README: Dataset formats)", path);
+        MT_THROW(MT_ERR_FORMAT, "%s: no /images or /features dataset: not a dataset file (README: Dataset formats)",
+                 path);
     MT_TRY(mt_h5_open_dataset(file, path, name, 1, &dset));
     int rank = mt_h5_dims(dset, dims);
     if (rank < 1 || dims[0] == 0) MT_THROW(MT_ERR_FORMAT, "%s: %s: no rows", path, name);

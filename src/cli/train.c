@@ -47,7 +47,7 @@ typedef struct {
     mt_cli_history history;
     float *meta, *vectors, *sum; /* vectors: this rank's rows of node_sum */
     size_t vector_len;
-    int n_groups;                                 /* the reducer's: one per tensor, one for the objective */
+    int n_groups; /* the reducer's: one per tensor, one for the objective */
     size_t group_begin[MT_META_MAX_TENSORS + 2];
 } train_plan;
 
@@ -76,8 +76,8 @@ static mt_status parse_args(int argc, char **argv, train_args *a, int *help) {
  * resume from, if any, into ck. Rank 0 alone reads CONFIG and decides whether train.resume finds
  * a checkpoint; every rank reads the checkpoint, and the ranks agree on each read and allocation,
  * and that they read the same checkpoint, so that everything after is alike on every rank. */
-static mt_status setup(const mt_dist *d, const train_args *a, mt_cli_model *m, mt_ckpt *ck,
-                       const char **resume_path, char *auto_path, size_t auto_len) {
+static mt_status setup(const mt_dist *d, const train_args *a, mt_cli_model *m, mt_ckpt *ck, const char **resume_path,
+                       char *auto_path, size_t auto_len) {
     mt_status st = MT_OK;
     static mt_config saved;
     mt_config_defaults(&m->cfg);
@@ -136,8 +136,7 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
         /* Synthetic families validate on held-out task keys; datasets on their val split. */
         mt_split split = p->data ? MT_SPLIT_VAL : MT_SPLIT_TRAIN;
         MT_TRY(mt_task_family_init(&p->val_fam, cfg, &m->net, p->data, split, cfg->eval_queries));
-        MT_TRY(mt_cli_evaluator_create(&p->validator, m, &p->val_fam, cfg->eval_val_tasks,
-                                       mt_config_eval_steps(cfg)));
+        MT_TRY(mt_cli_evaluator_create(&p->validator, m, &p->val_fam, cfg->eval_val_tasks, mt_config_eval_steps(cfg)));
     }
     MT_TRY(mt_meta_ctx_create(&p->ctx, lay, mt_task_max_batch(&p->fam)));
     MT_TRY(mt_task_alloc(&p->task, &p->fam));
@@ -186,13 +185,16 @@ static mt_status lock_output_dir(const char *dir, int *fd_out) {
         holder[n > 0 ? n : 0] = '\0';
         close(fd);
         if (err == EWOULDBLOCK)
-            return MT_RAISE(MT_ERR_IO, "output.dir %s is in use by another run (pid %s); wait for it or choose "
-                            "another output.dir", dir, holder[0] ? strtok(holder, "\n") : "?");
+            return MT_RAISE(MT_ERR_IO,
+                            "output.dir %s is in use by another run (pid %s); wait for it or choose "
+                            "another output.dir",
+                            dir, holder[0] ? strtok(holder, "\n") : "?");
         return MT_RAISE(MT_ERR_IO, "%s: cannot lock: %s", path, strerror(err));
     }
     char pid[32];
     int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) { /* informative only */ }
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) { /* informative only */
+    }
     *fd_out = fd;
     return MT_OK;
 }
@@ -262,7 +264,10 @@ static int next_claim(void *arg) {
  * the least and most busy rank's share of the iteration time spent in tasks; the rest went to
  * waiting for other ranks, the reduction and the outer step. */
 static void report_balance(const mt_dist *d, const claim_source *claims, int quiet) {
-    typedef struct { double value; int rank; } ranked;
+    typedef struct {
+        double value;
+        int rank;
+    } ranked;
     double busy = claims->iteration_s > 0 ? claims->task_s / claims->iteration_s : 0;
     ranked mine[2] = {{(double)claims->computed, d->rank}, {busy, d->rank}}, least[2], most[2];
     if (MPI_Allreduce(mine, least, 2, MPI_DOUBLE_INT, MPI_MINLOC, d->comm) != MPI_SUCCESS ||
@@ -278,8 +283,8 @@ static void report_balance(const mt_dist *d, const claim_source *claims, int qui
                (long long)claims->exact_sums, (long long)claims->iterations);
 }
 
-static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p, int64_t start,
-                          int quiet, claim_source *claims, int *exit_code) {
+static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p, int64_t start, int quiet,
+                          claim_source *claims, int *exit_code) {
     mt_status st = MT_OK;
     const mt_config *cfg = &m->cfg;
     const mt_meta_layout *lay = &m->layout;
@@ -302,8 +307,8 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         claims->rows = 0;
         double began = MPI_Wtime();
         mt_dist_claim_begin(d, &p->claimer, it);
-        int rows = mt_meta_batch_grads(p->ctx, &p->task, &p->fam, &sc, p->meta, cfg->seed, (int)it, next_claim,
-                                       claims, p->vectors);
+        int rows = mt_meta_batch_grads(p->ctx, &p->task, &p->fam, &sc, p->meta, cfg->seed, (int)it, next_claim, claims,
+                                       p->vectors);
         claims->task_s += MPI_Wtime() - began;
         if (injected_signal && it == start + 1 && raise(injected_signal) != 0)
             mt_dist_abort(d, MT_RAISE(MT_ERR_ARG, "raise(%d) failed", injected_signal));
@@ -313,8 +318,10 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         claims->exact_sums += out.exact;
         if (out.any_error) MT_THROW(MT_ERR_IO, "iteration %lld: a rank failed", (long long)it);
         if (out.nonfinite)
-            MT_THROW(MT_ERR_NUMERIC, "iteration %lld: the meta-gradient or meta-loss is not finite (diverged); "
-                     "the last checkpoint is kept unchanged", (long long)it);
+            MT_THROW(MT_ERR_NUMERIC,
+                     "iteration %lld: the meta-gradient or meta-loss is not finite (diverged); "
+                     "the last checkpoint is kept unchanged",
+                     (long long)it);
         for (size_t i = 0; i < p->vector_len; i++) p->sum[i] /= (float)cfg->meta_batch;
         double meta_loss = p->sum[lay->n_meta];
         mt_meta_clip_grad(p->sum, lay->n_meta, cfg->clip_norm);
@@ -340,8 +347,8 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
             mt_cli_history_add(&p->history, done, window_loss / window_n, val_now ? last_val : NAN, elapsed);
             window_loss = 0, window_n = 0;
         }
-        mt_cli_progress_update(&prog, done, p->history.n ? p->history.meta_loss[p->history.n - 1] : meta_loss,
-                               last_val, MPI_Wtime() - t0, done - start);
+        mt_cli_progress_update(&prog, done, p->history.n ? p->history.meta_loss[p->history.n - 1] : meta_loss, last_val,
+                               MPI_Wtime() - t0, done - start);
         if ((cfg->checkpoint_every > 0 && done % cfg->checkpoint_every == 0) || last) MT_TRY(save(d, m, p, done));
         if (stop_here && !out.stop) {
             mt_cli_progress_finish(&prog);
@@ -352,8 +359,8 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         if (out.stop) {
             mt_cli_progress_finish(&prog);
             if (d->rank == 0)
-                fprintf(stderr, "metatrain: stopped by signal %d after iteration %lld; checkpoint written\n",
-                        out.stop, (long long)done);
+                fprintf(stderr, "metatrain: stopped by signal %d after iteration %lld; checkpoint written\n", out.stop,
+                        (long long)done);
             *exit_code = out.stop == SIGUSR1 ? MT_EXIT_REQUEUE : MT_EXIT_OK;
             return MT_OK;
         }
@@ -397,11 +404,12 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     p.n_groups = reduction_groups(&m.layout, p.group_begin);
     /* As many rows as this rank may claim in one iteration. */
     int rows = p.claimer.capacity > 0 ? p.claimer.capacity : 1;
-    MT_TRY(mt_dist_node_sum_init(d, mt_dist_reducer_sum_len(p.vector_len, p.n_groups), rows, p.vector_len,
-                                 &p.node_sum));
+    MT_TRY(
+        mt_dist_node_sum_init(d, mt_dist_reducer_sum_len(p.vector_len, p.n_groups), rows, p.vector_len, &p.node_sum));
     MT_TRY(mt_dist_agree(d, plan(&p, d, &m)));
     if (resume_path) {
-        MT_TRY(mt_dist_agree(d, mt_cli_state_restore(&ck, resume_path, &m, p.meta, &p.opt, &p.reducer, &p.history, &start)));
+        MT_TRY(mt_dist_agree(
+            d, mt_cli_state_restore(&ck, resume_path, &m, p.meta, &p.opt, &p.reducer, &p.history, &start)));
         mt_ckpt_free(&ck);
     } else {
         mt_meta_init_params(&m.layout, m.cfg.seed, m.cfg.inner_lr, p.meta);
@@ -417,14 +425,17 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
     MT_TRY(mt_dist_share_status(d, st));
     if (d->rank == 0 && !a.quiet) {
         printf("metatrain %s: %s on %s, %zu meta-parameters, %d rank%s%s\n", METATRAIN_VERSION,
-               mt_config_algorithm_name(m.cfg.algorithm), mt_config_task_kind_name(m.cfg.task_kind),
-               m.layout.n_meta, d->size, d->size == 1 ? "" : "s", resume_path ? ", resumed" : "");
+               mt_config_algorithm_name(m.cfg.algorithm), mt_config_task_kind_name(m.cfg.task_kind), m.layout.n_meta,
+               d->size, d->size == 1 ? "" : "s", resume_path ? ", resumed" : "");
         if (resume_path) printf("resuming from %s at iteration %lld\n", resume_path, (long long)start);
         printf("--- effective config ---\n%s------------------------\n", m.config_text);
         fflush(stdout);
     }
     const char *slow = getenv("METATRAIN_SLOW_RANK");
-    claim_source claims = {.d = d, .claimer = &p.claimer, .reducer = &p.reducer, .iteration = start,
+    claim_source claims = {.d = d,
+                           .claimer = &p.claimer,
+                           .reducer = &p.reducer,
+                           .iteration = start,
                            .slow = slow && atoi(slow) == d->rank};
     MT_TRY(run_loop(d, &m, &p, start, a.quiet, &claims, &exit_code));
     report_balance(d, &claims, a.quiet);

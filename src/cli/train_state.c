@@ -40,8 +40,7 @@ void mt_cli_history_free(mt_cli_history *h) {
     memset(h, 0, sizeof *h);
 }
 
-void mt_cli_history_add(mt_cli_history *h, int64_t iteration, double meta_loss, double val_metric,
-                        double elapsed_s) {
+void mt_cli_history_add(mt_cli_history *h, int64_t iteration, double meta_loss, double val_metric, double elapsed_s) {
     if (h->n == h->capacity) { /* planned capacity covers the run; drop the oldest half if not */
         size_t half = h->n / 2;
         for (size_t i = 0; i + half < h->n; i++) {
@@ -57,9 +56,8 @@ void mt_cli_history_add(mt_cli_history *h, int64_t iteration, double meta_loss, 
     h->n++;
 }
 
-mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float *meta,
-                            const mt_meta_optim *opt, const mt_dist_reducer *reducer, int64_t next_iteration,
-                            const mt_cli_history *h) {
+mt_status mt_cli_state_save(const char *path, const mt_cli_model *m, const float *meta, const mt_meta_optim *opt,
+                            const mt_dist_reducer *reducer, int64_t next_iteration, const mt_cli_history *h) {
     mt_status st = MT_OK;
     static mt_ckpt ck; /* large (array table); one writer per process */
     static int64_t exponents[MT_META_MAX_TENSORS + 1];
@@ -136,7 +134,8 @@ mt_status mt_cli_state_restore(const mt_ckpt *ck, const char *path, const mt_cli
         MT_TRY(mt_dist_reducer_set_predictions(reducer, a ? a->data : NULL, a ? (int)a->dims[0] : 0));
     }
     if (h) {
-        const char *names[4] = {"/metrics/iteration", "/metrics/meta_loss", "/metrics/val_metric", "/metrics/elapsed_s"};
+        const char *names[4] = {"/metrics/iteration", "/metrics/meta_loss", "/metrics/val_metric",
+                                "/metrics/elapsed_s"};
         const mt_ckpt_array *a[4];
         for (int i = 0; i < 4; i++) {
             a[i] = mt_ckpt_find(ck, names[i]);

@@ -63,24 +63,30 @@ static const char *const balance_names[] = {"dynamic", "static", NULL};
 #define UNBOUNDED .max = INFINITY
 #define FIELD(f) offsetof(mt_config, f)
 
-#define INT_KEY(sec, key, f, dflt, lo, hi, res, text)                                             \
-    {.section = sec, .name = key, .type = KEY_INT, .offset = FIELD(f), .def = dflt, lo, hi,        \
-     .resumable = res, .doc = text}
-#define DOUBLE_KEY(sec, key, f, dflt, lo, hi, res, text)                                          \
-    {.section = sec, .name = key, .type = KEY_DOUBLE, .offset = FIELD(f), .def = dflt, lo, hi,     \
-     .resumable = res, .doc = text}
-#define UINT64_KEY(sec, key, f, dflt, res, text)                                                  \
-    {.section = sec, .name = key, .type = KEY_UINT64, .offset = FIELD(f), .def = dflt,             \
-     .resumable = res, .doc = text}
-#define BOOL_KEY(sec, key, f, dflt, res, text)                                                    \
-    {.section = sec, .name = key, .type = KEY_BOOL, .offset = FIELD(f), .def = dflt,               \
-     .resumable = res, .doc = text}
-#define STRING_KEY(sec, key, f, dflt, min_len, res, text)                                         \
-    {.section = sec, .name = key, .type = KEY_STRING, .offset = FIELD(f), .def = dflt,             \
-     .min = (min_len), .resumable = res, .doc = text}
-#define ENUM_KEY(sec, key, f, dflt, names, res, text)                                             \
-    {.section = sec, .name = key, .type = KEY_ENUM, .offset = FIELD(f), .def = dflt,               \
-     .choices = names, .resumable = res, .doc = text}
+#define INT_KEY(sec, key, f, dflt, lo, hi, res, text)                                                                  \
+    {                                                                                                                  \
+        .section = sec, .name = key, .type = KEY_INT, .offset = FIELD(f), .def = dflt, lo, hi, .resumable = res,       \
+        .doc = text                                                                                                    \
+    }
+#define DOUBLE_KEY(sec, key, f, dflt, lo, hi, res, text)                                                               \
+    {                                                                                                                  \
+        .section = sec, .name = key, .type = KEY_DOUBLE, .offset = FIELD(f), .def = dflt, lo, hi, .resumable = res,    \
+        .doc = text                                                                                                    \
+    }
+#define UINT64_KEY(sec, key, f, dflt, res, text)                                                                       \
+    { .section = sec, .name = key, .type = KEY_UINT64, .offset = FIELD(f), .def = dflt, .resumable = res, .doc = text }
+#define BOOL_KEY(sec, key, f, dflt, res, text)                                                                         \
+    { .section = sec, .name = key, .type = KEY_BOOL, .offset = FIELD(f), .def = dflt, .resumable = res, .doc = text }
+#define STRING_KEY(sec, key, f, dflt, min_len, res, text)                                                              \
+    {                                                                                                                  \
+        .section = sec, .name = key, .type = KEY_STRING, .offset = FIELD(f), .def = dflt, .min = (min_len),            \
+        .resumable = res, .doc = text                                                                                  \
+    }
+#define ENUM_KEY(sec, key, f, dflt, names, res, text)                                                                  \
+    {                                                                                                                  \
+        .section = sec, .name = key, .type = KEY_ENUM, .offset = FIELD(f), .def = dflt, .choices = names,              \
+        .resumable = res, .doc = text                                                                                  \
+    }
 
 /* Sections must stay contiguous: the formatter starts a [section] whenever the name changes. */
 static const config_key config_keys[] = {
@@ -92,12 +98,10 @@ static const config_key config_keys[] = {
             "checkpoint period in iterations; 0 writes one only at the end"),
     INT_KEY("train", "keep_checkpoints", keep_checkpoints, "0", GE(0), UNBOUNDED, RESUMABLE,
             "numbered checkpoint copies kept besides checkpoint.h5"),
-    INT_KEY("train", "log_every", log_every, "100", GE(1), UNBOUNDED, RESUMABLE,
-            "progress line period in iterations"),
+    INT_KEY("train", "log_every", log_every, "100", GE(1), UNBOUNDED, RESUMABLE, "progress line period in iterations"),
     INT_KEY("train", "stop_at", stop_at, "0", GE(0), UNBOUNDED, RESUMABLE,
             "stop early after this iteration, writing a checkpoint, as a preempted job would; 0 = off"),
-    BOOL_KEY("train", "resume", resume, "false", RESUMABLE,
-             "continue from output.dir/checkpoint.h5 if it exists"),
+    BOOL_KEY("train", "resume", resume, "false", RESUMABLE, "continue from output.dir/checkpoint.h5 if it exists"),
     INT_KEY("train", "threads", threads, "1", GE(1), LE(256), RESUMABLE, "OpenBLAS threads per rank"),
     ENUM_KEY("train", "balance", balance, "dynamic", balance_names, RESUMABLE,
              "how the ranks of a node share an iteration's tasks: dynamic (each takes the next free one "
@@ -107,18 +111,15 @@ static const config_key config_keys[] = {
                "directory for checkpoints, logs and the effective config"),
 
     ENUM_KEY("meta", "algorithm", algorithm, "maml", algorithm_names, FIXED, "meta-learning algorithm"),
-    INT_KEY("meta", "inner_steps", inner_steps, "1", GE(1), LE(256), FIXED,
-            "inner-loop adaptation steps per task"),
+    INT_KEY("meta", "inner_steps", inner_steps, "1", GE(1), LE(256), FIXED, "inner-loop adaptation steps per task"),
     DOUBLE_KEY("meta", "inner_lr", inner_lr, "0.01", GT(0), UNBOUNDED, FIXED,
                "inner-loop learning rate (the initial value where the rates are learned)"),
-    DOUBLE_KEY("meta", "outer_lr", outer_lr, "0.001", GT(0), UNBOUNDED, FIXED,
-               "outer-loop learning rate"),
+    DOUBLE_KEY("meta", "outer_lr", outer_lr, "0.001", GT(0), UNBOUNDED, FIXED, "outer-loop learning rate"),
     ENUM_KEY("meta", "optimizer", optimizer, "adam", optimizer_names, FIXED, "outer-loop optimizer"),
     DOUBLE_KEY("meta", "momentum", momentum, "0.9", GE(0), LT(1), FIXED, "SGD momentum"),
     DOUBLE_KEY("meta", "beta1", beta1, "0.9", GE(0), LT(1), FIXED, "Adam first-moment decay"),
     DOUBLE_KEY("meta", "beta2", beta2, "0.999", GE(0), LT(1), FIXED, "Adam second-moment decay"),
-    DOUBLE_KEY("meta", "adam_eps", adam_eps, "1e-8", GT(0), UNBOUNDED, FIXED,
-               "Adam denominator epsilon"),
+    DOUBLE_KEY("meta", "adam_eps", adam_eps, "1e-8", GT(0), UNBOUNDED, FIXED, "Adam denominator epsilon"),
     DOUBLE_KEY("meta", "clip_norm", clip_norm, "0", GE(0), UNBOUNDED, FIXED,
                "global-norm clipping of the meta-gradient; 0 = off"),
     INT_KEY("meta", "first_order_iterations", first_order_iterations, "0", GE(0), UNBOUNDED, FIXED,
@@ -127,10 +128,8 @@ static const config_key config_keys[] = {
             "MAML++ multi-step loss annealed over this many iterations; 0 disables the multi-step loss"),
     DOUBLE_KEY("meta", "min_outer_lr", min_outer_lr, "0", GE(0), UNBOUNDED, FIXED,
                "MAML++ cosine schedule floor of the outer learning rate; at most meta.outer_lr"),
-    DOUBLE_KEY("meta", "lambda", imaml_lambda, "1", GT(0), UNBOUNDED, FIXED,
-               "iMAML proximal regularization strength"),
-    INT_KEY("meta", "cg_steps", cg_steps, "10", GE(1), LE(1000), FIXED,
-            "iMAML conjugate-gradient iterations at most"),
+    DOUBLE_KEY("meta", "lambda", imaml_lambda, "1", GT(0), UNBOUNDED, FIXED, "iMAML proximal regularization strength"),
+    INT_KEY("meta", "cg_steps", cg_steps, "10", GE(1), LE(1000), FIXED, "iMAML conjugate-gradient iterations at most"),
     DOUBLE_KEY("meta", "cg_tol", cg_tol, "1e-10", GT(0), UNBOUNDED, FIXED,
                "iMAML conjugate-gradient residual tolerance, relative to the right-hand side"),
 
@@ -140,16 +139,14 @@ static const config_key config_keys[] = {
             "support examples per task (per class when classifying)"),
     INT_KEY("task", "queries", queries, "10", GE(1), UNBOUNDED, FIXED,
             "query examples per task (per class when classifying)"),
-    INT_KEY("task", "ways", ways, "1", GE(1), UNBOUNDED, FIXED,
-            "classes per episode; episodes need at least 2"),
+    INT_KEY("task", "ways", ways, "1", GE(1), UNBOUNDED, FIXED, "classes per episode; episodes need at least 2"),
     STRING_KEY("task", "path", task_path, "", 0, RESUMABLE,
                "HDF5 dataset, required by episodes and grouped (may move between runs)"),
 
-    STRING_KEY("model", "spec", model_spec, "input 1, linear 40, relu, linear 40, relu, linear 1, mse", 1,
-               FIXED, "network layers (see mt_nn_parse); continue a long spec on indented lines"),
+    STRING_KEY("model", "spec", model_spec, "input 1, linear 40, relu, linear 40, relu, linear 1, mse", 1, FIXED,
+               "network layers (see mt_nn_parse); continue a long spec on indented lines"),
 
-    INT_KEY("eval", "tasks", eval_tasks, "600", GE(1), UNBOUNDED, RESUMABLE,
-            "tasks in the final evaluation"),
+    INT_KEY("eval", "tasks", eval_tasks, "600", GE(1), UNBOUNDED, RESUMABLE, "tasks in the final evaluation"),
     INT_KEY("eval", "steps", eval_steps, "0", GE(0), LE(256), RESUMABLE,
             "inner steps at evaluation; 0 = meta.inner_steps"),
     INT_KEY("eval", "queries", eval_queries, "0", GE(0), UNBOUNDED, RESUMABLE,
@@ -240,8 +237,10 @@ __attribute__((format(printf, 2, 3))) static void text_add(config_text *t, const
 /* ---- ranges and values ---------------------------------------------------------------------- */
 
 static void format_bound(const config_key *k, double v, char *out, size_t size) {
-    if (k->type == KEY_INT) snprintf(out, size, "%d", (int)v);
-    else format_double(v, out, size);
+    if (k->type == KEY_INT)
+        snprintf(out, size, "%d", (int)v);
+    else
+        format_double(v, out, size);
 }
 
 /* "from 1 to 64", "> 0", ">= 0 and < 1". */
@@ -250,10 +249,12 @@ static void range_text(const config_key *k, char *out, size_t size) {
     bool has_max = isfinite(k->max);
     format_bound(k, k->min, lo, sizeof lo);
     if (has_max) format_bound(k, k->max, hi, sizeof hi);
-    if (k->type == KEY_INT && has_max) snprintf(out, size, "from %s to %s", lo, hi);
+    if (k->type == KEY_INT && has_max)
+        snprintf(out, size, "from %s to %s", lo, hi);
     else if (has_max)
         snprintf(out, size, "%s %s and %s %s", k->min_open ? ">" : ">=", lo, k->max_open ? "<" : "<=", hi);
-    else snprintf(out, size, "%s %s", k->min_open ? ">" : ">=", lo);
+    else
+        snprintf(out, size, "%s %s", k->min_open ? ">" : ">=", lo);
 }
 
 static bool in_range(const config_key *k, double v) {
@@ -269,8 +270,7 @@ static size_t segment_length(const char *s) {
     size_t i = 1;
     if (!s[0]) return 0;
     for (; s[i]; i++)
-        if (s[i] == ' ' && s[i - 1] != ' ' && s[i + 1] != ' ' && s[i + 1] != '\0' && s[i + 1] != '#')
-            return i;
+        if (s[i] == ' ' && s[i - 1] != ' ' && s[i + 1] != ' ' && s[i + 1] != '\0' && s[i + 1] != '#') return i;
     return i;
 }
 
@@ -284,9 +284,12 @@ static bool string_ok(const config_key *k, const char *s, char *reason, size_t s
         snprintf(reason, size, "is longer than %d characters", MT_CONFIG_STR - 1);
         return false;
     }
-    if (n < (size_t)k->min) problem = "must not be empty";
-    else if (strchr(s, ';')) problem = "contains ';', which starts a comment in INI files";
-    else if (n > 0 && (s[0] == ' ' || s[n - 1] == ' ')) problem = "starts or ends with a space";
+    if (n < (size_t)k->min)
+        problem = "must not be empty";
+    else if (strchr(s, ';'))
+        problem = "contains ';', which starts a comment in INI files";
+    else if (n > 0 && (s[0] == ' ' || s[n - 1] == ' '))
+        problem = "starts or ends with a space";
     for (const char *p = s; *p && !problem; p++)
         if (iscntrl((unsigned char)*p)) problem = "contains a control character";
     if (problem) {
@@ -298,8 +301,8 @@ static bool string_ok(const config_key *k, const char *s, char *reason, size_t s
         size_t len = segment_length(p);
         size_t room = p == s && s[0] == '#' ? first_room : INI_LINE_CHARS - INDENT_LEN;
         if (len > room) {
-            snprintf(reason, size, "has %zu characters without a single space; at most %zu fit on an INI line",
-                     len, room);
+            snprintf(reason, size, "has %zu characters without a single space; at most %zu fit on an INI line", len,
+                     room);
             return false;
         }
         p += len;
@@ -443,7 +446,8 @@ static bool stored_value_ok(const mt_config *cfg, const config_key *k, char *rea
         }
         return string_ok(k, s, reason, size);
     }
-    case KEY_UINT64: return true;
+    case KEY_UINT64:
+        return true;
     }
     return true;
 }
@@ -451,12 +455,24 @@ static bool stored_value_ok(const mt_config *cfg, const config_key *k, char *rea
 /* The value as written in a config file. */
 static void value_text(const mt_config *cfg, const config_key *k, char *out, size_t size) {
     switch (k->type) {
-    case KEY_INT: snprintf(out, size, "%d", *(const int *)field(cfg, k)); return;
-    case KEY_UINT64: snprintf(out, size, "%" PRIu64, *(const uint64_t *)field(cfg, k)); return;
-    case KEY_DOUBLE: format_double(*(const double *)field(cfg, k), out, size); return;
-    case KEY_BOOL: snprintf(out, size, "%s", *(const int *)field(cfg, k) ? "true" : "false"); return;
-    case KEY_STRING: snprintf(out, size, "%s", (const char *)field(cfg, k)); return;
-    case KEY_ENUM: snprintf(out, size, "%s", enum_name(k->choices, *(const int *)field(cfg, k))); return;
+    case KEY_INT:
+        snprintf(out, size, "%d", *(const int *)field(cfg, k));
+        return;
+    case KEY_UINT64:
+        snprintf(out, size, "%" PRIu64, *(const uint64_t *)field(cfg, k));
+        return;
+    case KEY_DOUBLE:
+        format_double(*(const double *)field(cfg, k), out, size);
+        return;
+    case KEY_BOOL:
+        snprintf(out, size, "%s", *(const int *)field(cfg, k) ? "true" : "false");
+        return;
+    case KEY_STRING:
+        snprintf(out, size, "%s", (const char *)field(cfg, k));
+        return;
+    case KEY_ENUM:
+        snprintf(out, size, "%s", enum_name(k->choices, *(const int *)field(cfg, k)));
+        return;
     }
 }
 
@@ -495,22 +511,22 @@ typedef enum { LINE_BLANK, LINE_SECTION, LINE_PAIR, LINE_CONTINUATION, LINE_MALF
 
 typedef struct {
     mt_config *cfg;
-    const char *path;              /* or the origin of text, in messages */
-    FILE *file;                    /* the source: a file, */
-    const char *text;              /* or the rest of a string */
-    char *buf;                     /* the current line */
+    const char *path; /* or the origin of text, in messages */
+    FILE *file;       /* the source: a file, */
+    const char *text; /* or the rest of a string */
+    char *buf;        /* the current line */
     size_t cap;
     int lineno;
-    config_line_kind kind;         /* what inih will make of the current line */
-    bool after_pair;               /* an indented line now continues the last key (inih's prev_name) */
-    char word[64];                 /* the current line's section or key name */
-    char section[64];              /* the current [section] */
-    int section_line;              /* where it started */
-    bool section_used;             /* a key was read in it */
-    const config_key *pending;     /* key whose value may still grow by continuation lines */
+    config_line_kind kind;     /* what inih will make of the current line */
+    bool after_pair;           /* an indented line now continues the last key (inih's prev_name) */
+    char word[64];             /* the current line's section or key name */
+    char section[64];          /* the current [section] */
+    int section_line;          /* where it started */
+    bool section_used;         /* a key was read in it */
+    const config_key *pending; /* key whose value may still grow by continuation lines */
     int pending_line;
     char pending_value[MT_CONFIG_STR];
-    int first_line[N_KEYS];        /* where each key was set in this file, 0 = not yet */
+    int first_line[N_KEYS]; /* where each key was set in this file, 0 = not yet */
     mt_status st;
 } config_ini_reader;
 
@@ -577,8 +593,10 @@ static mt_status finish_section(config_ini_reader *r) {
 
 static mt_status overlong_line(const config_ini_reader *r, int limit) {
     char key[160] = "";
-    if (r->kind == LINE_PAIR && r->section[0]) snprintf(key, sizeof key, " %s.%s:", r->section, r->word);
-    else if (r->kind == LINE_PAIR) snprintf(key, sizeof key, " %s:", r->word);
+    if (r->kind == LINE_PAIR && r->section[0])
+        snprintf(key, sizeof key, " %s.%s:", r->section, r->word);
+    else if (r->kind == LINE_PAIR)
+        snprintf(key, sizeof key, " %s:", r->word);
     else if (r->kind == LINE_CONTINUATION && r->pending)
         snprintf(key, sizeof key, " %s.%s:", r->pending->section, r->pending->name);
     return MT_RAISE(MT_ERR_CONFIG, "%s:%d:%s line longer than %d characters; continue a value on indented lines",
@@ -590,8 +608,7 @@ static ssize_t next_line(config_ini_reader *r) {
     if (r->file) {
         errno = 0;
         ssize_t n = getline(&r->buf, &r->cap, r->file);
-        if (n < 0 && ferror(r->file))
-            r->st = MT_RAISE(MT_ERR_CONFIG, "%s: cannot read: %s", r->path, strerror(errno));
+        if (n < 0 && ferror(r->file)) r->st = MT_RAISE(MT_ERR_CONFIG, "%s: cannot read: %s", r->path, strerror(errno));
         return n;
     }
     size_t n = strcspn(r->text, "\n");
@@ -693,14 +710,14 @@ static int config_ini_handle(void *user, const char *section, const char *name, 
     }
     int *first = &r->first_line[k - config_keys];
     if (*first) {
-        r->st = MT_RAISE(MT_ERR_CONFIG, "%s:%d: %s.%s: set twice (first on line %d)", r->path, r->lineno,
-                         k->section, k->name, *first);
+        r->st = MT_RAISE(MT_ERR_CONFIG, "%s:%d: %s.%s: set twice (first on line %d)", r->path, r->lineno, k->section,
+                         k->name, *first);
         return 0;
     }
     *first = r->lineno;
     if (strlen(value) >= sizeof r->pending_value) {
-        r->st = MT_RAISE(MT_ERR_CONFIG, "%s:%d: %s.%s: value longer than %d characters", r->path, r->lineno,
-                         k->section, k->name, MT_CONFIG_STR - 1);
+        r->st = MT_RAISE(MT_ERR_CONFIG, "%s:%d: %s.%s: value longer than %d characters", r->path, r->lineno, k->section,
+                         k->name, MT_CONFIG_STR - 1);
         return 0;
     }
     r->pending = k;
@@ -773,9 +790,7 @@ mt_status mt_config_set(mt_config *cfg, const char *assignment, const char *orig
 
 /* ---- checks ------------------------------------------------------------------------------- */
 
-int mt_config_eval_steps(const mt_config *cfg) {
-    return cfg->eval_steps > 0 ? cfg->eval_steps : cfg->inner_steps;
-}
+int mt_config_eval_steps(const mt_config *cfg) { return cfg->eval_steps > 0 ? cfg->eval_steps : cfg->inner_steps; }
 
 mt_status mt_config_validate(const mt_config *cfg) {
     char reason[512], a[40], b[40];
@@ -797,8 +812,7 @@ mt_status mt_config_validate(const mt_config *cfg) {
         return MT_RAISE(MT_ERR_CONFIG, "task.ways: must be >= 2 when task.kind is episodes, got %d", cfg->ways);
     /* eval.steps = 0 means meta.inner_steps, which has the same bound (and the same arrays). */
     int eval_steps = mt_config_eval_steps(cfg);
-    if (eval_steps > 256)
-        return MT_RAISE(MT_ERR_CONFIG, "eval.steps: must be <= 256, got %d", eval_steps);
+    if (eval_steps > 256) return MT_RAISE(MT_ERR_CONFIG, "eval.steps: must be <= 256, got %d", eval_steps);
     return MT_OK;
 }
 
@@ -863,20 +877,28 @@ size_t mt_config_format(const mt_config *cfg, char *out, size_t size) {
             section = k->section;
         }
         value_text(cfg, k, value, sizeof value);
-        if (k->type == KEY_STRING) text_add_string(&t, k->name, value);
-        else text_add(&t, "%s = %s\n", k->name, value);
+        if (k->type == KEY_STRING)
+            text_add_string(&t, k->name, value);
+        else
+            text_add(&t, "%s = %s\n", k->name, value);
     }
     return t.len;
 }
 
 static const char *type_name(config_key_type type) {
     switch (type) {
-    case KEY_INT: return "int";
-    case KEY_UINT64: return "uint64";
-    case KEY_DOUBLE: return "double";
-    case KEY_BOOL: return "bool";
-    case KEY_STRING: return "string";
-    case KEY_ENUM: return "enum";
+    case KEY_INT:
+        return "int";
+    case KEY_UINT64:
+        return "uint64";
+    case KEY_DOUBLE:
+        return "double";
+    case KEY_BOOL:
+        return "bool";
+    case KEY_STRING:
+        return "string";
+    case KEY_ENUM:
+        return "enum";
     }
     return "?";
 }
@@ -885,10 +907,18 @@ static const char *type_name(config_key_type type) {
 static void valid_text(const config_key *k, char *out, size_t size) {
     switch (k->type) {
     case KEY_INT:
-    case KEY_DOUBLE: range_text(k, out, size); return;
-    case KEY_UINT64: snprintf(out, size, "0 to %" PRIu64, UINT64_MAX); return;
-    case KEY_BOOL: snprintf(out, size, "true, false"); return;
-    case KEY_STRING: snprintf(out, size, "%s", k->min > 0 ? "non-empty" : "any"); return;
+    case KEY_DOUBLE:
+        range_text(k, out, size);
+        return;
+    case KEY_UINT64:
+        snprintf(out, size, "0 to %" PRIu64, UINT64_MAX);
+        return;
+    case KEY_BOOL:
+        snprintf(out, size, "true, false");
+        return;
+    case KEY_STRING:
+        snprintf(out, size, "%s", k->min > 0 ? "non-empty" : "any");
+        return;
     case KEY_ENUM: {
         size_t len = 0;
         out[0] = '\0';

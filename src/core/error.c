@@ -27,15 +27,24 @@ void mt_error_clear(void) {
 
 const char *mt_status_name(mt_status status) {
     switch (status) {
-    case MT_OK: return "ok";
-    case MT_ERR_ARG: return "invalid argument";
-    case MT_ERR_NOMEM: return "out of memory";
-    case MT_ERR_IO: return "I/O error";
-    case MT_ERR_CONFIG: return "configuration error";
-    case MT_ERR_FORMAT: return "format error";
-    case MT_ERR_NUMERIC: return "numerical error";
-    case MT_ERR_MPI: return "MPI error";
-    case MT_ERR_STOPPED: return "stopped";
+    case MT_OK:
+        return "ok";
+    case MT_ERR_ARG:
+        return "invalid argument";
+    case MT_ERR_NOMEM:
+        return "out of memory";
+    case MT_ERR_IO:
+        return "I/O error";
+    case MT_ERR_CONFIG:
+        return "configuration error";
+    case MT_ERR_FORMAT:
+        return "format error";
+    case MT_ERR_NUMERIC:
+        return "numerical error";
+    case MT_ERR_MPI:
+        return "MPI error";
+    case MT_ERR_STOPPED:
+        return "stopped";
     }
     return "unknown error";
 }

@@ -21,13 +21,16 @@ mt_status mt_file_temp_path(char *tmp, size_t size, const char *path) {
 static mt_status sync_dir(const char *path) {
     char dir[PATH_MAX];
     const char *slash = strrchr(path, '/');
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return MT_RAISE(MT_ERR_IO, "%s: cannot open directory %s to sync it: %s", path, dir, strerror(errno));
     int err = fsync(fd) != 0 ? errno : 0;
     close(fd);
-    if (err && err != EINVAL) return MT_RAISE(MT_ERR_IO, "%s: fsync of directory %s failed: %s", path, dir, strerror(err));
+    if (err && err != EINVAL)
+        return MT_RAISE(MT_ERR_IO, "%s: fsync of directory %s failed: %s", path, dir, strerror(err));
     return MT_OK;
 }
 

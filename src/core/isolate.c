@@ -79,7 +79,8 @@ static ssize_t read_report(int in, report *r, double deadline) {
 }
 
 mt_status mt_isolate_run(mt_status (*fn)(void *), void *arg, const char *what, int timeout_s) {
-    if (!fn || !what || timeout_s <= 0) return MT_RAISE(MT_ERR_ARG, "mt_isolate_run: NULL function or name, or timeout <= 0");
+    if (!fn || !what || timeout_s <= 0)
+        return MT_RAISE(MT_ERR_ARG, "mt_isolate_run: NULL function or name, or timeout <= 0");
     const char *env = getenv("METATRAIN_ISOLATE");
     if (env && strcmp(env, "0") == 0) return fn(arg);
     const char *timeout_env = getenv("METATRAIN_ISOLATE_TIMEOUT");
@@ -87,7 +88,8 @@ mt_status mt_isolate_run(mt_status (*fn)(void *), void *arg, const char *what, i
         char *end;
         long t = strtol(timeout_env, &end, 10);
         if (end == timeout_env || *end || t < 1 || t > 86400)
-            return MT_RAISE(MT_ERR_ARG, "METATRAIN_ISOLATE_TIMEOUT: '%s' is not a whole number of seconds in [1, 86400]",
+            return MT_RAISE(MT_ERR_ARG,
+                            "METATRAIN_ISOLATE_TIMEOUT: '%s' is not a whole number of seconds in [1, 86400]",
                             timeout_env);
         timeout_s = (int)t;
     }
@@ -113,10 +115,10 @@ mt_status mt_isolate_run(mt_status (*fn)(void *), void *arg, const char *what, i
     if (got < 0) kill(pid, SIGKILL);
     int wstatus = 0;
     pid_t reaped;
-    while ((reaped = waitpid(pid, &wstatus, 0)) < 0 && errno == EINTR) {
-    }
+    while ((reaped = waitpid(pid, &wstatus, 0)) < 0 && errno == EINTR) {}
     if (got < 0)
-        return MT_RAISE(MT_ERR_IO, "%s: checking the file timed out after %d s (killed): hostile file or stalled file system",
+        return MT_RAISE(MT_ERR_IO,
+                        "%s: checking the file timed out after %d s (killed): hostile file or stalled file system",
                         what, timeout_s);
     /* A whole report is the verdict, however the child ended afterwards. MT_ERR_STOPPED is the
      * last status. */
@@ -126,13 +128,16 @@ mt_status mt_isolate_run(mt_status (*fn)(void *), void *arg, const char *what, i
         return MT_RAISE((mt_status)r.status, "%s", r.message[0] ? r.message : mt_status_name((mt_status)r.status));
     }
     if (reaped == pid && WIFSIGNALED(wstatus) && is_crash(WTERMSIG(wstatus)))
-        return MT_RAISE(MT_ERR_FORMAT, "%s: the HDF5 library crashed reading this file (signal %d): corrupted or hostile file",
-                        what, WTERMSIG(wstatus));
+        return MT_RAISE(MT_ERR_FORMAT,
+                        "%s: the HDF5 library crashed reading this file (signal %d): corrupted or hostile file", what,
+                        WTERMSIG(wstatus));
     if (reaped == pid && WIFSIGNALED(wstatus))
-        return MT_RAISE(MT_ERR_IO, "%s: checking the file was stopped by signal %d (%s): out of memory, or the job is ending",
+        return MT_RAISE(MT_ERR_IO,
+                        "%s: checking the file was stopped by signal %d (%s): out of memory, or the job is ending",
                         what, WTERMSIG(wstatus), strsignal(WTERMSIG(wstatus)));
     if (reaped == pid && WIFEXITED(wstatus))
-        return MT_RAISE(MT_ERR_FORMAT, "%s: checking the file ended without a verdict (exit status %d): corrupted or hostile file?",
+        return MT_RAISE(MT_ERR_FORMAT,
+                        "%s: checking the file ended without a verdict (exit status %d): corrupted or hostile file?",
                         what, WEXITSTATUS(wstatus));
     return MT_RAISE(MT_ERR_IO, "%s: the child process checking the file was lost (waitpid: %s)", what, strerror(errno));
 }

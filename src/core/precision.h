@@ -25,8 +25,8 @@ typedef MT_REAL mt_real;
 
 /* Row-major C (M,N) = alpha · op(A) · op(B) + beta · C; ta/tb: transpose A/B (src/nn/gemm.c). */
 #define mt_matmul MT_(mt_nn_matmul)
-void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A,
-                       const mt_real *B, mt_real beta, mt_real *C);
+void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A, const mt_real *B,
+                       mt_real beta, mt_real *C);
 /* The same with leading dimensions (row strides), for products on blocks of larger matrices. */
 #define mt_matmul_ld MT_(mt_nn_matmul_ld)
 void MT_(mt_nn_matmul_ld)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A, int lda,

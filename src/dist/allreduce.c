@@ -56,8 +56,15 @@ enum { FLAG_ERROR, FLAG_OK, FLAG_STOP, FLAG_NONFINITE, N_FLAGS };
 
 /* The predicted path's words after the n values and the n_groups signatures: counts of ranks
  * (failed, fine, stopped by signal s) and of rows (non-finite, beyond the prediction). */
-enum { WORD_ERROR, WORD_OK, WORD_NONFINITE, WORD_BEYOND, WORD_STOP, N_STOP_SIGNALS = 32,
-       N_WORDS = WORD_STOP + N_STOP_SIGNALS };
+enum {
+    WORD_ERROR,
+    WORD_OK,
+    WORD_NONFINITE,
+    WORD_BEYOND,
+    WORD_STOP,
+    N_STOP_SIGNALS = 32,
+    N_WORDS = WORD_STOP + N_STOP_SIGNALS
+};
 #define SIGNATURE_WINDOW 30 /* W: rows below 2^(P - W) add nothing; n_total · 2^W < 2^62 */
 #define HEADROOM 2          /* H: the bound's margin over the largest exponent seen */
 
@@ -123,9 +130,8 @@ MT_KERNEL static uint32_t largest_magnitude_bits(const float *restrict v, size_t
  * double, so this is llrint's value. AVX-512DQ converts eight doubles to int64 at once; the
  * compilers do not vectorize llrint, hence the intrinsics, which take the whole multiples of 8. */
 #if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx512f,avx512dq"))) static size_t add_fixed_avx512(int64_t *restrict fixed,
-                                                                        const float *restrict v,
-                                                                        size_t n, double scale) {
+__attribute__((target("avx512f,avx512dq"))) static size_t
+add_fixed_avx512(int64_t *restrict fixed, const float *restrict v, size_t n, double scale) {
     __m512d s = _mm512_set1_pd(scale);
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -208,8 +214,8 @@ static void from_fixed_groups(const mt_dist_reducer *r, const int64_t *total, co
     }
 }
 
-static mt_status reduce_exact(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local,
-                              int n_total, mt_dist_flags flags, float *sum, mt_dist_outcome *outcome) {
+static mt_status reduce_exact(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local, int n_total,
+                              mt_dist_flags flags, float *sum, mt_dist_outcome *outcome) {
     int G = r->n_groups, *e = r->exponents;
     int nonfinite = 0;
     for (int g = 0; g < G; g++) {
@@ -238,8 +244,7 @@ static mt_status reduce_exact(const mt_dist *d, mt_dist_reducer *r, const float 
         if (e[g] == NO_EXPONENT) continue;
         double scale = ldexp(1.0, group_shift(e[g], n_total));
         size_t begin = r->group_begin[g], len = r->group_begin[g + 1] - begin;
-        for (int t = 0; t < n_local; t++)
-            add_fixed(fixed + begin, vectors + (size_t)t * r->n + begin, len, scale);
+        for (int t = 0; t < n_local; t++) add_fixed(fixed + begin, vectors + (size_t)t * r->n + begin, len, scale);
     }
     mt_status st;
     const int64_t *total = sum_over_ranks(d, r, fixed, &st);
@@ -272,9 +277,8 @@ static void add_row_predicted(const mt_dist_reducer *r, const float *row, int64_
 }
 
 /* *redo is set when a row went beyond its prediction: every rank sees it in the same total. */
-static mt_status reduce_predicted(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local,
-                                  int n_total, mt_dist_flags flags, float *sum, mt_dist_outcome *outcome,
-                                  int *redo) {
+static mt_status reduce_predicted(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local, int n_total,
+                                  mt_dist_flags flags, float *sum, mt_dist_outcome *outcome, int *redo) {
     int G = r->n_groups;
     int64_t *fixed = zeroed_fixed(r);
     int64_t *words = fixed + r->n + G;
@@ -314,8 +318,8 @@ static mt_status reduce_predicted(const mt_dist *d, mt_dist_reducer *r, const fl
     return MT_OK;
 }
 
-mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local,
-                         int n_total, mt_dist_flags flags, float *sum, mt_dist_outcome *outcome) {
+mt_status mt_dist_reduce(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local, int n_total,
+                         mt_dist_flags flags, float *sum, mt_dist_outcome *outcome) {
     if (r->node_sum && r->node_sum->rows && n_local > 0 && vectors != mt_dist_node_sum_rows(r->node_sum))
         return MT_RAISE(MT_ERR_ARG, "the vectors are not the node sum's rows");
     mt_status st = MT_OK;

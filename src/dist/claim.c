@@ -35,7 +35,8 @@ static void append_block(const mt_dist *d, mt_dist_claimer *c, int n_tasks, int 
 static mt_status node_tasks(const mt_dist *d, mt_dist_claimer *c, int n_tasks) {
     mt_status st = MT_OK;
     MPI_Group world = MPI_GROUP_NULL, node = MPI_GROUP_NULL;
-    int *members = malloc((size_t)c->node_size * sizeof *members), *world_ranks = malloc((size_t)c->node_size * sizeof *world_ranks);
+    int *members = malloc((size_t)c->node_size * sizeof *members),
+        *world_ranks = malloc((size_t)c->node_size * sizeof *world_ranks);
     if (!members || !world_ranks) MT_THROW(MT_ERR_NOMEM, "out of memory for the task list");
     for (int i = 0; i < c->node_size; i++) members[i] = i;
     if (MPI_Comm_group(c->node, &node) != MPI_SUCCESS || MPI_Comm_group(d->comm, &world) != MPI_SUCCESS ||

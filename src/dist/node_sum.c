@@ -163,8 +163,10 @@ mt_status mt_dist_node_sum_init(const mt_dist *d, size_t n, int rows, size_t row
         if (rc == MPI_SUCCESS) rc = MPI_Win_shared_query(s->window, 0, &size, &unit, &base);
     } else {
         s->own = malloc(slot + rows_bytes + LINE);
-        if (!s->own) rc = MPI_ERR_NO_MEM;
-        else place_rows(s, (char *)s->own + slot, states);
+        if (!s->own)
+            rc = MPI_ERR_NO_MEM;
+        else
+            place_rows(s, (char *)s->own + slot, states);
     }
     /* A window made on some ranks only cannot be freed collectively: mt_dist_agree aborts then. */
     if (rc != MPI_SUCCESS)
@@ -200,8 +202,10 @@ fail:
 }
 
 void mt_dist_node_sum_free(mt_dist_node_sum *s) {
-    if (s->owns_window) MPI_Win_free(&s->window);
-    else free(s->own);
+    if (s->owns_window)
+        MPI_Win_free(&s->window);
+    else
+        free(s->own);
     if (s->owns_leaders) MPI_Comm_free(&s->leaders);
     if (s->owns_node) MPI_Comm_free(&s->node);
     memset(s, 0, sizeof *s);

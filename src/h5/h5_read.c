@@ -16,7 +16,6 @@ const mt_h5_type MT_H5_U8 = {H5T_INTEGER, 1, H5T_SGN_NONE, "uint8"};
 const mt_h5_type MT_H5_I32 = {H5T_INTEGER, 4, H5T_SGN_2, "int32"};
 const mt_h5_type MT_H5_F32 = {H5T_FLOAT, 4, H5T_SGN_ERROR, "float32"};
 
-
 static herr_t innermost_error(unsigned n, const H5E_error2_t *err, void *out) {
     if (n == 0 && err->desc) snprintf(out, 160, "%s", err->desc);
     return 0;
@@ -37,12 +36,24 @@ const char *mt_h5_type_desc(hid_t dset, char buf[32]) {
     H5T_class_t cls = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
     size_t bits = type >= 0 ? 8 * H5Tget_size(type) : 0;
     switch (cls) {
-    case H5T_INTEGER: snprintf(buf, 32, "%sint%zu", H5Tget_sign(type) == H5T_SGN_NONE ? "u" : "", bits); break;
-    case H5T_FLOAT: snprintf(buf, 32, "float%zu", bits); break;
-    case H5T_STRING: snprintf(buf, 32, "string"); break;
-    case H5T_COMPOUND: snprintf(buf, 32, "compound"); break;
-    case H5T_ENUM: snprintf(buf, 32, "enum"); break;
-    default: snprintf(buf, 32, "an unsupported type"); break;
+    case H5T_INTEGER:
+        snprintf(buf, 32, "%sint%zu", H5Tget_sign(type) == H5T_SGN_NONE ? "u" : "", bits);
+        break;
+    case H5T_FLOAT:
+        snprintf(buf, 32, "float%zu", bits);
+        break;
+    case H5T_STRING:
+        snprintf(buf, 32, "string");
+        break;
+    case H5T_COMPOUND:
+        snprintf(buf, 32, "compound");
+        break;
+    case H5T_ENUM:
+        snprintf(buf, 32, "enum");
+        break;
+    default:
+        snprintf(buf, 32, "an unsupported type");
+        break;
     }
     if (type >= 0) H5Tclose(type);
     return buf;
@@ -98,7 +109,7 @@ mt_status mt_h5_open_dataset(hid_t file, const char *path, const char *name, int
 /* Refuses another dtype or rank (no silent conversion), an empty dimension, and more bytes than
  * MT_H5_MAX_BYTES; fills dims and, when bytes is not NULL, the size. */
 mt_status mt_h5_check_array(hid_t dset, const char *path, const char *name, mt_h5_type want, int rank,
-                             const char *shape, hsize_t dims[4], uint64_t *bytes) {
+                            const char *shape, hsize_t dims[4], uint64_t *bytes) {
     char tbuf[32];
     int got = mt_h5_dims(dset, dims);
     if (!mt_h5_type_is(dset, want) || got != rank)
@@ -144,7 +155,7 @@ mt_status mt_h5_read_all(hid_t dset, hid_t mem_type, const char *path, const cha
 /* An int32 dataset of the given rank, read into malloc'ed memory; an absent optional one gives
  * NULL. */
 mt_status mt_h5_load_i32(hid_t file, const char *path, const char *name, int required, int rank, const char *shape,
-                          hsize_t dims[4], int32_t **out) {
+                         hsize_t dims[4], int32_t **out) {
     mt_status st = MT_OK;
     hid_t dset = H5I_INVALID_HID;
     uint64_t bytes = 0;
@@ -152,8 +163,8 @@ mt_status mt_h5_load_i32(hid_t file, const char *path, const char *name, int req
     MT_TRY(mt_h5_open_dataset(file, path, name, required, &dset));
     if (dset < 0) return MT_OK;
     MT_TRY(mt_h5_check_array(dset, path, name, MT_H5_I32, rank, shape, dims, &bytes));
-    if (!(*out = malloc(bytes))) MT_THROW(MT_ERR_NOMEM, "%s: %s: out of memory for %llu bytes", path, name,
-                                          (unsigned long long)bytes);
+    if (!(*out = malloc(bytes)))
+        MT_THROW(MT_ERR_NOMEM, "%s: %s: out of memory for %llu bytes", path, name, (unsigned long long)bytes);
     MT_TRY(mt_h5_read_all(dset, H5T_NATIVE_INT32, path, name, *out));
     H5Dclose(dset);
     return MT_OK;
@@ -166,7 +177,7 @@ fail:
 
 /* A numeric attribute holding one value; absent: *present = 0 and MT_OK. */
 mt_status mt_h5_read_attr_double(hid_t obj, const char *path, const char *objname, const char *attr, int integer,
-                                  double *value, int *present) {
+                                 double *value, int *present) {
     mt_status st = MT_OK;
     hid_t a = H5I_INVALID_HID, type = H5I_INVALID_HID, space = H5I_INVALID_HID;
     *present = 0;
@@ -175,13 +186,15 @@ mt_status mt_h5_read_attr_double(hid_t obj, const char *path, const char *objnam
         MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: unreadable", path, objname, attr);
     H5T_class_t cls = H5Tget_class(type);
     if (integer ? cls != H5T_INTEGER : (cls != H5T_FLOAT && cls != H5T_INTEGER))
-        MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: expected %s", path, objname, attr, integer ? "an integer" : "a number");
+        MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: expected %s", path, objname, attr,
+                 integer ? "an integer" : "a number");
     if (H5Sget_simple_extent_npoints(space) != 1)
         MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: expected one value, got %lld", path, objname, attr,
                  (long long)H5Sget_simple_extent_npoints(space));
     if (integer) {
         long long v;
-        if (H5Aread(a, H5T_NATIVE_LLONG, &v) < 0) MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: unreadable", path, objname, attr);
+        if (H5Aread(a, H5T_NATIVE_LLONG, &v) < 0)
+            MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: unreadable", path, objname, attr);
         *value = (double)v;
     } else if (H5Aread(a, H5T_NATIVE_DOUBLE, value) < 0) {
         MT_THROW(MT_ERR_FORMAT, "%s: %s: attribute %s: unreadable", path, objname, attr);
@@ -222,4 +235,3 @@ mt_status mt_h5_open_file(const char *path, hid_t fapl, hid_t *out) {
         return MT_RAISE(MT_ERR_IO, "%s: cannot open as HDF5 (%s)", path, mt_h5_cause(cause));
     return MT_OK;
 }
-

@@ -8,18 +8,28 @@
 #include <stdio.h>
 #include <string.h>
 
-#define BACKPROP(rates_, adapts_, order_) {.rates = rates_, .adapts = adapts_, .order = order_, .metagrad = MT_METAGRAD_BACKPROP}
+#define BACKPROP(rates_, adapts_, order_)                                                                              \
+    { .rates = rates_, .adapts = adapts_, .order = order_, .metagrad = MT_METAGRAD_BACKPROP }
 static const mt_meta_traits table[] = {
     [MT_ALGO_MAML] = BACKPROP(MT_RATES_FIXED, MT_ADAPT_ALL, MT_ORDER_SECOND),
     [MT_ALGO_FOMAML] = BACKPROP(MT_RATES_FIXED, MT_ADAPT_ALL, MT_ORDER_FIRST),
     [MT_ALGO_METASGD] = BACKPROP(MT_RATES_PER_PARAMETER, MT_ADAPT_ALL, MT_ORDER_SECOND),
     [MT_ALGO_ANIL] = BACKPROP(MT_RATES_FIXED, MT_ADAPT_HEAD, MT_ORDER_SECOND),
-    [MT_ALGO_MAMLPP] = {.rates = MT_RATES_PER_LAYER_STEP, .adapts = MT_ADAPT_ALL, .order = MT_ORDER_ANNEALED,
-                        .metagrad = MT_METAGRAD_BACKPROP, .multi_step_loss = 1, .cosine_outer_lr = 1},
-    [MT_ALGO_REPTILE] = {.rates = MT_RATES_FIXED, .adapts = MT_ADAPT_ALL, .order = MT_ORDER_FIRST,
+    [MT_ALGO_MAMLPP] = {.rates = MT_RATES_PER_LAYER_STEP,
+                        .adapts = MT_ADAPT_ALL,
+                        .order = MT_ORDER_ANNEALED,
+                        .metagrad = MT_METAGRAD_BACKPROP,
+                        .multi_step_loss = 1,
+                        .cosine_outer_lr = 1},
+    [MT_ALGO_REPTILE] = {.rates = MT_RATES_FIXED,
+                         .adapts = MT_ADAPT_ALL,
+                         .order = MT_ORDER_FIRST,
                          .metagrad = MT_METAGRAD_REPTILE},
-    [MT_ALGO_IMAML] = {.rates = MT_RATES_FIXED, .adapts = MT_ADAPT_ALL, .order = MT_ORDER_FIRST,
-                       .metagrad = MT_METAGRAD_IMPLICIT, .proximal = 1},
+    [MT_ALGO_IMAML] = {.rates = MT_RATES_FIXED,
+                       .adapts = MT_ADAPT_ALL,
+                       .order = MT_ORDER_FIRST,
+                       .metagrad = MT_METAGRAD_IMPLICIT,
+                       .proximal = 1},
 };
 #undef BACKPROP
 _Static_assert(sizeof table / sizeof *table == MT_ALGO_COUNT, "one row per algorithm");
@@ -33,9 +43,12 @@ const mt_meta_traits *mt_meta_traits_of(mt_algorithm a) {
  * files. */
 size_t mt_meta_rate_count(const mt_meta_traits *t, const mt_nn_net *net, int inner_steps) {
     switch (t->rates) {
-    case MT_RATES_PER_PARAMETER: return net->n_params;
-    case MT_RATES_PER_LAYER_STEP: return (size_t)net->n_param_layers * inner_steps;
-    case MT_RATES_FIXED: break;
+    case MT_RATES_PER_PARAMETER:
+        return net->n_params;
+    case MT_RATES_PER_LAYER_STEP:
+        return (size_t)net->n_param_layers * inner_steps;
+    case MT_RATES_FIXED:
+        break;
     }
     return 0;
 }

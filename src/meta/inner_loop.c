@@ -31,8 +31,8 @@ mt_status MT_(mt_meta_ctx_create)(ctx_t **out, const mt_meta_layout *layout, int
     MT_TRY(MT_(mt_nn_ws_create)(&ctx->ws, layout->net, max_batch));
     size_t n = layout->n_theta, K = (size_t)layout->inner_steps;
     ctx->theta_steps = malloc((K + 1) * n * sizeof(mt_real));
-    mt_real **vectors[] = {&ctx->alpha, &ctx->v, &ctx->u, &ctx->g, &ctx->hv, &ctx->gq,
-                           &ctx->cg_r, &ctx->cg_p, &ctx->cg_ap};
+    mt_real **vectors[] = {&ctx->alpha, &ctx->v,    &ctx->u,    &ctx->g,    &ctx->hv,
+                           &ctx->gq,    &ctx->cg_r, &ctx->cg_p, &ctx->cg_ap};
     for (size_t i = 0; i < sizeof vectors / sizeof *vectors; i++) *vectors[i] = malloc(n * sizeof(mt_real));
     for (size_t i = 0; i < sizeof vectors / sizeof *vectors; i++)
         if (!*vectors[i]) MT_THROW(MT_ERR_NOMEM, "out of memory for the inner loop");
@@ -53,8 +53,7 @@ void MT_(mt_meta_ctx_free)(ctx_t *ctx) {
     free(ctx);
 }
 
-void MT_(mt_meta_init_params)(const mt_meta_layout *layout, uint64_t seed, double inner_lr,
-                              mt_real *meta) {
+void MT_(mt_meta_init_params)(const mt_meta_layout *layout, uint64_t seed, double inner_lr, mt_real *meta) {
     MT_(mt_nn_init_params)(layout->net, seed, meta);
     for (size_t i = 0; i < layout->n_rates; i++) meta[layout->n_theta + i] = (mt_real)inner_lr;
 }
@@ -119,8 +118,8 @@ static void add_rate_grad(const ctx_t *ctx, const mt_real *v, const mt_real *g, 
 }
 
 /* θ_0 = θ; θ_{k+1} = θ_k − α_k ⊙ ∇L_s(θ_k) (+ iMAML's proximal pull λ(θ_k − θ)). */
-static void inner_loop(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta,
-                       const task_t *task, int steps, int keep_all) {
+static void inner_loop(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta, const task_t *task, int steps,
+                       int keep_all) {
     size_t n = ctx->layout->n_theta;
     int proximal = ctx->layout->traits->proximal;
     memcpy(theta_at(ctx, 0), meta, n * sizeof(mt_real));
@@ -169,8 +168,7 @@ static void imaml_solve(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real
     ctx->last_cg_residual = bnorm > 0 ? sqrt(rr) / bnorm : 0;
 }
 
-double MT_(mt_meta_task_objective)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta,
-                                   const task_t *task) {
+double MT_(mt_meta_task_objective)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta, const task_t *task) {
     int K = ctx->layout->inner_steps;
     inner_loop(ctx, sc, meta, task, K, 1);
     if (!sc->multi_step_loss) return MT_(mt_nn_loss)(ctx->ws, theta_at(ctx, K), &task->query);
@@ -180,8 +178,8 @@ double MT_(mt_meta_task_objective)(ctx_t *ctx, const mt_meta_step_config *sc, co
     return objective;
 }
 
-double MT_(mt_meta_task_grad)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta,
-                              const task_t *task, mt_real *meta_grad) {
+double MT_(mt_meta_task_grad)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta, const task_t *task,
+                              mt_real *meta_grad) {
     const mt_meta_layout *lay = ctx->layout;
     size_t n = lay->n_theta;
     int K = lay->inner_steps;
@@ -228,7 +226,7 @@ double MT_(mt_meta_task_grad)(ctx_t *ctx, const mt_meta_step_config *sc, const m
 }
 
 void MT_(mt_meta_adapt_step)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta,
-                             const MT_(mt_nn_batch) *support, int k, mt_real *theta) {
+                             const MT_(mt_nn_batch) * support, int k, mt_real *theta) {
     size_t n = ctx->layout->n_theta;
     int proximal = ctx->layout->traits->proximal;
     expand_rates(ctx, sc, meta, k);
@@ -240,13 +238,13 @@ void MT_(mt_meta_adapt_step)(ctx_t *ctx, const mt_meta_step_config *sc, const mt
 }
 
 void MT_(mt_meta_adapt)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta,
-                        const MT_(mt_nn_batch) *support, int steps, mt_real *theta) {
+                        const MT_(mt_nn_batch) * support, int steps, mt_real *theta) {
     memcpy(theta, meta, ctx->layout->n_theta * sizeof *theta);
     for (int k = 0; k < steps; k++) MT_(mt_meta_adapt_step)(ctx, sc, meta, support, k, theta);
 }
 
-void MT_(mt_meta_adapt_eval)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta,
-                             const task_t *task, int steps, double *loss_per_step, int *correct_per_step) {
+void MT_(mt_meta_adapt_eval)(ctx_t *ctx, const mt_meta_step_config *sc, const mt_real *meta, const task_t *task,
+                             int steps, double *loss_per_step, int *correct_per_step) {
     mt_real *theta = theta_at(ctx, 0);
     int classify = ctx->layout->net->loss == MT_NN_LOSS_XENT;
     memcpy(theta, meta, ctx->layout->n_theta * sizeof *theta);

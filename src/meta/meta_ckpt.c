@@ -9,7 +9,8 @@
 mt_status mt_meta_ckpt_add(mt_ckpt *ck, const mt_meta_layout *layout, const char *prefix, const float *vector) {
     mt_meta_tensor tensors[MT_META_MAX_TENSORS];
     int n = mt_meta_tensors(layout, tensors, MT_META_MAX_TENSORS);
-    if (n > MT_META_MAX_TENSORS) return MT_RAISE(MT_ERR_ARG, "more than %d meta-parameter tensors", MT_META_MAX_TENSORS);
+    if (n > MT_META_MAX_TENSORS)
+        return MT_RAISE(MT_ERR_ARG, "more than %d meta-parameter tensors", MT_META_MAX_TENSORS);
     for (int t = 0; t < n; t++) {
         char path[MT_CKPT_PATH_LEN];
         uint64_t dims[4];
@@ -22,11 +23,12 @@ mt_status mt_meta_ckpt_add(mt_ckpt *ck, const mt_meta_layout *layout, const char
     return MT_OK;
 }
 
-mt_status mt_meta_ckpt_restore(const mt_ckpt *ck, const char *path, const mt_meta_layout *layout,
-                               const char *prefix, float *vector) {
+mt_status mt_meta_ckpt_restore(const mt_ckpt *ck, const char *path, const mt_meta_layout *layout, const char *prefix,
+                               float *vector) {
     mt_meta_tensor tensors[MT_META_MAX_TENSORS];
     int n = mt_meta_tensors(layout, tensors, MT_META_MAX_TENSORS);
-    if (n > MT_META_MAX_TENSORS) return MT_RAISE(MT_ERR_ARG, "more than %d meta-parameter tensors", MT_META_MAX_TENSORS);
+    if (n > MT_META_MAX_TENSORS)
+        return MT_RAISE(MT_ERR_ARG, "more than %d meta-parameter tensors", MT_META_MAX_TENSORS);
     for (int t = 0; t < n; t++) {
         char name[MT_CKPT_PATH_LEN];
         if (snprintf(name, sizeof name, "%s/%s", prefix, tensors[t].name) >= (int)sizeof name)

@@ -5,8 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-void mt_meta_layout_init(mt_meta_layout *layout, const mt_nn_net *net, mt_algorithm algorithm,
-                         int inner_steps) {
+void mt_meta_layout_init(mt_meta_layout *layout, const mt_nn_net *net, mt_algorithm algorithm, int inner_steps) {
     memset(layout, 0, sizeof *layout);
     layout->net = net;
     layout->algorithm = algorithm;
@@ -37,8 +36,8 @@ void mt_meta_step_config_at(mt_meta_step_config *sc, const mt_config *cfg, int i
     sc->cg_steps = cfg->cg_steps;
     sc->cg_tol = cfg->cg_tol;
     const mt_meta_traits *t = mt_meta_traits_of(cfg->algorithm);
-    sc->second_order = t->order == MT_ORDER_SECOND ||
-                       (t->order == MT_ORDER_ANNEALED && iteration >= cfg->first_order_iterations);
+    sc->second_order =
+        t->order == MT_ORDER_SECOND || (t->order == MT_ORDER_ANNEALED && iteration >= cfg->first_order_iterations);
     if (t->multi_step_loss && cfg->msl_iterations > 0 && cfg->inner_steps > 1) {
         sc->multi_step_loss = 1;
         mt_meta_msl_weights(sc->step_weights, cfg->inner_steps, iteration, cfg->msl_iterations);

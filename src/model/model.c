@@ -38,8 +38,8 @@ struct mt_model {
     int file_adapted, file_adapted_steps; /* what the file held: mt_model_reset returns to it */
     int64_t iteration;
     float *meta, *theta;
-    mt_meta_ctx *ctx;       /* adapting: the inner loop's workspace, which keeps what backward needs */
-    mt_nn_ws *predict_ws;   /* predicting: forward only, so convolutions keep no fields and walk
+    mt_meta_ctx *ctx;     /* adapting: the inner loop's workspace, which keeps what backward needs */
+    mt_nn_ws *predict_ws; /* predicting: forward only, so convolutions keep no fields and walk
                                the batch in cache-sized chunks */
     char *config_text;
     char path[4096];
@@ -118,7 +118,8 @@ mt_status mt_model_open(mt_model **out, const char *path, const mt_model_options
     if (!out || !path) return MT_RAISE(MT_ERR_ARG, "mt_model_open: NULL argument");
     *out = NULL;
     int steps = opt ? opt->steps : 0, max_batch = opt && opt->max_batch ? opt->max_batch : MT_MODEL_DEFAULT_BATCH;
-    if (steps < 0 || steps > MT_META_MAX_STEPS) MT_THROW(MT_ERR_ARG, "steps: %d is outside [0, %d]", steps, MT_META_MAX_STEPS);
+    if (steps < 0 || steps > MT_META_MAX_STEPS)
+        MT_THROW(MT_ERR_ARG, "steps: %d is outside [0, %d]", steps, MT_META_MAX_STEPS);
     if (max_batch < 1 || max_batch > MT_MODEL_MAX_BATCH)
         MT_THROW(MT_ERR_ARG, "max_batch: %d is outside [1, %d]", max_batch, MT_MODEL_MAX_BATCH);
     if (!(m = calloc(1, sizeof *m)) || !(ck = calloc(1, sizeof *ck))) MT_THROW(MT_ERR_NOMEM, "%s: out of memory", path);

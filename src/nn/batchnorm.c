@@ -19,34 +19,36 @@
 
 #include <math.h>
 
-#define AT(arr, m) (arr)[(size_t)(m) * ms]
+#define AT(arr, m) (arr)[(size_t)(m)*ms]
 
 /* result = Σ_m expr, where expr may use m. */
-#define SUM(result, expr)                                                                        \
-    do {                                                                                         \
-        double part_[8] = {0}, total_;                                                           \
-        int m0_ = 0;                                                                             \
-        for (; m0_ + 8 <= M; m0_ += 8)                                                           \
-            for (int l_ = 0; l_ < 8; l_++) {                                                     \
-                int m = m0_ + l_;                                                                \
-                part_[l_] += (double)(expr);                                                     \
-            }                                                                                    \
-        total_ = ((part_[0] + part_[1]) + (part_[2] + part_[3])) + ((part_[4] + part_[5]) + (part_[6] + part_[7])); \
-        for (int m = m0_; m < M; m++) total_ += (double)(expr);                                 \
-        (result) = total_;                                                                       \
+#define SUM(result, expr)                                                                                              \
+    do {                                                                                                               \
+        double part_[8] = {0}, total_;                                                                                 \
+        int m0_ = 0;                                                                                                   \
+        for (; m0_ + 8 <= M; m0_ += 8)                                                                                 \
+            for (int l_ = 0; l_ < 8; l_++) {                                                                           \
+                int m = m0_ + l_;                                                                                      \
+                part_[l_] += (double)(expr);                                                                           \
+            }                                                                                                          \
+        total_ = ((part_[0] + part_[1]) + (part_[2] + part_[3])) + ((part_[4] + part_[5]) + (part_[6] + part_[7]));    \
+        for (int m = m0_; m < M; m++) total_ += (double)(expr);                                                        \
+        (result) = total_;                                                                                             \
     } while (0)
 
 /* Instantiates the contiguous and the strided version of body(…, ms). */
-#define BOTH_STRIDES(call_contiguous, call_strided) \
-    do {                                            \
-        if (ms == 1) call_contiguous;               \
-        else call_strided;                          \
+#define BOTH_STRIDES(call_contiguous, call_strided)                                                                    \
+    do {                                                                                                               \
+        if (ms == 1)                                                                                                   \
+            call_contiguous;                                                                                           \
+        else                                                                                                           \
+            call_strided;                                                                                              \
     } while (0)
 
 #define INLINE static inline __attribute__((always_inline))
 
-INLINE void bn_forward_body(mt_real *y, mt_real *stats, const mt_real *x, const mt_real *gamma,
-                            const mt_real *beta, int C, int M, size_t cs, size_t ms) {
+INLINE void bn_forward_body(mt_real *y, mt_real *stats, const mt_real *x, const mt_real *gamma, const mt_real *beta,
+                            int C, int M, size_t cs, size_t ms) {
     for (int c = 0; c < C; c++) {
         const mt_real *xc = x + (size_t)c * cs;
         mt_real *yc = y + (size_t)c * cs;
@@ -68,9 +70,8 @@ MT_KERNEL void MT_(mt_nn_bn_forward)(mt_real *y, mt_real *stats, const mt_real *
                  bn_forward_body(y, stats, x, gamma, beta, C, M, cs, ms));
 }
 
-INLINE void bn_backward_body(mt_real *dx, mt_real *dgamma, mt_real *dbeta, const mt_real *dy,
-                             const mt_real *x, const mt_real *stats, const mt_real *gamma, int C, int M,
-                             size_t cs, size_t ms) {
+INLINE void bn_backward_body(mt_real *dx, mt_real *dgamma, mt_real *dbeta, const mt_real *dy, const mt_real *x,
+                             const mt_real *stats, const mt_real *gamma, int C, int M, size_t cs, size_t ms) {
     for (int c = 0; c < C; c++) {
         const mt_real *xc = x + (size_t)c * cs, *dyc = dy + (size_t)c * cs;
         mt_real mean = stats[c], inv = stats[C + c];
@@ -85,16 +86,14 @@ INLINE void bn_backward_body(mt_real *dx, mt_real *dgamma, mt_real *dbeta, const
     }
 }
 
-MT_KERNEL void MT_(mt_nn_bn_backward)(mt_real *dx, mt_real *dgamma, mt_real *dbeta, const mt_real *dy,
-                                      const mt_real *x, const mt_real *stats, const mt_real *gamma, int C,
-                                      int M, size_t cs, size_t ms) {
+MT_KERNEL void MT_(mt_nn_bn_backward)(mt_real *dx, mt_real *dgamma, mt_real *dbeta, const mt_real *dy, const mt_real *x,
+                                      const mt_real *stats, const mt_real *gamma, int C, int M, size_t cs, size_t ms) {
     BOTH_STRIDES(bn_backward_body(dx, dgamma, dbeta, dy, x, stats, gamma, C, M, cs, 1),
                  bn_backward_body(dx, dgamma, dbeta, dy, x, stats, gamma, C, M, cs, ms));
 }
 
-INLINE void bn_rforward_body(mt_real *ry, mt_real *stats, const mt_real *x, const mt_real *rx,
-                             const mt_real *gamma, const mt_real *rgamma, const mt_real *rbeta, int C,
-                             int M, size_t cs, size_t ms) {
+INLINE void bn_rforward_body(mt_real *ry, mt_real *stats, const mt_real *x, const mt_real *rx, const mt_real *gamma,
+                             const mt_real *rgamma, const mt_real *rbeta, int C, int M, size_t cs, size_t ms) {
     for (int c = 0; c < C; c++) {
         const mt_real *xc = x + (size_t)c * cs, *rxc = rx ? rx + (size_t)c * cs : NULL;
         mt_real *ryc = ry + (size_t)c * cs;
@@ -118,16 +117,15 @@ INLINE void bn_rforward_body(mt_real *ry, mt_real *stats, const mt_real *x, cons
 }
 
 MT_KERNEL void MT_(mt_nn_bn_rforward)(mt_real *ry, mt_real *stats, const mt_real *x, const mt_real *rx,
-                                      const mt_real *gamma, const mt_real *rgamma, const mt_real *rbeta,
-                                      int C, int M, size_t cs, size_t ms) {
+                                      const mt_real *gamma, const mt_real *rgamma, const mt_real *rbeta, int C, int M,
+                                      size_t cs, size_t ms) {
     BOTH_STRIDES(bn_rforward_body(ry, stats, x, rx, gamma, rgamma, rbeta, C, M, cs, 1),
                  bn_rforward_body(ry, stats, x, rx, gamma, rgamma, rbeta, C, M, cs, ms));
 }
 
-INLINE void bn_rbackward_body(mt_real *rdx, mt_real *rdgamma, mt_real *rdbeta, const mt_real *dy,
-                              const mt_real *rdy, const mt_real *x, const mt_real *rx, const mt_real *stats,
-                              const mt_real *gamma, const mt_real *rgamma, int C, int M, size_t cs,
-                              size_t ms) {
+INLINE void bn_rbackward_body(mt_real *rdx, mt_real *rdgamma, mt_real *rdbeta, const mt_real *dy, const mt_real *rdy,
+                              const mt_real *x, const mt_real *rx, const mt_real *stats, const mt_real *gamma,
+                              const mt_real *rgamma, int C, int M, size_t cs, size_t ms) {
     for (int c = 0; c < C; c++) {
         size_t off = (size_t)c * cs;
         const mt_real *xc = x + off, *dyc = dy + off, *rdyc = rdy + off;
@@ -160,9 +158,9 @@ INLINE void bn_rbackward_body(mt_real *rdx, mt_real *rdgamma, mt_real *rdbeta, c
 }
 
 MT_KERNEL void MT_(mt_nn_bn_rbackward)(mt_real *rdx, mt_real *rdgamma, mt_real *rdbeta, const mt_real *dy,
-                                       const mt_real *rdy, const mt_real *x, const mt_real *rx,
-                                       const mt_real *stats, const mt_real *gamma, const mt_real *rgamma,
-                                       int C, int M, size_t cs, size_t ms) {
+                                       const mt_real *rdy, const mt_real *x, const mt_real *rx, const mt_real *stats,
+                                       const mt_real *gamma, const mt_real *rgamma, int C, int M, size_t cs,
+                                       size_t ms) {
     BOTH_STRIDES(bn_rbackward_body(rdx, rdgamma, rdbeta, dy, rdy, x, rx, stats, gamma, rgamma, C, M, cs, 1),
                  bn_rbackward_body(rdx, rdgamma, rdbeta, dy, rdy, x, rx, stats, gamma, rgamma, C, M, cs, ms));
 }

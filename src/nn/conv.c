@@ -74,8 +74,8 @@ static const mt_real *chunk_fields(mt_real *kept, mt_real *scratch, int build, c
 }
 
 /* y (O,B,Ho,Wo) = W (O,C,3,3) * x (C,B,H,W) + b (O); keeps the fields in cw->col if planned */
-void MT_(mt_nn_conv_forward)(mt_real *y, const mt_conv_work *cw, const mt_real *x, const mt_real *W,
-                             const mt_real *b, int B, int C, int H, int Wd, int O, int stride) {
+void MT_(mt_nn_conv_forward)(mt_real *y, const mt_conv_work *cw, const mt_real *x, const mt_real *W, const mt_real *b,
+                             int B, int C, int H, int Wd, int O, int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
     mt_real *kcol = kept(cw, cw->col, B, C, P);
     for (int n0 = 0; n0 < B; n0 += cw->chunk) {
@@ -110,8 +110,8 @@ void MT_(mt_nn_conv_backward)(mt_real *dx, mt_real *dW, mt_real *db, const mt_re
 
 /* Ry = U · col + W · col(Rx) + c; keeps col(Rx) in cw->rcol if planned (rx NULL: Rx = 0) */
 void MT_(mt_nn_conv_rforward)(mt_real *ry, const mt_conv_work *cw, const mt_real *x, const mt_real *rx,
-                              const mt_real *W, const mt_real *U, const mt_real *c, int B, int C, int H, int Wd,
-                              int O, int stride) {
+                              const mt_real *W, const mt_real *U, const mt_real *c, int B, int C, int H, int Wd, int O,
+                              int stride) {
     int P = out_size(H, stride) * out_size(Wd, stride), K = C * 9, BP = B * P;
     mt_real *kcol = kept(cw, cw->col, B, C, P), *krcol = kept(cw, cw->rcol, B, C, P);
     for (int n0 = 0; n0 < B; n0 += cw->chunk) {
@@ -158,9 +158,8 @@ void MT_(mt_nn_conv_rbackward)(mt_real *rdx, mt_real *rdW, mt_real *rdb, const m
     }
 }
 
-void MT_(mt_nn_conv_forward_reference)(mt_real *y, const mt_real *x, const mt_real *W,
-                                       const mt_real *b, int B, int C, int H, int Wd, int O,
-                                       int stride) {
+void MT_(mt_nn_conv_forward_reference)(mt_real *y, const mt_real *x, const mt_real *W, const mt_real *b, int B, int C,
+                                       int H, int Wd, int O, int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride);
     for (int n = 0; n < B; n++)
         for (int o = 0; o < O; o++)

@@ -17,8 +17,7 @@ MT_KERNEL void MT_(mt_nn_relu_backward)(mt_real *dx, const mt_real *dy, const mt
 }
 
 /* y (B,C,H/2,W/2) = max over each 2x2 window of x (B,C,H,W); odd trailing rows/cols are dropped. */
-void MT_(mt_nn_maxpool_forward)(mt_real *y, int32_t *argmax, const mt_real *x, int B, int C, int H,
-                                int Wd) {
+void MT_(mt_nn_maxpool_forward)(mt_real *y, int32_t *argmax, const mt_real *x, int B, int C, int H, int Wd) {
     int Ho = H / 2, Wo = Wd / 2;
     for (int p = 0; p < B * C; p++) {
         const mt_real *xp = x + (size_t)p * H * Wd;
@@ -39,8 +38,7 @@ void MT_(mt_nn_maxpool_gather)(mt_real *y, const mt_real *x, const int32_t *argm
     for (size_t o = 0; o < n_out; o++) y[o] = x[argmax[o]];
 }
 
-void MT_(mt_nn_maxpool_backward)(mt_real *dx, const mt_real *dy, const int32_t *argmax, size_t n_in,
-                                 size_t n_out) {
+void MT_(mt_nn_maxpool_backward)(mt_real *dx, const mt_real *dy, const int32_t *argmax, size_t n_in, size_t n_out) {
     memset(dx, 0, n_in * sizeof *dx);
     for (size_t o = 0; o < n_out; o++) dx[argmax[o]] += dy[o];
 }

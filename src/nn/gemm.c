@@ -27,20 +27,20 @@ typedef mt_real vec_half __attribute__((vector_size(32)));
 
 /* C (MR, one vector) += alpha · A (MR,K) · B (K, one vector); A's (i,k) at A[i·ai + k·ak], B's
  * (k,j) at B[k·ldb + j]. The MR accumulators stay in registers for the whole K loop. */
-#define DEFINE_TILE(NAME, VEC, MR_)                                                                   \
-    MT_KERNEL static void NAME(int K, mt_real alpha, const mt_real *restrict A, size_t ai, size_t ak,  \
-                               const mt_real *restrict B, size_t ldb, mt_real *restrict C, size_t ldc) { \
-        VEC acc[MR_], b, c;                                                                           \
-        for (int r = 0; r < MR_; r++) acc[r] = (VEC){0};                                              \
-        for (int k = 0; k < K; k++) {                                                                 \
-            memcpy(&b, B + (size_t)k * ldb, sizeof b);                                                \
-            for (int r = 0; r < MR_; r++) acc[r] += A[r * ai + (size_t)k * ak] * b;                   \
-        }                                                                                             \
-        for (int r = 0; r < MR_; r++) {                                                               \
-            memcpy(&c, C + r * ldc, sizeof c);                                                        \
-            c += alpha * acc[r];                                                                      \
-            memcpy(C + r * ldc, &c, sizeof c);                                                        \
-        }                                                                                             \
+#define DEFINE_TILE(NAME, VEC, MR_)                                                                                    \
+    MT_KERNEL static void NAME(int K, mt_real alpha, const mt_real *restrict A, size_t ai, size_t ak,                  \
+                               const mt_real *restrict B, size_t ldb, mt_real *restrict C, size_t ldc) {               \
+        VEC acc[MR_], b, c;                                                                                            \
+        for (int r = 0; r < MR_; r++) acc[r] = (VEC){0};                                                               \
+        for (int k = 0; k < K; k++) {                                                                                  \
+            memcpy(&b, B + (size_t)k * ldb, sizeof b);                                                                 \
+            for (int r = 0; r < MR_; r++) acc[r] += A[r * ai + (size_t)k * ak] * b;                                    \
+        }                                                                                                              \
+        for (int r = 0; r < MR_; r++) {                                                                                \
+            memcpy(&c, C + r * ldc, sizeof c);                                                                         \
+            c += alpha * acc[r];                                                                                       \
+            memcpy(C + r * ldc, &c, sizeof c);                                                                         \
+        }                                                                                                              \
     }
 DEFINE_TILE(tile_4_full, vec_full, 4)
 DEFINE_TILE(tile_2_full, vec_full, 2)
@@ -56,29 +56,29 @@ DEFINE_TILE(tile_1_half, vec_half, 1)
  * fit the sixteen registers, hence a plain target, chosen at run time, not a clone. */
 #if defined(__x86_64__) && defined(__GNUC__) && !(defined(__clang__) && __clang_major__ < 18)
 #define HAVE_WIDE_TILES 1
-#define DEFINE_WIDE_TILE(NAME, MR_)                                                                     \
-    __attribute__((target("avx512f"))) static void NAME(int K, mt_real alpha, const mt_real *restrict A,   \
-                                                        size_t ai, size_t ak, const mt_real *restrict B,   \
-                                                        size_t ldb, mt_real *restrict C, size_t ldc) {     \
-        vec_full acc0[MR_], acc1[MR_], b0, b1, c;                                                        \
-        for (int r = 0; r < MR_; r++) acc0[r] = (vec_full){0}, acc1[r] = (vec_full){0};                  \
-        for (int k = 0; k < K; k++) {                                                                    \
-            memcpy(&b0, B + (size_t)k * ldb, sizeof b0);                                                 \
-            memcpy(&b1, B + (size_t)k * ldb + FULL, sizeof b1);                                          \
-            for (int r = 0; r < MR_; r++) {                                                              \
-                mt_real a = A[r * ai + (size_t)k * ak];                                                  \
-                acc0[r] += a * b0;                                                                       \
-                acc1[r] += a * b1;                                                                       \
-            }                                                                                            \
-        }                                                                                                \
-        for (int r = 0; r < MR_; r++) {                                                                  \
-            memcpy(&c, C + r * ldc, sizeof c);                                                           \
-            c += alpha * acc0[r];                                                                        \
-            memcpy(C + r * ldc, &c, sizeof c);                                                           \
-            memcpy(&c, C + r * ldc + FULL, sizeof c);                                                    \
-            c += alpha * acc1[r];                                                                        \
-            memcpy(C + r * ldc + FULL, &c, sizeof c);                                                    \
-        }                                                                                                \
+#define DEFINE_WIDE_TILE(NAME, MR_)                                                                                    \
+    __attribute__((target("avx512f"))) static void NAME(int K, mt_real alpha, const mt_real *restrict A, size_t ai,    \
+                                                        size_t ak, const mt_real *restrict B, size_t ldb,              \
+                                                        mt_real *restrict C, size_t ldc) {                             \
+        vec_full acc0[MR_], acc1[MR_], b0, b1, c;                                                                      \
+        for (int r = 0; r < MR_; r++) acc0[r] = (vec_full){0}, acc1[r] = (vec_full){0};                                \
+        for (int k = 0; k < K; k++) {                                                                                  \
+            memcpy(&b0, B + (size_t)k * ldb, sizeof b0);                                                               \
+            memcpy(&b1, B + (size_t)k * ldb + FULL, sizeof b1);                                                        \
+            for (int r = 0; r < MR_; r++) {                                                                            \
+                mt_real a = A[r * ai + (size_t)k * ak];                                                                \
+                acc0[r] += a * b0;                                                                                     \
+                acc1[r] += a * b1;                                                                                     \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int r = 0; r < MR_; r++) {                                                                                \
+            memcpy(&c, C + r * ldc, sizeof c);                                                                         \
+            c += alpha * acc0[r];                                                                                      \
+            memcpy(C + r * ldc, &c, sizeof c);                                                                         \
+            memcpy(&c, C + r * ldc + FULL, sizeof c);                                                                  \
+            c += alpha * acc1[r];                                                                                      \
+            memcpy(C + r * ldc + FULL, &c, sizeof c);                                                                  \
+        }                                                                                                              \
     }
 DEFINE_WIDE_TILE(wide_tile_4, 4)
 DEFINE_WIDE_TILE(wide_tile_2, 2)
@@ -88,8 +88,8 @@ DEFINE_WIDE_TILE(wide_tile_1, 1)
 #endif
 
 /* Any tile narrower than half a vector: the ragged right edge (and products with small N). */
-static void tile_edge(int mr, int nr, int K, mt_real alpha, const mt_real *A, size_t ai, size_t ak,
-                      const mt_real *B, size_t ldb, mt_real *C, size_t ldc) {
+static void tile_edge(int mr, int nr, int K, mt_real alpha, const mt_real *A, size_t ai, size_t ak, const mt_real *B,
+                      size_t ldb, mt_real *C, size_t ldc) {
     for (int r = 0; r < mr; r++)
         for (int j = 0; j < nr; j++) {
             mt_real sum = 0;
@@ -101,8 +101,8 @@ static void tile_edge(int mr, int nr, int K, mt_real alpha, const mt_real *A, si
 /* The ragged right edge, nr < HALF columns: B's columns padded with zeros to half a vector on the
  * stack, so the vector tiles run it (scalar code ran it at a tenth of their speed: the 4-conv's
  * support batch has products 20 and 9 columns wide). K·HALF <= TRANSPOSE_MAX. */
-static void edge_gemm(int M, int nr, int K, mt_real alpha, const mt_real *A, size_t ai, size_t ak,
-                      const mt_real *B, size_t ldb, mt_real *C, size_t ldc) {
+static void edge_gemm(int M, int nr, int K, mt_real alpha, const mt_real *A, size_t ai, size_t ak, const mt_real *B,
+                      size_t ldb, mt_real *C, size_t ldc) {
     mt_real bpad[TRANSPOSE_MAX], cpad[4 * HALF];
     for (int k = 0; k < K; k++)
         for (int j = 0; j < HALF; j++) bpad[(size_t)k * HALF + j] = j < nr ? B[(size_t)k * ldb + j] : 0;
@@ -110,8 +110,9 @@ static void edge_gemm(int M, int nr, int K, mt_real alpha, const mt_real *A, siz
         int mr = M - i >= 4 ? 4 : M - i >= 2 ? 2 : 1;
         for (int r = 0; r < mr; r++)
             for (int j = 0; j < HALF; j++) cpad[r * HALF + j] = j < nr ? C[(size_t)(i + r) * ldc + j] : 0;
-        (mr == 4 ? tile_4_half : mr == 2 ? tile_2_half : tile_1_half)(K, alpha, A + (size_t)i * ai, ai, ak, bpad, HALF,
-                                                                   cpad, HALF);
+        (mr == 4   ? tile_4_half
+         : mr == 2 ? tile_2_half
+                   : tile_1_half)(K, alpha, A + (size_t)i * ai, ai, ak, bpad, HALF, cpad, HALF);
         for (int r = 0; r < mr; r++)
             for (int j = 0; j < nr; j++) C[(size_t)(i + r) * ldc + j] = cpad[r * HALF + j];
         i += mr;
@@ -120,8 +121,8 @@ static void edge_gemm(int M, int nr, int K, mt_real alpha, const mt_real *A, siz
 
 /* C (M,N) += alpha · A · B with A's (i,k) at A[i·ai + k·ak], B's (k,j) at B[k·ldb + j] and C's
  * (i,j) at C[i·ldc + j]. */
-static void small_gemm(int M, int N, int K, mt_real alpha, const mt_real *A, size_t ai, size_t ak,
-                       const mt_real *B, size_t ldb, mt_real *C, size_t ldc) {
+static void small_gemm(int M, int N, int K, mt_real alpha, const mt_real *A, size_t ai, size_t ak, const mt_real *B,
+                       size_t ldb, mt_real *C, size_t ldc) {
     int j = 0;
 #if HAVE_WIDE_TILES
     static int have_avx512f = -1; /* asked once */
@@ -129,8 +130,9 @@ static void small_gemm(int M, int N, int K, mt_real alpha, const mt_real *A, siz
     for (; have_avx512f && j + 2 * FULL <= N; j += 2 * FULL)
         for (int i = 0; i < M;) {
             int mr = M - i >= 4 ? 4 : M - i >= 2 ? 2 : 1;
-            (mr == 4 ? wide_tile_4 : mr == 2 ? wide_tile_2 : wide_tile_1)(K, alpha, A + (size_t)i * ai, ai, ak, B + j,
-                                                                       ldb, C + (size_t)i * ldc + j, ldc);
+            (mr == 4   ? wide_tile_4
+             : mr == 2 ? wide_tile_2
+                       : wide_tile_1)(K, alpha, A + (size_t)i * ai, ai, ak, B + j, ldb, C + (size_t)i * ldc + j, ldc);
             i += mr;
         }
 #endif
@@ -148,7 +150,8 @@ static void small_gemm(int M, int N, int K, mt_real alpha, const mt_real *A, siz
                 (mr == 4 ? tile_4_full : mr == 2 ? tile_2_full : tile_1_full)(K, alpha, a, ai, ak, B + j, ldb, c, ldc);
             else if (nr == HALF)
                 (mr == 4 ? tile_4_half : mr == 2 ? tile_2_half : tile_1_half)(K, alpha, a, ai, ak, B + j, ldb, c, ldc);
-            else tile_edge(mr, nr, K, alpha, a, ai, ak, B + j, ldb, c, ldc);
+            else
+                tile_edge(mr, nr, K, alpha, a, ai, ak, B + j, ldb, c, ldc);
             i += mr;
         }
         j += nr;
@@ -201,9 +204,12 @@ typedef mt_real vec_8 __attribute__((vector_size(8 * sizeof(mt_real))));
 
 #define SHUFFLE_8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 /* Rows i, i+1 → elements 0,1,4,5 and 2,3,6,7 of each, interleaved. */
-#define PAIRS(lo, hi, a, b) (lo = SHUFFLE_8(a, b, 0, 8, 1, 9, 4, 12, 5, 13), hi = SHUFFLE_8(a, b, 2, 10, 3, 11, 6, 14, 7, 15))
-#define QUADS(lo, hi, a, b) (lo = SHUFFLE_8(a, b, 0, 1, 8, 9, 4, 5, 12, 13), hi = SHUFFLE_8(a, b, 2, 3, 10, 11, 6, 7, 14, 15))
-#define HALVES(lo, hi, a, b) (lo = SHUFFLE_8(a, b, 0, 1, 2, 3, 8, 9, 10, 11), hi = SHUFFLE_8(a, b, 4, 5, 6, 7, 12, 13, 14, 15))
+#define PAIRS(lo, hi, a, b)                                                                                            \
+    (lo = SHUFFLE_8(a, b, 0, 8, 1, 9, 4, 12, 5, 13), hi = SHUFFLE_8(a, b, 2, 10, 3, 11, 6, 14, 7, 15))
+#define QUADS(lo, hi, a, b)                                                                                            \
+    (lo = SHUFFLE_8(a, b, 0, 1, 8, 9, 4, 5, 12, 13), hi = SHUFFLE_8(a, b, 2, 3, 10, 11, 6, 7, 14, 15))
+#define HALVES(lo, hi, a, b)                                                                                           \
+    (lo = SHUFFLE_8(a, b, 0, 1, 2, 3, 8, 9, 10, 11), hi = SHUFFLE_8(a, b, 4, 5, 6, 7, 12, 13, 14, 15))
 
 /* dst's rows k0 … k0+7, columns j0 … j0+7 (dst's rows N apart) = the block of src at rows j0 …,
  * columns k0 … (src's rows ld apart), transposed in registers: three rounds of interleaving
@@ -255,8 +261,8 @@ void MT_(mt_nn_matmul_ld)(int ta, int tb, int M, int N, int K, mt_real alpha, co
     mt_nn_gemm_flops += 2 * mnk;
     int small = mnk <= SMALL_MNK || (ta && !tb && (double)M * N <= 1200);
     if (!small) {
-        mt_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
-                alpha, A, lda, B, ldb, beta, C, ldc);
+        mt_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
+                B, ldb, beta, C, ldc);
         return;
     }
     if (beta == 0 && ldc == N) /* one call, not one per row: the rows of the MLPs are 40 wide */
@@ -264,15 +270,18 @@ void MT_(mt_nn_matmul_ld)(int ta, int tb, int M, int N, int K, mt_real alpha, co
     else
         for (int i = 0; i < M; i++) {
             mt_real *c = C + (size_t)i * ldc;
-            if (beta == 0) memset(c, 0, (size_t)N * sizeof *c);
+            if (beta == 0)
+                memset(c, 0, (size_t)N * sizeof *c);
             else if (beta != 1)
                 for (int j = 0; j < N; j++) c[j] *= beta;
         }
     /* A's (i,k) is A[i·lda + k], or A[k·lda + i] when transposed */
     size_t ai = ta ? 1 : (size_t)lda, ak = ta ? (size_t)lda : 1;
     if (ta && !tb && N == 1) { /* C (M,1) += Σ_k A's row k · B[k]: axpys along A's contiguous rows */
-        if (ldc == 1) axpys(M, K, alpha, A, (size_t)lda, B, (size_t)ldb, C);
-        else small_gemm(M, N, K, alpha, A, ai, ak, B, (size_t)ldb, C, (size_t)ldc);
+        if (ldc == 1)
+            axpys(M, K, alpha, A, (size_t)lda, B, (size_t)ldb, C);
+        else
+            small_gemm(M, N, K, alpha, A, ai, ak, B, (size_t)ldb, C, (size_t)ldc);
     } else if (!tb) {
         small_gemm(M, N, K, alpha, A, ai, ak, B, (size_t)ldb, C, (size_t)ldc);
     } else if (!ta && N < HALF) { /* a few long dot products: no transpose */
@@ -290,7 +299,7 @@ void MT_(mt_nn_matmul_ld)(int ta, int tb, int M, int N, int K, mt_real alpha, co
     }
 }
 
-void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A,
-                       const mt_real *B, mt_real beta, mt_real *C) {
+void MT_(mt_nn_matmul)(int ta, int tb, int M, int N, int K, mt_real alpha, const mt_real *A, const mt_real *B,
+                       mt_real beta, mt_real *C) {
     MT_(mt_nn_matmul_ld)(ta, tb, M, N, K, alpha, A, ta ? M : K, B, tb ? K : N, beta, C, N);
 }

@@ -16,7 +16,7 @@ static inline int out_size(int n, int stride) { return (n - 1) / stride + 1; }
 
 /* The output columns ox whose input column ox·stride + kx − 1 lies inside [0, W): [*lo, *hi). */
 static void valid_columns(int Wd, int Wo, int kx, int stride, int *lo, int *hi) {
-    *lo = kx == 0 ? 1 : 0; /* only kx = 0 reaches column −1, at ox = 0 */
+    *lo = kx == 0 ? 1 : 0;         /* only kx = 0 reaches column −1, at ox = 0 */
     int last = (Wd - kx) / stride; /* largest ox with ox·stride + kx − 1 <= W − 1 */
     *hi = last + 1 < Wo ? last + 1 : Wo;
 }
@@ -49,7 +49,7 @@ static void tap_tables(int32_t tab[9][TAP_TABLE_MAX], int H, int Wd, int Ho, int
  * then reads one phase plane shifted by at most one row and one column, so its Ho·Wo outputs are
  * one contiguous copy (and its adjoint one contiguous add); only the left padding column of the
  * kx = 0 taps needs fixing. Entries past the plane's edge (odd H or W) stay zero. */
-#define PHASE_AT(ph, P, Wo, a, b) ((ph) + (size_t)((a) * 2 + (b)) * ((P) + (Wo) + 1) + 1 + (Wo))
+#define PHASE_AT(ph, P, Wo, a, b) ((ph) + (size_t)((a)*2 + (b)) * ((P) + (Wo) + 1) + 1 + (Wo))
 
 /* Phase (a, b) and row/column shift (−1 or 0) that tap (ky, kx) reads: ky = 0 reads row 2·oy − 1,
  * which is phase row oy − 1 of the odd rows; ky = 1 row 2·oy (even, oy); ky = 2 row 2·oy + 1. */
@@ -69,7 +69,7 @@ MT_KERNEL NO_MEMCPY_CALLS static void split_phases(mt_real *ph, const mt_real *x
     int P = Ho * Wo, pairs = Wd / 2;
     for (int a = 0; a < 2; a++) {
         mt_real *restrict even = PHASE_AT(ph, P, Wo, a, 0), *restrict odd = PHASE_AT(ph, P, Wo, a, 1);
-        int rows = (H - a + 1) / 2; /* the phase's real rows */
+        int rows = (H - a + 1) / 2;                                           /* the phase's real rows */
         for (int j = 0; j <= Wo; j++) even[j - Wo - 1] = odd[j - Wo - 1] = 0; /* guard and zero row */
         for (int i = 0; i < rows; i++) {
             const mt_real *restrict src = xn + (2 * i + a) * Wd;
@@ -105,8 +105,8 @@ static const mt_real *tap_source(const mt_real *ph, int P, int Wo, int ky, int k
     return PHASE_AT(ph, P, Wo, tap_phase[ky], tap_phase[kx]) + tap_shift[ky] * Wo + tap_shift[kx];
 }
 
-MT_KERNEL NO_MEMCPY_CALLS static void im2col_stride2(mt_real *col, size_t ld, const mt_real *x, int B, int nb, int C, int H,
-                                     int Wd) {
+MT_KERNEL NO_MEMCPY_CALLS static void im2col_stride2(mt_real *col, size_t ld, const mt_real *x, int B, int nb, int C,
+                                                     int H, int Wd) {
     int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
     mt_real ph[4 * (TAP_TABLE_MAX + 2 * 32 + 1)];
@@ -123,8 +123,8 @@ MT_KERNEL NO_MEMCPY_CALLS static void im2col_stride2(mt_real *col, size_t ld, co
         }
 }
 
-MT_KERNEL NO_MEMCPY_CALLS static void col2im_stride2(mt_real *x, int B, int nb, const mt_real *col, size_t ld, int C, int H,
-                                     int Wd) {
+MT_KERNEL NO_MEMCPY_CALLS static void col2im_stride2(mt_real *x, int B, int nb, const mt_real *col, size_t ld, int C,
+                                                     int H, int Wd) {
     int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
     mt_real ph[4 * (TAP_TABLE_MAX + 2 * 32 + 1)], kept[TAP_TABLE_MAX];
@@ -172,7 +172,7 @@ MT_KERNEL NO_MEMCPY_CALLS static void col2im_stride2(mt_real *x, int B, int nb, 
 static __mmask16 first_lanes(int n) { return n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1); }
 
 __attribute__((target("avx512f"))) static void im2col_stride2_rows16(float *col, size_t ld, const float *x, int B,
-                                                                    int nb, int C, int H, int Wd) {
+                                                                     int nb, int C, int H, int Wd) {
     int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -184,7 +184,7 @@ __attribute__((target("avx512f"))) static void im2col_stride2_rows16(float *col,
         for (int n = 0; n < nb; n++) {
             const float *xn = x + ((size_t)c * B + n) * HW;
             float *taps = col + (size_t)c * 9 * ld + (size_t)n * P; /* tap k's row at taps + k·ld */
-            for (int kx = 0; kx < 3; kx++) { /* input rows −1 and H (odd H): padding */
+            for (int kx = 0; kx < 3; kx++) {                        /* input rows −1 and H (odd H): padding */
                 _mm512_mask_storeu_ps(taps + kx * ld, out, zero);
                 if (H % 2) _mm512_mask_storeu_ps(taps + (6 + kx) * ld + (size_t)(Ho - 1) * Wo, out, zero);
             }
@@ -208,7 +208,7 @@ __attribute__((target("avx512f"))) static void im2col_stride2_rows16(float *col,
 
 /* The three taps of kernel row ky at output row oy, added to an input row's even and odd columns */
 __attribute__((target("avx512f"))) static inline void gather_taps(__m512 *e, __m512 *o, const float *at, size_t ld,
-                                                                 __mmask16 out) {
+                                                                  __mmask16 out) {
     const __m512i left = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 15);
     __m512 s = _mm512_maskz_loadu_ps(out, at); /* kx = 0: output ox + 1 read odd column ox */
     *o = _mm512_add_ps(*o, _mm512_permutexvar_ps(left, s));
@@ -218,7 +218,7 @@ __attribute__((target("avx512f"))) static inline void gather_taps(__m512 *e, __m
 
 /* The adjoint: each input row sums its taps' entries in registers and is written once. */
 __attribute__((target("avx512f"))) static void col2im_stride2_rows16(float *x, int B, int nb, const float *col,
-                                                                    size_t ld, int C, int H, int Wd) {
+                                                                     size_t ld, int C, int H, int Wd) {
     int Ho = out_size(H, 2), Wo = out_size(Wd, 2), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
     const __m512i weave = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -259,7 +259,7 @@ static int rows16_route(int Wd) {
 /* The receptive fields of samples 0 … nb − 1 of x, whose channel c holds B planes: plane (c, n) at
  * x + (c·B + n)·H·W. col (C·9, nb·P), rows ld apart: sample n's fields in columns n·P … (n+1)·P − 1. */
 MT_KERNEL void MT_(mt_nn_im2col)(mt_real *col, size_t ld, const mt_real *x, int B, int nb, int C, int H, int Wd,
-                             int stride) {
+                                 int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
     if (phase_route(stride, P, Wo)) {
@@ -303,7 +303,8 @@ MT_KERNEL void MT_(mt_nn_im2col)(mt_real *col, size_t ld, const mt_real *x, int 
                         }
                         const mt_real *xr = xc + iy * Wd + kx - 1;
                         for (int ox = 0; ox < lo; ox++) out[ox] = 0;
-                        if (stride == 1) memcpy(out + lo, xr + lo, (size_t)(hi - lo) * sizeof *out);
+                        if (stride == 1)
+                            memcpy(out + lo, xr + lo, (size_t)(hi - lo) * sizeof *out);
                         else
                             for (int ox = lo; ox < hi; ox++) out[ox] = xr[ox * stride];
                         for (int ox = hi; ox < Wo; ox++) out[ox] = 0;
@@ -316,7 +317,7 @@ MT_KERNEL void MT_(mt_nn_im2col)(mt_real *col, size_t ld, const mt_real *x, int 
  * to col. Within one tap no two outputs read the same input, so each tap's scatter-add has no
  * conflicts. */
 MT_KERNEL void MT_(mt_nn_col2im)(mt_real *x, int B, int nb, const mt_real *col, size_t ld, int C, int H, int Wd,
-                             int stride) {
+                                 int stride) {
     int Ho = out_size(H, stride), Wo = out_size(Wd, stride), P = Ho * Wo;
     size_t HW = (size_t)H * Wd;
     if (phase_route(stride, P, Wo)) {
@@ -364,4 +365,3 @@ MT_KERNEL void MT_(mt_nn_col2im)(mt_real *x, int B, int nb, const mt_real *col, 
                 }
             }
 }
-

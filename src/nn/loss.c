@@ -49,13 +49,11 @@ double MT_(mt_nn_xent_forward)(const mt_real *logits, const int32_t *labels, int
     return sum / B;
 }
 
-void MT_(mt_nn_xent_backward)(mt_real *dz, const mt_real *logits, const int32_t *labels, int B,
-                              int O) {
+void MT_(mt_nn_xent_backward)(mt_real *dz, const mt_real *logits, const int32_t *labels, int B, int O) {
     double p[XENT_MAX_CLASSES];
     for (int n = 0; n < B; n++) {
         softmax(p, logits + (size_t)n * O, O);
-        for (int j = 0; j < O; j++)
-            dz[(size_t)n * O + j] = (mt_real)((p[j] - (j == labels[n] ? 1.0 : 0.0)) / B);
+        for (int j = 0; j < O; j++) dz[(size_t)n * O + j] = (mt_real)((p[j] - (j == labels[n] ? 1.0 : 0.0)) / B);
     }
 }
 

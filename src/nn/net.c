@@ -56,7 +56,7 @@ mt_status MT_(mt_nn_ws_create_planned)(ws_t **out, const mt_nn_net *net, int max
             size_t capacity = B * per_sample < plan->keep_fields ? B * per_sample : plan->keep_fields;
             ws->conv[l].chunk = (int)chunk;
             ws->conv[l].capacity = capacity >= per_sample ? capacity : 0; /* room for one sample at least */
-            total += 2 * ws->conv[l].capacity; /* col and rcol */
+            total += 2 * ws->conv[l].capacity;                            /* col and rcol */
             if (B * per_sample > ws->conv[l].capacity && chunk * per_sample > scratch) scratch = chunk * per_sample;
             if (chunk * per_sample > dcol) dcol = chunk * per_sample;
         }
@@ -161,8 +161,10 @@ static const mt_real *net_routput(const ws_t *ws) { return layer_rinput(ws, ws->
 static void bn_strides(const mt_nn_layer *L, int l, int n_image, int B, int *M, size_t *cs, size_t *ms) {
     int S = L->in_h * L->in_w;
     *M = B * S;
-    if (l < n_image) *cs = (size_t)B * S, *ms = 1; /* (C, B·S) */
-    else *cs = 1, *ms = (size_t)L->in_c;          /* (B, C), S = 1 */
+    if (l < n_image)
+        *cs = (size_t)B * S, *ms = 1; /* (C, B·S) */
+    else
+        *cs = 1, *ms = (size_t)L->in_c; /* (B, C), S = 1 */
 }
 
 /* Forward pass; with dir, the R-forward pass too, layer by layer. */
@@ -191,9 +193,8 @@ static void forward(ws_t *ws, const mt_real *params, const batch_t *batch, const
         }
         case MT_NN_CONV3X3:
             MT_(mt_nn_conv_forward)(y, &ws->conv[l], x, W, b, B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
-            if (dir)
-                MT_(mt_nn_conv_rforward)(ry, &ws->conv[l], x, rx, W, U, c, B, L->in_c, L->in_h, L->in_w, L->out_c,
-                                         L->stride);
+            if (dir) MT_(mt_nn_conv_rforward)
+            (ry, &ws->conv[l], x, rx, W, U, c, B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
             break;
         case MT_NN_BATCHNORM: {
             mt_real *stats = ws->bn_stats + ws->bn_stats_offset[l];
@@ -207,24 +208,30 @@ static void forward(ws_t *ws, const mt_real *params, const batch_t *batch, const
         case MT_NN_RELU:
             MT_(mt_nn_relu_forward)(y, x, n_out);
             if (dir) {
-                if (rx) MT_(mt_nn_relu_backward)(ry, rx, y, n_out);
-                else memset(ry, 0, n_out * sizeof *ry);
+                if (rx)
+                    MT_(mt_nn_relu_backward)(ry, rx, y, n_out);
+                else
+                    memset(ry, 0, n_out * sizeof *ry);
             }
             break;
         case MT_NN_MAXPOOL2: {
             int32_t *argmax = ws->pool_argmax + ws->pool_offset[l];
             MT_(mt_nn_maxpool_forward)(y, argmax, x, B, L->in_c, L->in_h, L->in_w);
             if (dir) {
-                if (rx) MT_(mt_nn_maxpool_gather)(ry, rx, argmax, n_out);
-                else memset(ry, 0, n_out * sizeof *ry);
+                if (rx)
+                    MT_(mt_nn_maxpool_gather)(ry, rx, argmax, n_out);
+                else
+                    memset(ry, 0, n_out * sizeof *ry);
             }
             break;
         }
         case MT_NN_AVGPOOL:
             MT_(mt_nn_avgpool_forward)(y, x, B, L->in_c, L->in_h * L->in_w);
             if (dir) {
-                if (rx) MT_(mt_nn_avgpool_forward)(ry, rx, B, L->in_c, L->in_h * L->in_w);
-                else memset(ry, 0, n_out * sizeof *ry);
+                if (rx)
+                    MT_(mt_nn_avgpool_forward)(ry, rx, B, L->in_c, L->in_h * L->in_w);
+                else
+                    memset(ry, 0, n_out * sizeof *ry);
             }
             break;
         }
@@ -254,8 +261,8 @@ static int bias_cancels(const mt_nn_net *net, int l) {
 }
 
 /* Backward pass into grad (NULL: none, only the deltas); with dir, the R-backward pass into hv. */
-static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, const mt_real *dir,
-                     mt_real *grad, mt_real *hv) {
+static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, const mt_real *dir, mt_real *grad,
+                     mt_real *hv) {
     const mt_nn_net *net = ws->net;
     int B = batch->n, O = (int)net->out_size, cur = 0, n_image = net->n_image_layers;
     const mt_real *out = net_output(ws);
@@ -292,11 +299,10 @@ static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, cons
             break;
         }
         case MT_NN_CONV3X3:
-            if (dir)
-                MT_(mt_nn_conv_rbackward)(rdx, rdW, rdb, dy, rdy, x, rx, W, U, &ws->conv[l], B, L->in_c, L->in_h,
-                                          L->in_w, L->out_c, L->stride);
-            MT_(mt_nn_conv_backward)(dx, dW, db, dy, x, W, &ws->conv[l], B, L->in_c, L->in_h, L->in_w, L->out_c,
-                                     L->stride);
+            if (dir) MT_(mt_nn_conv_rbackward)
+            (rdx, rdW, rdb, dy, rdy, x, rx, W, U, &ws->conv[l], B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
+            MT_(mt_nn_conv_backward)
+            (dx, dW, db, dy, x, W, &ws->conv[l], B, L->in_c, L->in_h, L->in_w, L->out_c, L->stride);
             break;
         case MT_NN_BATCHNORM: {
             const mt_real *stats = ws->bn_stats + ws->bn_stats_offset[l];
@@ -338,8 +344,8 @@ double MT_(mt_nn_grad)(ws_t *ws, const mt_real *params, const batch_t *batch, mt
     return loss_value(ws, batch);
 }
 
-double MT_(mt_nn_hvp)(ws_t *ws, const mt_real *params, const batch_t *batch, const mt_real *dir,
-                      mt_real *grad, mt_real *hv) {
+double MT_(mt_nn_hvp)(ws_t *ws, const mt_real *params, const batch_t *batch, const mt_real *dir, mt_real *grad,
+                      mt_real *hv) {
     forward(ws, params, batch, dir);
     memset(hv, 0, ws->net->n_params * sizeof *hv);
     if (grad) memset(grad, 0, ws->net->n_params * sizeof *grad);

@@ -22,8 +22,8 @@ static int parse_positive(const char *text, int *value) {
     return 1;
 }
 
-static void add_tensor(mt_nn_net *net, int layer, const char *role, size_t offset, size_t count,
-                       int rank, const int *dims) {
+static void add_tensor(mt_nn_net *net, int layer, const char *role, size_t offset, size_t count, int rank,
+                       const int *dims) {
     mt_nn_tensor *t = &net->tensors[net->n_tensors++];
     char name[sizeof t->name];
     snprintf(name, sizeof name, "%s/%s", net->layers[layer].name, role);
@@ -36,8 +36,8 @@ static void add_tensor(mt_nn_net *net, int layer, const char *role, size_t offse
 }
 
 /* Appends a layer reading the current shape; fills its name from a per-kind counter. */
-static mt_nn_layer *add_layer(mt_nn_net *net, mt_nn_layer_kind kind, const char *base, int *counter,
-                              int c, int h, int w, int features) {
+static mt_nn_layer *add_layer(mt_nn_net *net, mt_nn_layer_kind kind, const char *base, int *counter, int c, int h,
+                              int w, int features) {
     mt_nn_layer *L = &net->layers[net->n_layers++];
     memset(L, 0, sizeof *L);
     L->kind = kind;
@@ -76,8 +76,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
         int layers_before = net->n_layers;
         if (nw == 0) return MT_RAISE(MT_ERR_CONFIG, "%s: item %d is empty", what, item_no);
         const char *op = words[0];
-        if (have_loss)
-            return MT_RAISE(MT_ERR_CONFIG, "%s: '%s' after the loss; the loss must come last", what, op);
+        if (have_loss) return MT_RAISE(MT_ERR_CONFIG, "%s: '%s' after the loss; the loss must come last", what, op);
         if (!have_input && strcmp(op, "input") != 0)
             return MT_RAISE(MT_ERR_CONFIG, "%s: must start with 'input D' or 'input CxHxW'", what);
         if (net->n_layers >= MT_NN_MAX_LAYERS - 1 || net->n_tensors >= MT_NN_MAX_TENSORS - 2)
@@ -90,9 +89,12 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             for (char *p = strtok(words[1], "x"); p && nd < 4; p = strtok(NULL, "x"))
                 if (!parse_positive(p, &dims[nd++]))
                     return MT_RAISE(MT_ERR_CONFIG, "%s: bad input shape '%s'", what, original);
-            if (nd == 1) c = dims[0], h = 1, w = 1, features = 1;
-            else if (nd == 3) c = dims[0], h = dims[1], w = dims[2];
-            else return MT_RAISE(MT_ERR_CONFIG, "%s: input shape must be D or CxHxW", what);
+            if (nd == 1)
+                c = dims[0], h = 1, w = 1, features = 1;
+            else if (nd == 3)
+                c = dims[0], h = dims[1], w = dims[2];
+            else
+                return MT_RAISE(MT_ERR_CONFIG, "%s: input shape must be D or CxHxW", what);
             net->in_c = c, net->in_h = h, net->in_w = w;
             net->in_size = (size_t)c * h * w;
             have_input = 1;
@@ -101,7 +103,8 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             if (nw != 2 || !parse_positive(words[1], &out))
                 return MT_RAISE(MT_ERR_CONFIG, "%s: 'linear' takes a positive output size: '%s'", what, original);
             int in = c * h * w; /* linear flattens its input */
-            mt_nn_layer *L = add_layer(net, MT_NN_LINEAR, "linear", &n_linear, in, 1, 1, 1); /* reads its input flattened */
+            mt_nn_layer *L =
+                add_layer(net, MT_NN_LINEAR, "linear", &n_linear, in, 1, 1, 1); /* reads its input flattened */
             L->in_c = c, L->in_h = h, L->in_w = w;
             L->out_c = out, L->out_h = 1, L->out_w = 1;
             L->weight_count = (size_t)out * in;
@@ -116,12 +119,14 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             if (nw < 2 || nw > 3 || !parse_positive(words[1], &out))
                 return MT_RAISE(MT_ERR_CONFIG, "%s: 'conv' takes a filter count and s1 or s2: '%s'", what, original);
             if (nw == 3) {
-                if (strcmp(words[2], "s1") == 0) stride = 1;
-                else if (strcmp(words[2], "s2") == 0) stride = 2;
-                else return MT_RAISE(MT_ERR_CONFIG, "%s: conv stride must be s1 or s2: '%s'", what, original);
+                if (strcmp(words[2], "s1") == 0)
+                    stride = 1;
+                else if (strcmp(words[2], "s2") == 0)
+                    stride = 2;
+                else
+                    return MT_RAISE(MT_ERR_CONFIG, "%s: conv stride must be s1 or s2: '%s'", what, original);
             }
-            if (features)
-                return MT_RAISE(MT_ERR_CONFIG, "%s: 'conv' needs an image input, not features", what);
+            if (features) return MT_RAISE(MT_ERR_CONFIG, "%s: 'conv' needs an image input, not features", what);
             mt_nn_layer *L = add_layer(net, MT_NN_CONV3X3, "conv", &n_conv, c, h, w, features);
             L->stride = stride;
             L->out_c = out, L->out_h = (h - 1) / stride + 1, L->out_w = (w - 1) / stride + 1;
@@ -144,8 +149,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
         } else if (strcmp(op, "relu") == 0 && nw == 1) {
             add_layer(net, MT_NN_RELU, "relu", &n_relu, c, h, w, features);
         } else if (strcmp(op, "maxpool") == 0 && nw == 1) {
-            if (h < 2 || w < 2)
-                return MT_RAISE(MT_ERR_CONFIG, "%s: 'maxpool' needs an input of at least 2x2", what);
+            if (h < 2 || w < 2) return MT_RAISE(MT_ERR_CONFIG, "%s: 'maxpool' needs an input of at least 2x2", what);
             mt_nn_layer *L = add_layer(net, MT_NN_MAXPOOL2, "maxpool", &n_pool, c, h, w, features);
             L->out_h = h / 2, L->out_w = w / 2;
             L->aux = net->n_maxpool++;
@@ -162,7 +166,8 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
         } else {
             return MT_RAISE(MT_ERR_CONFIG,
                             "%s: unknown item '%s' (expected input, linear, conv, bn, relu, maxpool, "
-                            "avgpool, flatten, mse or xent)", what, original);
+                            "avgpool, flatten, mse or xent)",
+                            what, original);
         }
         /* Shapes are ints and linear and flatten multiply them out: a shape past INT_MAX values
          * would overflow there, and no workspace could hold it anyway. */

@@ -40,9 +40,7 @@ static mt_status plan_in_child(void *arg) {
 
 /* ---- phase 2: node rank 0 fills the window -------------------------------------------------- */
 
-static void *at(const layout *L, void *base, int a) {
-    return L->bytes[a] ? (char *)base + L->offset[a] : NULL;
-}
+static void *at(const layout *L, void *base, int a) { return L->bytes[a] ? (char *)base + L->offset[a] : NULL; }
 
 /* Points the struct's arrays into the window and copies the sizes. */
 static void set_views(mt_task_dataset *ds, const layout *L, void *base) {
@@ -93,8 +91,10 @@ static void build_index(int64_t *start, int64_t *members, const int32_t *ids, in
 }
 
 static void copy_or_zero(void *dst, const void *src, uint64_t bytes) {
-    if (src) memcpy(dst, src, bytes);
-    else memset(dst, 0, bytes);
+    if (src)
+        memcpy(dst, src, bytes);
+    else
+        memset(dst, 0, bytes);
 }
 
 static mt_status check_finite(const char *path, const char *name, const float *v, int64_t rows, int cols) {
@@ -114,7 +114,8 @@ static mt_status fill(reader *r, const layout *L, void *base) {
         if (r->class_names) memcpy(at(L, base, ARR_CLASS_NAMES), r->class_names, L->bytes[ARR_CLASS_NAMES]);
         build_index(at(L, base, ARR_CLASS_START), at(L, base, ARR_CLASS_MEMBERS), r->labels, L->n_images, L->n_classes);
         for (int i = 0; i < 4; i++)
-            if (r->episode[i]) memcpy(at(L, base, ARR_SUPPORT_INDEX + i), r->episode[i], L->bytes[ARR_SUPPORT_INDEX + i]);
+            if (r->episode[i])
+                memcpy(at(L, base, ARR_SUPPORT_INDEX + i), r->episode[i], L->bytes[ARR_SUPPORT_INDEX + i]);
     } else {
         float *features = at(L, base, ARR_FEATURES), *targets = at(L, base, ARR_TARGETS);
         MT_TRY(mt_h5_read_all(r->features, H5T_NATIVE_FLOAT, r->path, "/features", features));
@@ -162,18 +163,25 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
     mt_status st = MT_OK;
     mt_task_dataset *ds = NULL;
     layout *L = NULL;
-    reader r = {.fapl = H5I_INVALID_HID, .file = H5I_INVALID_HID, .episodes_file = H5I_INVALID_HID,
-                .images = H5I_INVALID_HID, .features = H5I_INVALID_HID, .targets = H5I_INVALID_HID};
+    reader r = {.fapl = H5I_INVALID_HID,
+                .file = H5I_INVALID_HID,
+                .episodes_file = H5I_INVALID_HID,
+                .images = H5I_INVALID_HID,
+                .features = H5I_INVALID_HID,
+                .targets = H5I_INVALID_HID};
     int node_rank = 0;
     if (!out || !d) return MT_RAISE(MT_ERR_ARG, "mt_task_dataset_load: NULL argument");
     *out = NULL;
     int has_episodes = episodes_path && episodes_path[0];
 
     /* The arguments are alike on every rank; only allocation can fail on some ranks alone. */
-    if (!path || !path[0]) st = MT_RAISE(MT_ERR_CONFIG, "task.path: no dataset file given");
-    else if (strlen(path) >= sizeof ds->path) st = MT_RAISE(MT_ERR_CONFIG, "task.path: longer than %zu characters", sizeof ds->path - 1);
+    if (!path || !path[0])
+        st = MT_RAISE(MT_ERR_CONFIG, "task.path: no dataset file given");
+    else if (strlen(path) >= sizeof ds->path)
+        st = MT_RAISE(MT_ERR_CONFIG, "task.path: longer than %zu characters", sizeof ds->path - 1);
     else if (has_episodes && strlen(episodes_path) >= sizeof ds->path)
-        st = MT_RAISE(MT_ERR_CONFIG, "%s: episodes file name longer than %zu characters", episodes_path, sizeof ds->path - 1);
+        st = MT_RAISE(MT_ERR_CONFIG, "%s: episodes file name longer than %zu characters", episodes_path,
+                      sizeof ds->path - 1);
     else if (kind != MT_TASK_EPISODES && kind != MT_TASK_GROUPED)
         st = MT_RAISE(MT_ERR_ARG, "task.kind = %s reads no dataset", mt_config_task_kind_name(kind));
     else if (has_episodes && kind != MT_TASK_EPISODES)
@@ -203,8 +211,10 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
         /* Phase 1 runs first in a child process: should libhdf5 crash or hang on a hostile file,
          * only the child goes down. Then here, for real. */
         char what[2 * sizeof ds->path + 16];
-        if (has_episodes && strcmp(episodes_path, path) != 0) snprintf(what, sizeof what, "%s (or %s)", path, episodes_path);
-        else snprintf(what, sizeof what, "%s", path);
+        if (has_episodes && strcmp(episodes_path, path) != 0)
+            snprintf(what, sizeof what, "%s (or %s)", path, episodes_path);
+        else
+            snprintf(what, sizeof what, "%s", path);
         plan_args args = {&r, L};
         mt_status checked = mt_isolate_run(plan_in_child, &args, what, MT_ISOLATE_TIMEOUT_S);
         record(L, checked == MT_OK ? mt_task_dataset_plan(&r, L) : checked);
@@ -223,10 +233,13 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
         if (MPI_Allreduce(MPI_IN_PLACE, outcome, 2, MPI_INT, MPI_MAX, ds->node_comm) != MPI_SUCCESS)
             mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce failed while loading a dataset"));
         if (outcome[0] && outcome[1]) /* a window on some ranks only cannot be freed collectively */
-            mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "%s: MPI_Win_allocate_shared failed on some ranks of the node", path));
+            mt_dist_abort(d,
+                          MT_RAISE(MT_ERR_MPI, "%s: MPI_Win_allocate_shared failed on some ranks of the node", path));
         if (outcome[0]) {
-            st = MT_RAISE(MT_ERR_NOMEM, "%s: cannot allocate %.1f MiB of node shared memory (MPI_Win_allocate_shared; "
-                                        "is /dev/shm large enough?)", path, (double)L->total / (1 << 20));
+            st = MT_RAISE(MT_ERR_NOMEM,
+                          "%s: cannot allocate %.1f MiB of node shared memory (MPI_Win_allocate_shared; "
+                          "is /dev/shm large enough?)",
+                          path, (double)L->total / (1 << 20));
         } else {
             /* Phase 2: node rank 0 fills the window; the fence makes its stores visible. */
             if (node_rank == 0) {
@@ -245,9 +258,11 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
             if (st == MT_OK && node_rank != 0) {
                 MPI_Aint size;
                 int disp_unit;
-                if (MPI_Win_shared_query(ds->window, 0, &size, &disp_unit, &base) != MPI_SUCCESS || (uint64_t)size < L->total)
+                if (MPI_Win_shared_query(ds->window, 0, &size, &disp_unit, &base) != MPI_SUCCESS ||
+                    (uint64_t)size < L->total)
                     st = MT_RAISE(MT_ERR_MPI, "%s: MPI_Win_shared_query failed", path);
-                else set_views(ds, L, base);
+                else
+                    set_views(ds, L, base);
             }
         }
     }
@@ -299,9 +314,11 @@ mt_status mt_task_dataset_check_episodes(const mt_task_dataset *ds, mt_split spl
         const char *name = mt_task_dataset_class_name(ds, c);
         char label[32];
         snprintf(label, sizeof label, "%d", c);
-        return MT_RAISE(MT_ERR_CONFIG, "%s: /labels: class %s%s%s has %" PRId64 " image%s, fewer than task.shots + "
-                                       "task.queries = %" PRId64, ds->path, name ? "'" : "", name ? name : label,
-                        name ? "'" : "", have, have == 1 ? "" : "s", need);
+        return MT_RAISE(MT_ERR_CONFIG,
+                        "%s: /labels: class %s%s%s has %" PRId64 " image%s, fewer than task.shots + "
+                        "task.queries = %" PRId64,
+                        ds->path, name ? "'" : "", name ? name : label, name ? "'" : "", have, have == 1 ? "" : "s",
+                        need);
     }
     return MT_OK;
 }
@@ -310,14 +327,17 @@ mt_status mt_task_dataset_check_groups(const mt_task_dataset *ds, mt_split split
     if (!ds || ds->kind != MT_DATASET_GROUPED)
         return MT_RAISE(MT_ERR_ARG, "mt_task_dataset_check_groups: not a grouped dataset");
     if (mt_task_dataset_split(ds, split, NULL) == 0)
-        return MT_RAISE(MT_ERR_CONFIG, "%s: /group_split: split '%s' has no groups", ds->path, mt_config_split_name(split));
+        return MT_RAISE(MT_ERR_CONFIG, "%s: /group_split: split '%s' has no groups", ds->path,
+                        mt_config_split_name(split));
     int64_t need = (int64_t)shots + queries;
     for (int g = 0; g < ds->n_groups; g++) {
         if (split != MT_SPLIT_ALL && ds->group_split[g] != (int32_t)split) continue;
         int64_t have = ds->group_start[g + 1] - ds->group_start[g];
         if (have < need)
-            return MT_RAISE(MT_ERR_CONFIG, "%s: /group: group %d has %" PRId64 " row%s, fewer than task.shots + "
-                                           "task.queries = %" PRId64, ds->path, g, have, have == 1 ? "" : "s", need);
+            return MT_RAISE(MT_ERR_CONFIG,
+                            "%s: /group: group %d has %" PRId64 " row%s, fewer than task.shots + "
+                            "task.queries = %" PRId64,
+                            ds->path, g, have, have == 1 ? "" : "s", need);
     }
     return MT_OK;
 }

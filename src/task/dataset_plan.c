@@ -31,7 +31,8 @@ static mt_status load_class_names(reader *r, layout *L, hid_t dset, int64_t n) {
         size_t longest = 0;
         for (int64_t i = 0; i < n; i++)
             if (strs[i] && strlen(strs[i]) > longest) longest = strlen(strs[i]);
-        if (longest > MAX_NAME_LEN) MT_THROW(MT_ERR_FORMAT, "%s: %s: a name longer than %d characters", p, name, MAX_NAME_LEN);
+        if (longest > MAX_NAME_LEN)
+            MT_THROW(MT_ERR_FORMAT, "%s: %s: a name longer than %d characters", p, name, MAX_NAME_LEN);
         L->class_name_size = (int)longest + 1;
         if (!(r->class_names = calloc((size_t)n, (size_t)L->class_name_size)))
             MT_THROW(MT_ERR_NOMEM, "%s: %s: out of memory", p, name);
@@ -70,15 +71,16 @@ fail:
 static mt_status check_split_values(const char *path, const char *name, const int32_t *v, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         if (v[i] < 0 || v[i] > 2)
-            return MT_RAISE(MT_ERR_FORMAT, "%s: %s: value %d at index %" PRId64 " outside [0, 2] (0 train, 1 val, 2 test)",
-                            path, name, v[i], i);
+            return MT_RAISE(MT_ERR_FORMAT,
+                            "%s: %s: value %d at index %" PRId64 " outside [0, 2] (0 train, 1 val, 2 test)", path, name,
+                            v[i], i);
     return MT_OK;
 }
 
 /* Values in [0, n) when n > 0; when n == 0, n becomes max + 1 after refusing negatives.
  * `what` names a value ("label"), `bound` where n came from. */
-static mt_status check_ids(const char *path, const char *name, const char *what, const int32_t *v, int64_t len,
-                           int *n, const char *bound) {
+static mt_status check_ids(const char *path, const char *name, const char *what, const int32_t *v, int64_t len, int *n,
+                           const char *bound) {
     int given = *n;
     int32_t largest = -1;
     for (int64_t i = 0; i < len; i++) {
@@ -137,7 +139,8 @@ static mt_status plan_images(reader *r, layout *L) {
     }
 
     int n_classes = (int)(n_split ? n_split : n_names);
-    MT_TRY(check_ids(p, "/labels", "label", r->labels, L->n_images, &n_classes, n_split ? "/class_split" : "/class_names"));
+    MT_TRY(check_ids(p, "/labels", "label", r->labels, L->n_images, &n_classes,
+                     n_split ? "/class_split" : "/class_names"));
     L->n_classes = n_classes;
     if (r->class_split) MT_TRY(check_split_values(p, "/class_split", r->class_split, n_split));
 
@@ -196,7 +199,8 @@ static mt_status plan_episodes(reader *r, layout *L) {
             int32_t v = r->episode[i][k];
             if (v >= 0 && v < bound) continue;
             if (i % 2 == 0)
-                MT_THROW(MT_ERR_FORMAT, "%s: %s: index %d at [%" PRId64 ", %" PRId64 "] outside [0, %" PRId64 ") (the images of %s)",
+                MT_THROW(MT_ERR_FORMAT,
+                         "%s: %s: index %d at [%" PRId64 ", %" PRId64 "] outside [0, %" PRId64 ") (the images of %s)",
                          p, names[i], v, k / width, k % width, bound, r->path);
             MT_THROW(MT_ERR_FORMAT, "%s: %s: label %d at [%" PRId64 ", %" PRId64 "] outside [0, %" PRId64 ") (ways)", p,
                      names[i], v, k / width, k % width, bound);
@@ -229,7 +233,8 @@ static mt_status plan_grouped(reader *r, layout *L) {
         MT_TRY(mt_h5_load_i32(r->file, p, "/targets", 1, 1, "[N]", len, &r->target_class));
         L->bytes[ARR_TARGET_CLASS] = (uint64_t)len[0] * sizeof(int32_t);
     } else {
-        MT_THROW(MT_ERR_FORMAT, "%s: /targets: expected float32 [N, T] (regression) or int32 [N] (classification), got %s of rank %d",
+        MT_THROW(MT_ERR_FORMAT,
+                 "%s: /targets: expected float32 [N, T] (regression) or int32 [N] (classification), got %s of rank %d",
                  p, mt_h5_type_desc(r->targets, tbuf), rank);
     }
     if ((int64_t)len[0] != L->n_rows)
@@ -268,8 +273,10 @@ mt_status mt_task_dataset_plan(reader *r, layout *L) {
     if (L->kind == MT_DATASET_IMAGES) {
         MT_TRY(plan_images(r, L));
         if (r->episodes_path) {
-            if (strcmp(r->episodes_path, r->path) == 0) r->episodes_file = r->file;
-            else MT_TRY(mt_h5_open_file(r->episodes_path, r->fapl, &r->episodes_file));
+            if (strcmp(r->episodes_path, r->path) == 0)
+                r->episodes_file = r->file;
+            else
+                MT_TRY(mt_h5_open_file(r->episodes_path, r->fapl, &r->episodes_file));
             MT_TRY(plan_episodes(r, L));
         }
     } else {
@@ -295,8 +302,8 @@ void mt_task_dataset_reader_close(reader *r) {
     if (r->episodes_file >= 0 && r->episodes_file != r->file) H5Fclose(r->episodes_file);
     if (r->file >= 0) H5Fclose(r->file);
     if (r->fapl >= 0) H5Pclose(r->fapl);
-    int32_t **arrays[] = {&r->labels, &r->class_split, &r->target_class, &r->group, &r->group_split,
-                          &r->episode[0], &r->episode[1], &r->episode[2], &r->episode[3]};
+    int32_t **arrays[] = {&r->labels,     &r->class_split, &r->target_class, &r->group,     &r->group_split,
+                          &r->episode[0], &r->episode[1],  &r->episode[2],   &r->episode[3]};
     for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++) {
         free(*arrays[i]);
         *arrays[i] = NULL;
@@ -305,4 +312,3 @@ void mt_task_dataset_reader_close(reader *r) {
     r->class_names = NULL;
     r->images = r->features = r->targets = r->episodes_file = r->file = r->fapl = H5I_INVALID_HID;
 }
-

@@ -76,7 +76,8 @@ static void sample_episode(const mt_task_family *fam, mt_rng *hidden, mt_rng *dr
 static void copy_row(const mt_task_family *fam, int64_t row, mt_real *x, mt_real *y, int32_t *label) {
     const mt_task_dataset *ds = fam->data;
     for (int j = 0; j < ds->n_features; j++) x[j] = ds->features[(size_t)row * ds->n_features + j];
-    if (fam->classification) *label = ds->target_class[row];
+    if (fam->classification)
+        *label = ds->target_class[row];
     else
         for (int j = 0; j < ds->n_targets; j++) y[j] = ds->targets[(size_t)row * ds->n_targets + j];
 }
@@ -94,16 +95,19 @@ static void sample_group(const mt_task_family *fam, mt_rng *hidden, mt_rng *draw
         copy_row(fam, ds->group_members[first + scratch[s]], task->x_support + s * d, task->y_support + s * t,
                  task->label_support + s);
     for (int q = 0; q < fam->queries; q++)
-        copy_row(fam, ds->group_members[first + scratch[fam->shots + q]], task->x_query + q * d,
-                 task->y_query + q * t, task->label_query + q);
+        copy_row(fam, ds->group_members[first + scratch[fam->shots + q]], task->x_query + q * d, task->y_query + q * t,
+                 task->label_query + q);
 }
 
-void MT_(mt_task_sample_dataset)(const mt_task_family *fam, uint64_t seed, uint32_t iteration,
-                                 uint32_t task_index, task_t *task) {
+void MT_(mt_task_sample_dataset)(const mt_task_family *fam, uint64_t seed, uint32_t iteration, uint32_t task_index,
+                                 task_t *task) {
     mt_rng hidden, draws;
     mt_rng_init(&hidden, seed, iteration, task_index, MT_RNG_STREAM_TASK);
     mt_rng_init(&draws, seed, iteration, task_index, MT_RNG_STREAM_SUPPORT);
-    if (fam->fixed_episodes) sample_fixed(fam, task_index, task);
-    else if (fam->kind == MT_TASK_EPISODES) sample_episode(fam, &hidden, &draws, task);
-    else sample_group(fam, &hidden, &draws, task);
+    if (fam->fixed_episodes)
+        sample_fixed(fam, task_index, task);
+    else if (fam->kind == MT_TASK_EPISODES)
+        sample_episode(fam, &hidden, &draws, task);
+    else
+        sample_group(fam, &hidden, &draws, task);
 }

@@ -27,11 +27,11 @@ static mt_status take_split(mt_task_family *fam, const mt_task_dataset *ds, mt_s
     return MT_OK;
 }
 
-static mt_status init_episodes(mt_task_family *fam, const mt_config *cfg, const mt_task_dataset *ds,
-                               mt_split split) {
+static mt_status init_episodes(mt_task_family *fam, const mt_config *cfg, const mt_task_dataset *ds, mt_split split) {
     mt_status st = MT_OK;
     if (ds->kind != MT_DATASET_IMAGES)
-        return MT_RAISE(MT_ERR_CONFIG, "task.kind: episodes needs an images dataset, but %s holds grouped data", ds->path);
+        return MT_RAISE(MT_ERR_CONFIG, "task.kind: episodes needs an images dataset, but %s holds grouped data",
+                        ds->path);
     fam->classification = 1;
     fam->in_size = (size_t)ds->channels * ds->height * ds->width;
     if (ds->n_episodes > 0) { /* evaluate exactly the dataset's episodes */
@@ -76,20 +76,27 @@ mt_status mt_task_family_init(mt_task_family *fam, const mt_config *cfg, const m
     fam->split = split;
     const char *kind = mt_config_task_kind_name(cfg->task_kind);
     switch (cfg->task_kind) {
-    case MT_TASK_SINUSOID: fam->in_size = SINUSOID_IN; break;
-    case MT_TASK_LINREG: fam->in_size = LINREG_IN; break;
+    case MT_TASK_SINUSOID:
+        fam->in_size = SINUSOID_IN;
+        break;
+    case MT_TASK_LINREG:
+        fam->in_size = LINREG_IN;
+        break;
     case MT_TASK_EPISODES:
     case MT_TASK_GROUPED:
         if (!data) MT_THROW(MT_ERR_CONFIG, "task.kind: %s needs a dataset in task.path", kind);
-        if (cfg->task_kind == MT_TASK_EPISODES) MT_TRY(init_episodes(fam, cfg, data, split));
-        else MT_TRY(init_grouped(fam, data, split));
+        if (cfg->task_kind == MT_TASK_EPISODES)
+            MT_TRY(init_episodes(fam, cfg, data, split));
+        else
+            MT_TRY(init_grouped(fam, data, split));
         break;
     }
     if (net->in_size != fam->in_size)
         MT_THROW(MT_ERR_CONFIG, "model.spec: input size %zu does not fit task.kind=%s, whose examples have %zu",
                  net->in_size, kind, fam->in_size);
     if (fam->classification ? net->loss != MT_NN_LOSS_XENT : net->loss != MT_NN_LOSS_MSE)
-        MT_THROW(MT_ERR_CONFIG, "model.spec: task.kind=%s needs the %s loss", kind, fam->classification ? "xent" : "mse");
+        MT_THROW(MT_ERR_CONFIG, "model.spec: task.kind=%s needs the %s loss", kind,
+                 fam->classification ? "xent" : "mse");
     if (net->out_size != fam->out_size)
         MT_THROW(MT_ERR_CONFIG, "model.spec: the head has %zu outputs, but task.kind=%s needs %zu%s", net->out_size,
                  kind, fam->out_size, cfg->task_kind == MT_TASK_EPISODES ? " (task.ways)" : "");

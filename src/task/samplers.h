@@ -4,9 +4,9 @@
 
 #include "metatrain/task.h"
 
-void mt_task_sample_dataset(const mt_task_family *fam, uint64_t seed, uint32_t iteration,
-                            uint32_t task_index, mt_task *task);
-void mt_task_sample_dataset_f64(const mt_task_family *fam, uint64_t seed, uint32_t iteration,
-                                uint32_t task_index, mt_task_f64 *task);
+void mt_task_sample_dataset(const mt_task_family *fam, uint64_t seed, uint32_t iteration, uint32_t task_index,
+                            mt_task *task);
+void mt_task_sample_dataset_f64(const mt_task_family *fam, uint64_t seed, uint32_t iteration, uint32_t task_index,
+                                mt_task_f64 *task);
 
 #endif

@@ -24,8 +24,8 @@ mt_status MT_(mt_task_alloc)(task_t *task, const mt_task_family *fam) {
     task->label_support = malloc(ns * sizeof(int32_t));
     task->label_query = malloc(nq * sizeof(int32_t));
     task->scratch = malloc((size_t)(fam->scratch_len > 0 ? fam->scratch_len : 1) * sizeof(int32_t));
-    if (!task->x_support || !task->x_query || !task->y_support || !task->y_query ||
-        !task->label_support || !task->label_query || !task->scratch) {
+    if (!task->x_support || !task->x_query || !task->y_support || !task->y_query || !task->label_support ||
+        !task->label_query || !task->scratch) {
         MT_(mt_task_free)(task);
         return MT_RAISE(MT_ERR_NOMEM, "out of memory for task data");
     }
@@ -60,8 +60,8 @@ static void sample_linreg(mt_rng *rng, const double *w, double b, mt_real *x, mt
     }
 }
 
-void MT_(mt_task_sample)(const mt_task_family *fam, uint64_t seed, uint32_t iteration,
-                         uint32_t task_index, task_t *task) {
+void MT_(mt_task_sample)(const mt_task_family *fam, uint64_t seed, uint32_t iteration, uint32_t task_index,
+                         task_t *task) {
     mt_rng hidden, support, query;
     mt_rng_init(&hidden, seed, iteration, task_index, MT_RNG_STREAM_TASK);
     mt_rng_init(&support, seed, iteration, task_index, MT_RNG_STREAM_SUPPORT);

@@ -20,12 +20,12 @@
 
 #include "metatrain/dist.h"
 
-#define CHECK(call)                                                                   \
-    do {                                                                              \
-        if ((call) != MPI_SUCCESS) {                                                  \
-            fprintf(stderr, "bench_allreduce: %s:%d: %s failed\n", __FILE__, __LINE__, #call); \
-            MPI_Abort(MPI_COMM_WORLD, 1);                                             \
-        }                                                                             \
+#define CHECK(call)                                                                                                    \
+    do {                                                                                                               \
+        if ((call) != MPI_SUCCESS) {                                                                                   \
+            fprintf(stderr, "bench_allreduce: %s:%d: %s failed\n", __FILE__, __LINE__, #call);                         \
+            MPI_Abort(MPI_COMM_WORLD, 1);                                                                              \
+        }                                                                                                              \
     } while (0)
 
 static int compare_doubles(const void *a, const void *b) {

@@ -75,7 +75,8 @@ static mt_status read_in_child(void *arg) {
 static void read_checked(void) {
     static mt_ckpt ck; /* large: 1024 array slots */
     const char *isolate = getenv("METATRAIN_ISOLATE");
-    if (isolate && strcmp(isolate, "0") != 0 && mt_isolate_run(read_in_child, path, path, MT_ISOLATE_TIMEOUT_S) != MT_OK) {
+    if (isolate && strcmp(isolate, "0") != 0 &&
+        mt_isolate_run(read_in_child, path, path, MT_ISOLATE_TIMEOUT_S) != MT_OK) {
         mt_error_clear();
         return;
     }

@@ -100,8 +100,10 @@ static void walk_grouped(const mt_task_dataset *ds) {
             int64_t i = ds->group_members[k];
             FUZZ_CHECK(i >= 0 && i < ds->n_rows);
             sum += ds->features[(size_t)i * ds->n_features + ds->n_features - 1];
-            if (ds->targets) sum += ds->targets[(size_t)i * ds->n_targets + ds->n_targets - 1];
-            else FUZZ_CHECK(ds->target_class[i] >= 0 && ds->target_class[i] < ds->n_classes);
+            if (ds->targets)
+                sum += ds->targets[(size_t)i * ds->n_targets + ds->n_targets - 1];
+            else
+                FUZZ_CHECK(ds->target_class[i] >= 0 && ds->target_class[i] < ds->n_classes);
         }
     }
     for (mt_split s = MT_SPLIT_TRAIN; s <= MT_SPLIT_ALL; s++) {
@@ -118,9 +120,18 @@ static void walk_grouped(const mt_task_dataset *ds) {
  * count comes from the largest label when the file gives none). 0 when the file does not open:
  * the loader then reports the problem itself. */
 static double window_bound(void) {
-    static const char *const names[] = {"/images", "/labels", "/class_split", "/class_names", "/features", "/targets",
-                                        "/group", "/group_split", "/episodes/support", "/episodes/support_labels",
-                                        "/episodes/query", "/episodes/query_labels"};
+    static const char *const names[] = {"/images",
+                                        "/labels",
+                                        "/class_split",
+                                        "/class_names",
+                                        "/features",
+                                        "/targets",
+                                        "/group",
+                                        "/group_split",
+                                        "/episodes/support",
+                                        "/episodes/support_labels",
+                                        "/episodes/query",
+                                        "/episodes/query_labels"};
     static const char *const ids[] = {"/labels", "/targets", "/group"};
     double total = 0;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
@@ -136,7 +147,8 @@ static double window_bound(void) {
         if (n > 0 && type >= 0 && strcmp(names[i], "/class_names") == 0)
             total += (double)n * (H5Tis_variable_str(type) > 0 ? 4097.0 : (double)H5Tget_size(type) + 1);
         for (size_t k = 0; k < sizeof ids / sizeof *ids; k++) {
-            if (strcmp(names[i], ids[k]) != 0 || n <= 0 || n > (1 << 24) || type < 0 || H5Tget_class(type) != H5T_INTEGER)
+            if (strcmp(names[i], ids[k]) != 0 || n <= 0 || n > (1 << 24) || type < 0 ||
+                H5Tget_class(type) != H5T_INTEGER)
                 continue;
             int32_t *v = malloc((size_t)n * sizeof *v), largest = 0;
             if (v && H5Dread(dset, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0)
@@ -161,8 +173,10 @@ static mt_status small_enough(void *unused) {
 static void load(mt_task_kind kind, const char *episodes) {
     mt_task_dataset *ds = NULL;
     if (mt_task_dataset_load(&ds, &dist, path, kind, episodes) == MT_OK) {
-        if (kind == MT_TASK_GROUPED) walk_grouped(ds);
-        else walk_images(ds);
+        if (kind == MT_TASK_GROUPED)
+            walk_grouped(ds);
+        else
+            walk_images(ds);
         mt_task_dataset_free(ds);
     }
     mt_error_clear();

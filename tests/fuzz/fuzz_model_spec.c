@@ -68,8 +68,10 @@ static void run_passes(const mt_nn_net *net) {
     mt_nn_init_params(net, 1, params);
     for (size_t i = 0; i < nx; i++) x[i] = (float)((i * 7919) % 13) / 13.0f - 0.5f;
     for (size_t i = 0; i < np; i++) dir[i] = (float)((i * 104729) % 17) / 17.0f - 0.5f;
-    mt_nn_batch batch = {.x = x, .y = net->loss == MT_NN_LOSS_MSE ? y : NULL,
-                         .labels = net->loss == MT_NN_LOSS_XENT ? labels : NULL, .n = BATCH};
+    mt_nn_batch batch = {.x = x,
+                         .y = net->loss == MT_NN_LOSS_MSE ? y : NULL,
+                         .labels = net->loss == MT_NN_LOSS_XENT ? labels : NULL,
+                         .n = BATCH};
     (void)mt_nn_grad(ws, params, &batch, grad);
     (void)mt_nn_hvp(ws, params, &batch, dir, grad, hv);
     if (net->loss == MT_NN_LOSS_XENT) (void)mt_nn_count_correct(ws, &batch);

@@ -11,12 +11,12 @@
 
 #include "metatrain/error.h"
 
-#define FUZZ_CHECK(cond)                                                                              \
-    do {                                                                                              \
-        if (!(cond)) {                                                                                \
-            fprintf(stderr, "%s: check failed: %s (last error: %s)\n", __FILE__, #cond, mt_error_message()); \
-            abort();                                                                                  \
-        }                                                                                             \
+#define FUZZ_CHECK(cond)                                                                                               \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            fprintf(stderr, "%s: check failed: %s (last error: %s)\n", __FILE__, #cond, mt_error_message());           \
+            abort();                                                                                                   \
+        }                                                                                                              \
     } while (0)
 
 /* The input with a terminating NUL, malloc'ed (NULL when out of memory). */
