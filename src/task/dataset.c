@@ -229,6 +229,10 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
         rc = MPI_Win_allocate_shared(node_rank == 0 ? (MPI_Aint)L->total : 0, 1, MPI_INFO_NULL, ds->node_comm, &base,
                                      &ds->window);
         if (rc != MPI_SUCCESS) ds->window = MPI_WIN_NULL;
+        /* A window's errors are fatal by default, whatever the communicator's handler: returned
+         * codes let the fence and the query below name their failure. */
+        if (rc == MPI_SUCCESS && MPI_Win_set_errhandler(ds->window, MPI_ERRORS_RETURN) != MPI_SUCCESS)
+            mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "%s: MPI_Win_set_errhandler failed", path));
         int outcome[2] = {rc != MPI_SUCCESS, rc == MPI_SUCCESS}; /* some failed, some succeeded */
         if (MPI_Allreduce(MPI_IN_PLACE, outcome, 2, MPI_INT, MPI_MAX, ds->node_comm) != MPI_SUCCESS)
             mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Allreduce failed while loading a dataset"));
