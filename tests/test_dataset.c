@@ -827,7 +827,9 @@ static void family_for(mt_task_family *fam, mt_nn_net *net, const char *spec, co
     mt_config_defaults(&cfg);
     cfg.task_kind = kind, cfg.ways = ways, cfg.shots = shots, cfg.queries = queries;
     assert_int_equal(mt_nn_parse(net, spec, "test"), MT_OK);
-    if (mt_task_family_init(fam, &cfg, net, ds, split, 0) != MT_OK) fail_msg("family: %s", mt_error_message());
+    mt_task_shape shape;
+    mt_config_task_shape(&cfg, 0, &shape);
+    if (mt_task_family_init(fam, &shape, net, ds, split) != MT_OK) fail_msg("family: %s", mt_error_message());
 }
 
 static void assert_image(const mt_task_dataset *ds, const float *x, int index) {

@@ -174,7 +174,20 @@ static void test_mamlpp_matches_fd(void **state) {
 
 /* ---- FOMAML ---- */
 
-/* A config holding only what mt_meta_step_config_at reads. */
+/* The meta module's settings from a test's config, as the programs make them. */
+static void step_config_at(mt_meta_step_config *sc, const mt_config *cfg, int iteration) {
+    mt_meta_hparams hp;
+    mt_config_meta_hparams(cfg, &hp);
+    mt_meta_step_config_at(sc, &hp, iteration);
+}
+
+static mt_status optim_init(mt_meta_optim *opt, const mt_config *cfg, size_t n) {
+    mt_meta_hparams hp;
+    mt_config_meta_hparams(cfg, &hp);
+    return mt_meta_optim_init(opt, &hp, n);
+}
+
+/* A config holding only what the meta module's settings read. */
 static void hand_config(mt_config *cfg, mt_algorithm algo, int K) {
     memset(cfg, 0, sizeof *cfg);
     cfg->algorithm = algo;
@@ -195,10 +208,10 @@ static void check_fomaml(const netdef *nd, int K) {
     mt_config cfg;
     mt_meta_step_config sc_fo, sc_so;
     hand_config(&cfg, MT_ALGO_FOMAML, K);
-    mt_meta_step_config_at(&sc_fo, &cfg, 0);
+    step_config_at(&sc_fo, &cfg, 0);
     assert_int_equal(sc_fo.second_order, 0);
     hand_config(&cfg, MT_ALGO_MAML, K);
-    mt_meta_step_config_at(&sc_so, &cfg, 0);
+    step_config_at(&sc_so, &cfg, 0);
     assert_int_equal(sc_so.second_order, 1);
 
     double *fo = xcalloc(n, sizeof(double)), *so = xcalloc(n, sizeof(double));
@@ -263,7 +276,7 @@ static void check_first_order_msl(const netdef *nd, mt_algorithm algo, int K) {
         hand_config(&cfg, MT_ALGO_MAMLPP, K);
         cfg.first_order_iterations = 100;
         cfg.msl_iterations = 10;
-        mt_meta_step_config_at(&sc, &cfg, 3);
+        step_config_at(&sc, &cfg, 3);
         assert_int_equal(sc.second_order, 0);
         assert_int_equal(sc.multi_step_loss, 1);
     } else {
@@ -542,32 +555,32 @@ static void test_msl_weights_and_cosine(void **state) {
     hand_config(&cfg, MT_ALGO_MAMLPP, 5);
     cfg.first_order_iterations = 10;
     cfg.msl_iterations = 20;
-    mt_meta_step_config_at(&sc, &cfg, 9);
+    step_config_at(&sc, &cfg, 9);
     assert_int_equal(sc.second_order, 0);
     assert_int_equal(sc.multi_step_loss, 1);
     mt_meta_msl_weights(w, 5, 9, 20);
     for (int k = 0; k < 5; k++) assert_true(sc.step_weights[k] == w[k]);
-    mt_meta_step_config_at(&sc, &cfg, 10);
+    step_config_at(&sc, &cfg, 10);
     assert_int_equal(sc.second_order, 1);
     assert_true(sc.inner_lr == 0.1);
     cfg.inner_steps = 1;
-    mt_meta_step_config_at(&sc, &cfg, 10);
+    step_config_at(&sc, &cfg, 10);
     assert_int_equal(sc.multi_step_loss, 0);
     static const mt_algorithm second[] = {MT_ALGO_MAML, MT_ALGO_METASGD, MT_ALGO_ANIL};
     static const mt_algorithm first[] = {MT_ALGO_FOMAML, MT_ALGO_REPTILE, MT_ALGO_IMAML};
     for (int i = 0; i < 3; i++) {
         hand_config(&cfg, second[i], 5);
         cfg.msl_iterations = 20;
-        mt_meta_step_config_at(&sc, &cfg, 0);
+        step_config_at(&sc, &cfg, 0);
         assert_int_equal(sc.second_order, 1);
         assert_int_equal(sc.multi_step_loss, 0);
         hand_config(&cfg, first[i], 5);
-        mt_meta_step_config_at(&sc, &cfg, 100);
+        step_config_at(&sc, &cfg, 100);
         assert_int_equal(sc.second_order, 0);
         assert_int_equal(sc.multi_step_loss, 0);
     }
     hand_config(&cfg, MT_ALGO_IMAML, 5);
-    mt_meta_step_config_at(&sc, &cfg, 0);
+    step_config_at(&sc, &cfg, 0);
     assert_true(sc.imaml_lambda == 1.0 && sc.cg_steps == 10 && sc.cg_tol == 1e-10);
 }
 
@@ -593,7 +606,7 @@ static void test_outer_optimizers(void **state) {
     cfg.optimizer = MT_OPT_ADAM;
     cfg.outer_lr = 0.01;
     cfg.beta1 = 0.9, cfg.beta2 = 0.999, cfg.adam_eps = 1e-8;
-    assert_int_equal(mt_meta_optim_init(&opt, &cfg, OPT_N), MT_OK);
+    assert_int_equal(optim_init(&opt, &cfg, OPT_N), MT_OK);
     assert_true(opt.lr == 0.01);
     memcpy(params, opt_params, sizeof params);
     mt_meta_optim_step(&opt, params, opt_grads[0], opt.lr);
@@ -630,7 +643,7 @@ static void test_outer_optimizers(void **state) {
     cfg.optimizer = MT_OPT_SGD;
     cfg.outer_lr = 0.1;
     cfg.momentum = 0.9;
-    assert_int_equal(mt_meta_optim_init(&opt, &cfg, OPT_N), MT_OK);
+    assert_int_equal(optim_init(&opt, &cfg, OPT_N), MT_OK);
     memcpy(params, opt_params, sizeof params);
     const double l[3] = {0.1, 0.05, 0.02}, mu = 0.9;
     for (int s = 0; s < 3; s++) mt_meta_optim_step(&opt, params, opt_grads[s], l[s]);

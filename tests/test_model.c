@@ -138,7 +138,9 @@ static void task_init(test_task *t, const mfx_model *fx) {
         t->fam.in_size = t->in, t->fam.out_size = t->out;
         t->fam.classification = 1;
     } else {
-        assert_int_equal(mt_task_family_init(&t->fam, &fx->cfg, &fx->net, NULL, MT_SPLIT_TEST, QUERIES), MT_OK);
+        mt_task_shape shape;
+        mt_config_task_shape(&fx->cfg, QUERIES, &shape);
+        assert_int_equal(mt_task_family_init(&t->fam, &shape, &fx->net, NULL, MT_SPLIT_TEST), MT_OK);
     }
     assert_int_equal(mt_task_alloc(&t->task, &t->fam), MT_OK);
 }
@@ -216,7 +218,9 @@ typedef struct {
 
 static void reference_init(reference *r, const mfx_model *fx, int max_batch) {
     assert_int_equal(mt_meta_ctx_create(&r->ctx, &fx->layout, max_batch), MT_OK);
-    mt_meta_step_config_at(&r->sc, &fx->cfg, fx->cfg.iterations);
+    mt_meta_hparams hp;
+    mt_config_meta_hparams(&fx->cfg, &hp);
+    mt_meta_step_config_at(&r->sc, &hp, fx->cfg.iterations);
     r->theta = xcalloc(fx->layout.n_theta, sizeof *r->theta);
 }
 
@@ -953,10 +957,12 @@ static void *work(void *arg) {
     memset(&t, 0, sizeof t);
     t.classification = w->fx->net.loss == MT_NN_LOSS_XENT;
     t.in = w->fx->net.in_size, t.out = w->fx->net.out_size;
+    mt_task_shape shape;
+    mt_config_task_shape(&w->fx->cfg, QUERIES, &shape);
     if (t.classification) {
         t.fam.kind = MT_TASK_EPISODES, t.fam.ways = CONV_WAYS, t.fam.shots = CONV_SHOTS, t.fam.queries = CONV_QUERIES;
         t.fam.in_size = t.in, t.fam.out_size = t.out, t.fam.classification = 1;
-    } else if (mt_task_family_init(&t.fam, &w->fx->cfg, &w->fx->net, NULL, MT_SPLIT_TEST, QUERIES) != MT_OK) {
+    } else if (mt_task_family_init(&t.fam, &shape, &w->fx->net, NULL, MT_SPLIT_TEST) != MT_OK) {
         snprintf(w->failure, sizeof w->failure, "family: %s", mt_error_message());
         return NULL;
     }

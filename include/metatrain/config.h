@@ -116,6 +116,14 @@ mt_status mt_config_check_resume(const mt_config *saved, const mt_config *now);
  * the README. Returns the length like mt_config_format. */
 size_t mt_config_reference(char *out, size_t size);
 
+/* The small structs the library's modules take, filled from a config: the meta module's settings
+ * (meta.* and train.iterations; metatrain/meta.h) and the tasks' shape (task.*; queries > 0
+ * replaces task.queries, as eval.queries does; metatrain/task.h). */
+struct mt_meta_hparams;
+struct mt_task_shape;
+void mt_config_meta_hparams(const mt_config *cfg, struct mt_meta_hparams *hp);
+void mt_config_task_shape(const mt_config *cfg, int queries, struct mt_task_shape *shape);
+
 /* Names for the enums, as written in configs. */
 const char *mt_config_algorithm_name(mt_algorithm a);
 const char *mt_config_optimizer_name(mt_optimizer_kind o);

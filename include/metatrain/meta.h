@@ -48,12 +48,27 @@ typedef struct { /* the name is in MT_ALGORITHMS (config.h) */
     int cosine_outer_lr; /* outer rate cosine-annealed to meta.min_outer_lr */
 } mt_meta_traits;
 
+/* What the meta module needs of a run's settings: the algorithm, its inner loop, the outer
+ * optimizer and the outer rate's schedule. A program fills it; mt_config_meta_hparams does from a
+ * configuration (meta.* keys and train.iterations). */
+typedef struct mt_meta_hparams {
+    mt_algorithm algorithm;
+    int inner_steps;
+    double inner_lr;
+    int first_order_iterations, msl_iterations; /* MAML++'s annealing */
+    double imaml_lambda, cg_tol;                /* iMAML */
+    int cg_steps;
+    mt_optimizer_kind optimizer;
+    double outer_lr, min_outer_lr, beta1, beta2, adam_eps, momentum;
+    int iterations; /* the length of the outer rate's schedule */
+} mt_meta_hparams;
+
 /* The algorithm's row; never NULL. Local. */
 const mt_meta_traits *mt_meta_traits_of(mt_algorithm a);
 /* Learned inner rates the traits lay out for this network and number of steps. */
 size_t mt_meta_rate_count(const mt_meta_traits *t, const mt_nn_net *net, int inner_steps);
 /* The outer learning rate at `iteration`: meta.outer_lr, or its cosine schedule. */
-double mt_meta_outer_lr(const mt_config *cfg, int iteration);
+double mt_meta_outer_lr(const mt_meta_hparams *hp, int iteration);
 
 /* The most inner steps a task may take (meta.inner_steps): second-order memory is one copy of the
  * parameters per step. */
@@ -105,7 +120,7 @@ typedef struct {
 } mt_meta_step_config;
 
 /* The settings for outer iteration `iteration` (MAML++ schedules included). */
-void mt_meta_step_config_at(mt_meta_step_config *sc, const mt_config *cfg, int iteration);
+void mt_meta_step_config_at(mt_meta_step_config *sc, const mt_meta_hparams *hp, int iteration);
 
 /* MAML++ multi-step-loss weights at `iteration` (Antoniou et al. 2019): uniform at first, moving
  * linearly to the last step over msl_iterations; the others keep a floor of 0.03/K. */
@@ -122,7 +137,7 @@ typedef struct {
     float *m, *v; /* Adam's moments, or SGD's velocity in m (v unused) */
 } mt_meta_optim;
 
-mt_status mt_meta_optim_init(mt_meta_optim *opt, const mt_config *cfg, size_t n);
+mt_status mt_meta_optim_init(mt_meta_optim *opt, const mt_meta_hparams *hp, size_t n);
 void mt_meta_optim_free(mt_meta_optim *opt);
 /* One step: params -= update(grad) at learning rate lr. Deterministic, elementwise. */
 void mt_meta_optim_step(mt_meta_optim *opt, float *params, const float *grad, double lr);

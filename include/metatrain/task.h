@@ -27,11 +27,18 @@ typedef struct {
     int scratch_len;    /* per-task index scratch the samplers need */
 } mt_task_family;
 
-/* Builds a family from the config for the given split; queries overrides cfg->queries when > 0.
+/* The tasks a family makes: the config's task.kind, task.shots, task.queries and task.ways
+ * (mt_config_task_shape fills it). */
+typedef struct mt_task_shape {
+    mt_task_kind kind;
+    int shots, queries, ways; /* per class when classifying; ways for episodes only */
+} mt_task_shape;
+
+/* Builds a family of tasks of this shape for the given split.
  * Checks that the model's input and output fit the family, and that the dataset's split has
  * enough classes, images or rows. With a dataset holding fixed episodes, tasks are those. */
-mt_status mt_task_family_init(mt_task_family *fam, const mt_config *cfg, const mt_nn_net *net,
-                              const struct mt_task_dataset *data, mt_split split, int queries);
+mt_status mt_task_family_init(mt_task_family *fam, const mt_task_shape *shape, const mt_nn_net *net,
+                              const struct mt_task_dataset *data, mt_split split);
 void mt_task_family_free(mt_task_family *fam);
 
 /* Examples in a support and a query set. */

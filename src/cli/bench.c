@@ -157,7 +157,9 @@ static mt_status bench_meta(const char *name, double seconds, int json) {
     MT_TRY(mt_task_alloc(&task, &fam));
     int max_batch = task.support.n > task.query.n ? task.support.n : task.query.n;
     MT_TRY(mt_meta_ctx_create(&ctx, &layout, max_batch));
-    MT_TRY(mt_meta_optim_init(&opt, &cfg, layout.n_meta));
+    mt_meta_hparams hp;
+    mt_config_meta_hparams(&cfg, &hp);
+    MT_TRY(mt_meta_optim_init(&opt, &hp, layout.n_meta));
     meta = malloc(layout.n_meta * sizeof *meta);
     vec = malloc(layout.n_meta * sizeof *vec);
     grad = malloc(layout.n_meta * sizeof *grad);
@@ -172,7 +174,7 @@ static mt_status bench_meta(const char *name, double seconds, int json) {
         for (int i = 0; i < task.query.n; i++) task.label_query[i] = i % w->ways;
     }
     mt_meta_step_config sc;
-    mt_meta_step_config_at(&sc, &cfg, 0);
+    mt_meta_step_config_at(&sc, &hp, 0);
 
     long iterations = 0;
     double flops_before = 0, start = 0, now = 0;

@@ -54,7 +54,9 @@ mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *m
     mt_meta_step_config sc;
     memset(res, 0, sizeof *res);
     memset(per_task, 0, (size_t)n_tasks * width * sizeof *per_task);
-    mt_meta_step_config_at(&sc, &m->cfg, m->cfg.iterations);
+    mt_meta_hparams hp;
+    mt_config_meta_hparams(&m->cfg, &hp);
+    mt_meta_step_config_at(&sc, &hp, m->cfg.iterations);
     int begin, end;
     mt_dist_shard(n_tasks, d->rank, d->size, &begin, &end);
     for (int t = begin; t < end; t++) {
@@ -194,7 +196,9 @@ int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
     if (m.cfg.task_kind == MT_TASK_EPISODES || m.cfg.task_kind == MT_TASK_GROUPED)
         MT_TRY(mt_task_dataset_load(&data, d, mt_cli_dataset_path(d, m.cfg.task_path, dataset, sizeof dataset),
                                     m.cfg.task_kind, m.cfg.eval_episodes));
-    st = mt_task_family_init(&fam, &m.cfg, &m.net, data, m.cfg.eval_split, m.cfg.eval_queries);
+    mt_task_shape shape;
+    mt_config_task_shape(&m.cfg, m.cfg.eval_queries, &shape);
+    st = mt_task_family_init(&fam, &shape, &m.net, data, m.cfg.eval_split);
     if (!st && !(meta = malloc(m.layout.n_meta * sizeof *meta)))
         st = MT_RAISE(MT_ERR_NOMEM, "out of memory for the meta-parameters");
     if (!st) st = mt_cli_state_restore(&ck, path, &m, meta, NULL, NULL, NULL, &iteration);

@@ -40,6 +40,7 @@ typedef struct {
     mt_cli_evaluator validator; /* planned when eval.every > 0 */
     mt_meta_ctx *ctx;
     mt_task task;
+    mt_meta_hparams hp; /* the config's meta settings, as the meta module takes them */
     mt_meta_optim opt;
     mt_dist_reducer reducer;
     mt_dist_node_sum node_sum; /* the reducer's int64 sum, and the rows of the tasks' vectors */
@@ -131,16 +132,20 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
         MT_THROW(MT_ERR_IO, "failure injected on this rank (METATRAIN_FAULT_RANK=%s)", fault);
     const mt_config *cfg = &m->cfg;
     const mt_meta_layout *lay = &m->layout;
-    MT_TRY(mt_task_family_init(&p->fam, cfg, &m->net, p->data, MT_SPLIT_TRAIN, 0));
+    mt_task_shape shape, val_shape;
+    mt_config_task_shape(cfg, 0, &shape);
+    mt_config_task_shape(cfg, cfg->eval_queries, &val_shape);
+    mt_config_meta_hparams(cfg, &p->hp);
+    MT_TRY(mt_task_family_init(&p->fam, &shape, &m->net, p->data, MT_SPLIT_TRAIN));
     if (cfg->eval_every > 0) {
         /* Synthetic families validate on held-out task keys; datasets on their val split. */
         mt_split split = p->data ? MT_SPLIT_VAL : MT_SPLIT_TRAIN;
-        MT_TRY(mt_task_family_init(&p->val_fam, cfg, &m->net, p->data, split, cfg->eval_queries));
+        MT_TRY(mt_task_family_init(&p->val_fam, &val_shape, &m->net, p->data, split));
         MT_TRY(mt_cli_evaluator_create(&p->validator, m, &p->val_fam, cfg->eval_val_tasks, mt_config_eval_steps(cfg)));
     }
     MT_TRY(mt_meta_ctx_create(&p->ctx, lay, mt_task_max_batch(&p->fam)));
     MT_TRY(mt_task_alloc(&p->task, &p->fam));
-    MT_TRY(mt_meta_optim_init(&p->opt, cfg, lay->n_meta));
+    MT_TRY(mt_meta_optim_init(&p->opt, &p->hp, lay->n_meta));
     p->meta = malloc(lay->n_meta * sizeof(float));
     p->sum = malloc(p->vector_len * sizeof(float));
     p->vectors = mt_dist_node_sum_rows(&p->node_sum);
@@ -302,7 +307,7 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
     for (int64_t it = start; it < cfg->iterations; it++) {
         mt_dist_outcome out;
         mt_dist_flags flags = {0, mt_dist_stop_signal()};
-        mt_meta_step_config_at(&sc, cfg, (int)it);
+        mt_meta_step_config_at(&sc, &p->hp, (int)it);
         claims->iteration = it;
         claims->rows = 0;
         double began = MPI_Wtime();
@@ -325,7 +330,7 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         for (size_t i = 0; i < p->vector_len; i++) p->sum[i] /= (float)cfg->meta_batch;
         double meta_loss = p->sum[lay->n_meta];
         mt_meta_clip_grad(p->sum, lay->n_meta, cfg->clip_norm);
-        mt_meta_optim_step(&p->opt, p->meta, p->sum, mt_meta_outer_lr(cfg, (int)it));
+        mt_meta_optim_step(&p->opt, p->meta, p->sum, mt_meta_outer_lr(&p->hp, (int)it));
         claims->iteration_s += MPI_Wtime() - began;
 
         int64_t done = it + 1;

@@ -6,6 +6,8 @@
  * silently cut them) and tells the handler whether a line continues the previous key or names a
  * key again. Values are converted only once a key's last continuation line has been read. */
 #include "metatrain/config.h"
+#include "metatrain/meta.h"
+#include "metatrain/task.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -943,4 +945,29 @@ size_t mt_config_reference(char *out, size_t size) {
                  k->resumable ? "yes" : "no", k->doc);
     }
     return t.len;
+}
+
+void mt_config_meta_hparams(const mt_config *cfg, mt_meta_hparams *hp) {
+    *hp = (mt_meta_hparams){
+        .algorithm = cfg->algorithm,
+        .inner_steps = cfg->inner_steps,
+        .inner_lr = cfg->inner_lr,
+        .first_order_iterations = cfg->first_order_iterations,
+        .msl_iterations = cfg->msl_iterations,
+        .imaml_lambda = cfg->imaml_lambda,
+        .cg_tol = cfg->cg_tol,
+        .cg_steps = cfg->cg_steps,
+        .optimizer = cfg->optimizer,
+        .outer_lr = cfg->outer_lr,
+        .min_outer_lr = cfg->min_outer_lr,
+        .beta1 = cfg->beta1,
+        .beta2 = cfg->beta2,
+        .adam_eps = cfg->adam_eps,
+        .momentum = cfg->momentum,
+        .iterations = cfg->iterations,
+    };
+}
+
+void mt_config_task_shape(const mt_config *cfg, int queries, mt_task_shape *shape) {
+    *shape = (mt_task_shape){cfg->task_kind, cfg->shots, queries > 0 ? queries : cfg->queries, cfg->ways};
 }

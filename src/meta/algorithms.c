@@ -53,9 +53,9 @@ size_t mt_meta_rate_count(const mt_meta_traits *t, const mt_nn_net *net, int inn
     return 0;
 }
 
-double mt_meta_outer_lr(const mt_config *cfg, int iteration) {
-    if (!mt_meta_traits_of(cfg->algorithm)->cosine_outer_lr) return cfg->outer_lr;
-    return mt_meta_cosine_lr(cfg->outer_lr, cfg->min_outer_lr, iteration, cfg->iterations);
+double mt_meta_outer_lr(const mt_meta_hparams *hp, int iteration) {
+    if (!mt_meta_traits_of(hp->algorithm)->cosine_outer_lr) return hp->outer_lr;
+    return mt_meta_cosine_lr(hp->outer_lr, hp->min_outer_lr, iteration, hp->iterations);
 }
 
 int mt_meta_tensors(const mt_meta_layout *layout, mt_meta_tensor *out, int max) {

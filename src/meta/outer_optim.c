@@ -8,15 +8,15 @@
 
 #include "core/kernel.h"
 
-mt_status mt_meta_optim_init(mt_meta_optim *opt, const mt_config *cfg, size_t n) {
+mt_status mt_meta_optim_init(mt_meta_optim *opt, const mt_meta_hparams *hp, size_t n) {
     memset(opt, 0, sizeof *opt);
-    opt->kind = cfg->optimizer;
+    opt->kind = hp->optimizer;
     opt->n = n;
-    opt->lr = cfg->outer_lr;
-    opt->beta1 = cfg->beta1;
-    opt->beta2 = cfg->beta2;
-    opt->eps = cfg->adam_eps;
-    opt->momentum = cfg->momentum;
+    opt->lr = hp->outer_lr;
+    opt->beta1 = hp->beta1;
+    opt->beta2 = hp->beta2;
+    opt->eps = hp->adam_eps;
+    opt->momentum = hp->momentum;
     opt->m = calloc(n, sizeof *opt->m);
     opt->v = calloc(n, sizeof *opt->v);
     if (!opt->m || !opt->v) {

@@ -29,17 +29,17 @@ double mt_meta_cosine_lr(double lr, double min_lr, int iteration, int iterations
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + cos(M_PI * t));
 }
 
-void mt_meta_step_config_at(mt_meta_step_config *sc, const mt_config *cfg, int iteration) {
+void mt_meta_step_config_at(mt_meta_step_config *sc, const mt_meta_hparams *hp, int iteration) {
     memset(sc, 0, sizeof *sc);
-    sc->inner_lr = cfg->inner_lr;
-    sc->imaml_lambda = cfg->imaml_lambda;
-    sc->cg_steps = cfg->cg_steps;
-    sc->cg_tol = cfg->cg_tol;
-    const mt_meta_traits *t = mt_meta_traits_of(cfg->algorithm);
+    sc->inner_lr = hp->inner_lr;
+    sc->imaml_lambda = hp->imaml_lambda;
+    sc->cg_steps = hp->cg_steps;
+    sc->cg_tol = hp->cg_tol;
+    const mt_meta_traits *t = mt_meta_traits_of(hp->algorithm);
     sc->second_order =
-        t->order == MT_ORDER_SECOND || (t->order == MT_ORDER_ANNEALED && iteration >= cfg->first_order_iterations);
-    if (t->multi_step_loss && cfg->msl_iterations > 0 && cfg->inner_steps > 1) {
+        t->order == MT_ORDER_SECOND || (t->order == MT_ORDER_ANNEALED && iteration >= hp->first_order_iterations);
+    if (t->multi_step_loss && hp->msl_iterations > 0 && hp->inner_steps > 1) {
         sc->multi_step_loss = 1;
-        mt_meta_msl_weights(sc->step_weights, cfg->inner_steps, iteration, cfg->msl_iterations);
+        mt_meta_msl_weights(sc->step_weights, hp->inner_steps, iteration, hp->msl_iterations);
     }
 }

@@ -132,7 +132,9 @@ mt_status mt_model_open(mt_model **out, const char *path, const mt_model_options
     m->steps = steps ? steps : mt_config_eval_steps(&m->cfg);
     m->max_batch = max_batch;
     /* The settings training ends with: MAML++'s second-order phase and final rates. */
-    mt_meta_step_config_at(&m->sc, &m->cfg, m->cfg.iterations);
+    mt_meta_hparams hp;
+    mt_config_meta_hparams(&m->cfg, &hp);
+    mt_meta_step_config_at(&m->sc, &hp, m->cfg.iterations);
     MT_TRY(mt_meta_ctx_create(&m->ctx, &m->layout, max_batch));
     mt_nn_ws_plan forward_only = {.keep_fields = 0, .chunk_fields = MT_NN_CHUNK_FIELDS, .keep_relu_inputs = 0};
     MT_TRY(mt_nn_ws_create_planned(&m->predict_ws, &m->net, max_batch, &forward_only));

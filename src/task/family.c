@@ -27,7 +27,8 @@ static mt_status take_split(mt_task_family *fam, const mt_task_dataset *ds, mt_s
     return MT_OK;
 }
 
-static mt_status init_episodes(mt_task_family *fam, const mt_config *cfg, const mt_task_dataset *ds, mt_split split) {
+static mt_status init_episodes(mt_task_family *fam, const mt_task_shape *shape, const mt_task_dataset *ds,
+                               mt_split split) {
     mt_status st = MT_OK;
     if (ds->kind != MT_DATASET_IMAGES)
         return MT_RAISE(MT_ERR_CONFIG, "task.kind: episodes needs an images dataset, but %s holds grouped data",
@@ -44,7 +45,7 @@ static mt_status init_episodes(mt_task_family *fam, const mt_config *cfg, const 
     }
     fam->out_size = (size_t)fam->ways;
     MT_TRY(take_split(fam, ds, split));
-    MT_TRY(mt_task_dataset_check_episodes(ds, split, cfg->ways, fam->shots, fam->queries));
+    MT_TRY(mt_task_dataset_check_episodes(ds, split, shape->ways, fam->shots, fam->queries));
 fail:
     return st;
 }
@@ -63,19 +64,19 @@ fail:
     return st;
 }
 
-mt_status mt_task_family_init(mt_task_family *fam, const mt_config *cfg, const mt_nn_net *net,
-                              const struct mt_task_dataset *data, mt_split split, int queries) {
+mt_status mt_task_family_init(mt_task_family *fam, const mt_task_shape *shape, const mt_nn_net *net,
+                              const struct mt_task_dataset *data, mt_split split) {
     mt_status st = MT_OK;
     memset(fam, 0, sizeof *fam);
-    fam->kind = cfg->task_kind;
-    fam->shots = cfg->shots;
-    fam->queries = queries > 0 ? queries : cfg->queries;
-    fam->ways = cfg->task_kind == MT_TASK_EPISODES ? cfg->ways : 1;
+    fam->kind = shape->kind;
+    fam->shots = shape->shots;
+    fam->queries = shape->queries;
+    fam->ways = shape->kind == MT_TASK_EPISODES ? shape->ways : 1;
     fam->out_size = 1;
     fam->data = data;
     fam->split = split;
-    const char *kind = mt_config_task_kind_name(cfg->task_kind);
-    switch (cfg->task_kind) {
+    const char *kind = mt_config_task_kind_name(shape->kind);
+    switch (shape->kind) {
     case MT_TASK_SINUSOID:
         fam->in_size = SINUSOID_IN;
         break;
@@ -85,8 +86,8 @@ mt_status mt_task_family_init(mt_task_family *fam, const mt_config *cfg, const m
     case MT_TASK_EPISODES:
     case MT_TASK_GROUPED:
         if (!data) MT_THROW(MT_ERR_CONFIG, "task.kind: %s needs a dataset in task.path", kind);
-        if (cfg->task_kind == MT_TASK_EPISODES)
-            MT_TRY(init_episodes(fam, cfg, data, split));
+        if (shape->kind == MT_TASK_EPISODES)
+            MT_TRY(init_episodes(fam, shape, data, split));
         else
             MT_TRY(init_grouped(fam, data, split));
         break;
@@ -99,7 +100,7 @@ mt_status mt_task_family_init(mt_task_family *fam, const mt_config *cfg, const m
                  fam->classification ? "xent" : "mse");
     if (net->out_size != fam->out_size)
         MT_THROW(MT_ERR_CONFIG, "model.spec: the head has %zu outputs, but task.kind=%s needs %zu%s", net->out_size,
-                 kind, fam->out_size, cfg->task_kind == MT_TASK_EPISODES ? " (task.ways)" : "");
+                 kind, fam->out_size, shape->kind == MT_TASK_EPISODES ? " (task.ways)" : "");
     return MT_OK;
 fail:
     mt_task_family_free(fam);
