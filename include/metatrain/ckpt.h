@@ -82,6 +82,9 @@ void mt_ckpt_free(mt_ckpt *ck);
 
 /* The array at `path`, or NULL. */
 const mt_ckpt_array *mt_ckpt_find(const mt_ckpt *ck, const char *path);
+/* The value of the 1-element int64 array at `path` ("/train/iteration"): 1 and *value, or 0 when
+ * there is no such array. */
+int mt_ckpt_i64(const mt_ckpt *ck, const char *path, int64_t *value);
 /* The root attribute `name`, or NULL. */
 const char *mt_ckpt_attr_value(const mt_ckpt *ck, const char *name);
 

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metatrain/ckpt.h"
 #include "metatrain/error.h"
 
 #define MT_CONFIG_STR 512
@@ -94,6 +95,10 @@ mt_status mt_config_load(mt_config *cfg, const char *path);
 /* Same, from INI text in memory (the config stored in a checkpoint); `origin` stands for the
  * file name in messages. */
 mt_status mt_config_load_string(mt_config *cfg, const char *text, const char *origin);
+
+/* The config a checkpoint or adapted file holds (its root attribute "config"), over the defaults;
+ * `path` names the file in messages. */
+mt_status mt_config_load_checkpoint(mt_config *cfg, const mt_ckpt *ck, const char *path);
 
 /* Applies one "section.key=value" override; `origin` names it in messages ("--set"). */
 mt_status mt_config_set(mt_config *cfg, const char *assignment, const char *origin);

@@ -308,6 +308,13 @@ void mt_ckpt_free(mt_ckpt *ck) {
     ck->n_arrays = ck->n_attrs = 0;
 }
 
+int mt_ckpt_i64(const mt_ckpt *ck, const char *path, int64_t *value) {
+    const mt_ckpt_array *a = mt_ckpt_find(ck, path);
+    if (!a || a->dtype != MT_CKPT_I64 || a->rank != 1 || a->dims[0] != 1) return 0;
+    *value = *(const int64_t *)a->data;
+    return 1;
+}
+
 const mt_ckpt_array *mt_ckpt_find(const mt_ckpt *ck, const char *path) {
     for (int i = 0; i < ck->n_arrays; i++)
         if (!strcmp(ck->arrays[i].path, path)) return &ck->arrays[i];

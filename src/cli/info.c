@@ -40,10 +40,8 @@ int mt_cli_info(const mt_dist *d, int argc, char **argv) {
     const char *kind = mt_ckpt_attr_value(&ck, "kind");
     int adapted = kind && strcmp(kind, "adapted") == 0;
     if (!adapted) {
-        const mt_ckpt_array *it = mt_ckpt_find(&ck, "/train/iteration");
-        if (!it || it->dtype != MT_CKPT_I64 || it->dims[0] != 1)
+        if (!mt_ckpt_i64(&ck, "/train/iteration", &iteration))
             MT_THROW(MT_ERR_FORMAT, "%s: /train/iteration: missing or not a 1-element int64", path);
-        iteration = *(const int64_t *)it->data;
     }
     const char *created = mt_ckpt_attr_value(&ck, "created"), *version = mt_ckpt_attr_value(&ck, "metatrain_version");
     if (json) {

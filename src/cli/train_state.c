@@ -97,10 +97,8 @@ fail:
 }
 
 static mt_status read_i64(const mt_ckpt *ck, const char *path, const char *name, int64_t *value) {
-    const mt_ckpt_array *a = mt_ckpt_find(ck, name);
-    if (!a || a->dtype != MT_CKPT_I64 || a->rank != 1 || a->dims[0] != 1)
+    if (!mt_ckpt_i64(ck, name, value))
         return MT_RAISE(MT_ERR_FORMAT, "%s: %s: missing or not a 1-element int64", path, name);
-    *value = *(const int64_t *)a->data;
     return MT_OK;
 }
 
@@ -168,12 +166,7 @@ mt_status mt_cli_state_read(const char *path, mt_ckpt *ck, mt_config *cfg) {
     /* An untrusted file: should libhdf5 crash or hang on it, only a child process goes down. */
     MT_TRY(mt_isolate_run(read_in_child, (void *)path, path, MT_ISOLATE_TIMEOUT_S));
     MT_TRY(mt_ckpt_read(path, ck));
-    const char *text = mt_ckpt_attr_value(ck, "config");
-    if (!text) MT_THROW(MT_ERR_FORMAT, "%s: root attribute 'config' missing", path);
-    char origin[4200];
-    snprintf(origin, sizeof origin, "%s:/config", path);
-    mt_config_defaults(cfg);
-    MT_TRY(mt_config_load_string(cfg, text, origin));
+    MT_TRY(mt_config_load_checkpoint(cfg, ck, path));
     return MT_OK;
 fail:
     return st;

@@ -971,3 +971,12 @@ void mt_config_meta_hparams(const mt_config *cfg, mt_meta_hparams *hp) {
 void mt_config_task_shape(const mt_config *cfg, int queries, mt_task_shape *shape) {
     *shape = (mt_task_shape){cfg->task_kind, cfg->shots, queries > 0 ? queries : cfg->queries, cfg->ways};
 }
+
+mt_status mt_config_load_checkpoint(mt_config *cfg, const mt_ckpt *ck, const char *path) {
+    const char *text = mt_ckpt_attr_value(ck, "config");
+    if (!text) return MT_RAISE(MT_ERR_FORMAT, "%s: root attribute 'config' missing: not a metatrain model", path);
+    char origin[4200];
+    snprintf(origin, sizeof origin, "%s:/config", path);
+    mt_config_defaults(cfg);
+    return mt_config_load_string(cfg, text, origin);
+}

@@ -71,24 +71,20 @@ static int64_t file_iteration(const mt_ckpt *ck, int adapted) {
         long long v = s ? strtoll(s, &end, 10) : -1;
         return s && *s && !*end ? v : -1;
     }
-    const mt_ckpt_array *a = mt_ckpt_find(ck, "/train/iteration");
-    return a && a->dtype == MT_CKPT_I64 && a->rank == 1 && a->dims[0] == 1 ? *(const int64_t *)a->data : -1;
+    int64_t iteration;
+    return mt_ckpt_i64(ck, "/train/iteration", &iteration) ? iteration : -1;
 }
 
 /* Everything from the read file: config, network, layout, parameters. */
 static mt_status load(mt_model *m, const mt_ckpt *ck, const char *path) {
     mt_status st = MT_OK;
     char origin[4200];
-    const char *text = mt_ckpt_attr_value(ck, "config");
-    if (!text) MT_THROW(MT_ERR_FORMAT, "%s: root attribute 'config' missing: not a metatrain model", path);
-    snprintf(origin, sizeof origin, "%s:/config", path);
-    mt_config_defaults(&m->cfg);
-    MT_TRY(mt_config_load_string(&m->cfg, text, origin));
+    MT_TRY(mt_config_load_checkpoint(&m->cfg, ck, path));
     MT_TRY(mt_config_validate(&m->cfg));
     snprintf(origin, sizeof origin, "%s:/config model.spec", path);
     MT_TRY(mt_nn_parse(&m->net, m->cfg.model_spec, origin));
     mt_meta_layout_init(&m->layout, &m->net, m->cfg.algorithm, m->cfg.inner_steps);
-    if (!(m->config_text = strdup(text))) MT_THROW(MT_ERR_NOMEM, "%s: out of memory", path);
+    if (!(m->config_text = strdup(mt_ckpt_attr_value(ck, "config")))) MT_THROW(MT_ERR_NOMEM, "%s: out of memory", path);
     if (!(m->meta = malloc(m->layout.n_meta * sizeof *m->meta)) ||
         !(m->theta = malloc(m->layout.n_theta * sizeof *m->theta)))
         MT_THROW(MT_ERR_NOMEM, "%s: out of memory for %zu parameters", path, m->layout.n_meta);
