@@ -119,6 +119,16 @@ static inline void fd_random_params(const mt_nn_net *net, uint64_t seed, double 
  * out_size samples cover every class once, as a 1-shot episode would). Buffers sized by the caller. */
 static inline void fd_random_batch(const mt_nn_net *net, int n, uint64_t seed, double *x, double *y, int32_t *labels) {
     fd_fill_normal(x, (size_t)n * net->in_size, 1.0, seed, 2000);
+    if (net->in_tokens) { /* bags of ids with repeats and padding; with n > 1 the last bag is empty */
+        mt_rng ids;
+        fd_rng(&ids, seed, 2003);
+        uint32_t V = (uint32_t)net->layers[0].table_rows;
+        for (int i = 0; i < n; i++)
+            for (size_t t = 0; t < net->in_size; t++) {
+                int pad = (n > 1 && i == n - 1) || (t > 0 && mt_rng_below(&ids, 4) == 0);
+                x[(size_t)i * net->in_size + t] = pad ? -1 : (double)mt_rng_below(&ids, V);
+            }
+    }
     fd_fill_normal(y, (size_t)n * net->out_size, 1.0, seed, 2001);
     mt_rng rng;
     fd_rng(&rng, seed, 2002);

@@ -372,6 +372,34 @@ static void test_parse_rejects_bad_specs(void **state) {
     expect_rejected("input 3, input 3, linear 2, mse");
     expect_rejected("input 1x1x1, maxpool, linear 2, mse");
     expect_rejected("");
+    /* embeddings: only right after input tokens, and input tokens only before one */
+    expect_rejected("input 4, embed 10 3, linear 2, mse");
+    expect_rejected("input tokens 4, linear 3, embed 10 3, linear 2, mse");
+    expect_rejected("input tokens 4, linear 2, mse");
+    expect_rejected("input tokens 4, mse");
+    expect_rejected("input tokens 4, embed 10, linear 2, mse");
+    expect_rejected("input tokens 4, embed 16777217 2, linear 2, mse");
+    expect_rejected("input tokens 0, embed 10 3, linear 2, mse");
+    expect_rejected("input tokens 4, embed 10 3, embed 10 3, linear 2, mse");
+}
+
+/* The task layout of a table of R rows moves every later tensor by (V − R)·D, and nothing else. */
+static void test_parse_table_rows(void **state) {
+    mt_nn_net net, small;
+    assert_int_equal(mt_nn_parse(&net, "input tokens 7, embed 1000 8, relu, linear 3, xent", "test"), MT_OK);
+    assert_int_equal(net.in_tokens, 1);
+    assert_int_equal(net.in_size, 7);
+    assert_int_equal(net.n_params, 1000 * 8 + 8 * 3 + 3);
+    assert_int_equal(net.layers[0].kind, MT_NN_EMBED);
+    assert_int_equal(net.layers[0].table_rows, 1000);
+    mt_nn_with_table_rows(&net, 20, &small);
+    assert_int_equal(small.n_params, 20 * 8 + 8 * 3 + 3);
+    assert_int_equal(small.tensors[0].dims[0], 20);
+    assert_int_equal(small.tensors[0].count, 160);
+    assert_int_equal(small.tensors[1].offset, 160);
+    assert_int_equal(small.layers[2].param_offset, 160);
+    assert_string_equal(small.tensors[2].name, "linear1/bias");
+    assert_int_equal(small.tensors[2].offset, 160 + 24);
 }
 
 static void test_parse_fourconv_layout(void **state) {
@@ -459,6 +487,7 @@ int main(void) {
         cmocka_unit_test(test_batch_layouts_keep_samples_apart),
         cmocka_unit_test(test_conv_reference_by_hand),
         cmocka_unit_test(test_parse_rejects_bad_specs),
+        cmocka_unit_test(test_parse_table_rows),
         cmocka_unit_test(test_parse_fourconv_layout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -347,6 +347,15 @@ static void test_avgpool_matches_fd(void **state) {
 }
 
 /* The losses on their own, where the loss's own second derivative is the whole Hessian's core. */
+/* Bags over a table of 6 rows: ids repeat within a bag and across the batch, bags are padded,
+ * and the last bag of a batch holds no id at all (zeros out of the layer). */
+static void test_embed_matches_fd(void **state) {
+    (void)state;
+    check_net("input tokens 5, embed 6 3, linear 4, relu, linear 2, mse", 4, &FULL);
+    check_net("input tokens 4, embed 6 3, linear 5, relu, linear 3, xent", 3, &FULL);
+    check_net("input tokens 3, embed 5 4, bn, relu, linear 2, xent", 4, &FULL);
+}
+
 static void test_losses_match_fd(void **state) {
     check_net("input 4, linear 3, mse", 5, &FULL);
     check_net("input 4, linear 3, xent", 5, &FULL);
@@ -429,13 +438,21 @@ static void test_summary(void **state) {
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0); /* keep printed errors in order with cmocka's stderr */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_harness_sees_kinks),        cmocka_unit_test(test_linear_matches_fd),
-        cmocka_unit_test(test_relu_matches_fd),           cmocka_unit_test(test_conv_matches_fd),
-        cmocka_unit_test(test_layout_crossings_match_fd), cmocka_unit_test(test_batchnorm_matches_fd),
-        cmocka_unit_test(test_maxpool_matches_fd),        cmocka_unit_test(test_avgpool_matches_fd),
-        cmocka_unit_test(test_losses_match_fd),           cmocka_unit_test(test_sinusoid_mlp_matches_fd),
-        cmocka_unit_test(test_seed_mlp_matches_fd),       cmocka_unit_test(test_small_fourconv_matches_fd),
-        cmocka_unit_test(test_fourconv_matches_fd),       cmocka_unit_test(test_summary),
+        cmocka_unit_test(test_harness_sees_kinks),
+        cmocka_unit_test(test_linear_matches_fd),
+        cmocka_unit_test(test_relu_matches_fd),
+        cmocka_unit_test(test_conv_matches_fd),
+        cmocka_unit_test(test_layout_crossings_match_fd),
+        cmocka_unit_test(test_batchnorm_matches_fd),
+        cmocka_unit_test(test_maxpool_matches_fd),
+        cmocka_unit_test(test_avgpool_matches_fd),
+        cmocka_unit_test(test_losses_match_fd),
+        cmocka_unit_test(test_embed_matches_fd),
+        cmocka_unit_test(test_sinusoid_mlp_matches_fd),
+        cmocka_unit_test(test_seed_mlp_matches_fd),
+        cmocka_unit_test(test_small_fourconv_matches_fd),
+        cmocka_unit_test(test_fourconv_matches_fd),
+        cmocka_unit_test(test_summary),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

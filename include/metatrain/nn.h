@@ -47,8 +47,13 @@ typedef enum {
     MT_NN_CONV3X3,   /* 3x3 kernel, padding 1, stride 1 or 2 */
     MT_NN_BATCHNORM, /* batch statistics always, learnable scale and shift */
     MT_NN_MAXPOOL2,  /* 2x2 window, stride 2 */
-    MT_NN_AVGPOOL    /* global average pool over H x W */
+    MT_NN_AVGPOOL,   /* global average pool over H x W */
+    MT_NN_EMBED      /* mean of the table rows a bag of token ids names (layer 0 only) */
 } mt_nn_layer_kind;
+
+/* The most rows an embedding table may have: token ids travel in a batch's x as floats, exact
+ * integers up to 2^24. */
+#define MT_NN_MAX_TABLE_ROWS (1 << 24)
 
 typedef enum { MT_NN_LOSS_MSE, MT_NN_LOSS_XENT } mt_nn_loss_kind;
 
@@ -57,6 +62,7 @@ typedef struct {
     int in_c, in_h, in_w;      /* per-sample input shape (C,H,W); features are (D,1,1) */
     int out_c, out_h, out_w;   /* per-sample output shape */
     int stride;                /* conv only */
+    int table_rows;            /* embed only: V, the table is (V, out_c) */
     size_t param_offset;       /* into the flat buffer */
     size_t weight_count;       /* weight (or BN scale) entries; the bias (or shift) follows */
     size_t param_count;        /* weight_count + bias entries; 0 for layers without parameters */
@@ -80,6 +86,8 @@ typedef struct {
     mt_nn_tensor tensors[MT_NN_MAX_TENSORS];
     mt_nn_loss_kind loss;
     int in_c, in_h, in_w;
+    int in_tokens;            /* 1: each sample is in_c token ids, id −1 padding, held in x as exact
+                                 floats; layer 0 is then the embedding (MT_NN_EMBED) */
     size_t in_size, out_size; /* per sample */
     size_t n_params;
     int n_batchnorm, n_maxpool;
@@ -92,9 +100,16 @@ typedef struct {
 /* Parses a spec such as
  *   "input 1, linear 40, relu, linear 40, relu, linear 1, mse"
  *   "input 1x28x28, conv 64 s2, bn, relu, ..., flatten, linear 5, xent"
- * Items: input D | input CxHxW; linear N; relu; conv N [s1|s2]; bn; maxpool; avgpool; flatten;
- * and a final loss, mse or xent. `what` names the source in messages ("model.spec"). */
+ *   "input tokens 46, embed 131072 64, relu, linear 64, relu, linear 5, xent"
+ * Items: input D | input CxHxW | input tokens T; embed V D (right after input tokens, and only
+ * there); linear N; relu; conv N [s1|s2]; bn; maxpool; avgpool; flatten; and a final loss, mse
+ * or xent. `what` names the source in messages ("model.spec"). */
 mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what);
+
+/* The same network with an embedding table of `rows` rows instead of V: the layout a task uses
+ * for the rows it touches (src/meta/task_rows.c). The table is layer 0's weight at offset 0, so
+ * every later tensor moves by (V − rows)·D. */
+void mt_nn_with_table_rows(const mt_nn_net *net, int rows, mt_nn_net *out);
 
 /* Index of the tensor called `name`, or -1. */
 int mt_nn_find_tensor(const mt_nn_net *net, const char *name);

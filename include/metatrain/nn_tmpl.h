@@ -137,6 +137,14 @@ void MT_(mt_nn_maxpool_backward)(MT_REAL *dx, const MT_REAL *dy, const int32_t *
 void MT_(mt_nn_avgpool_forward)(MT_REAL *y, const MT_REAL *x, int B, int C, int S);
 void MT_(mt_nn_avgpool_backward)(MT_REAL *dx, const MT_REAL *dy, int B, int C, int S);
 
+/* Embedding bag, mean-pooled: y (B,D) row n = (1/c_n) Σ_t E[id_nt] over the c_n ids of ids (B,T)
+ * row n that are not −1 (zeros when there is none). ids are exact integers in floats. The
+ * R-forward is the same with E replaced by the direction U: y is linear in E. */
+void MT_(mt_nn_embed_forward)(MT_REAL *y, const MT_REAL *ids, const MT_REAL *E, int B, int T, int D);
+/* dE[id_nt] += dy_n / c_n; ids are not variables, so there is no input gradient. The R-backward
+ * is the same with R(dy) into R(dE): no second term, since y is linear in E. */
+void MT_(mt_nn_embed_backward)(MT_REAL *dE, const MT_REAL *dy, const MT_REAL *ids, int B, int T, int D);
+
 /* Losses: return the loss; dy (B,O) receives its gradient, rdy its R-derivative given ry. */
 double MT_(mt_nn_mse_forward)(const MT_REAL *y, const MT_REAL *target, int B, int O);
 void MT_(mt_nn_mse_backward)(MT_REAL *dy, const MT_REAL *y, const MT_REAL *target, int B, int O);

@@ -123,7 +123,8 @@ void MT_(mt_nn_init_params)(const mt_nn_net *net, uint64_t seed, mt_real *params
             for (size_t i = 0; i < T->count; i++) params[T->offset + i] = 1; /* scale */
         } else if (is_weight) {
             size_t fan_in = T->count / (size_t)T->dims[0];
-            double std = sqrt(2.0 / (double)fan_in); /* He et al. 2015, for ReLU networks */
+            /* He et al. 2015 for ReLU networks; an embedding table N(0, 1), as PyTorch's */
+            double std = L->kind == MT_NN_EMBED ? 1.0 : sqrt(2.0 / (double)fan_in);
             mt_rng rng;
             mt_rng_init(&rng, seed, 0, (uint32_t)t, MT_RNG_STREAM_INIT);
             for (size_t i = 0; i < T->count; i++) params[T->offset + i] = (mt_real)(std * mt_rng_normal(&rng));
@@ -225,6 +226,10 @@ static void forward(ws_t *ws, const mt_real *params, const batch_t *batch, const
             }
             break;
         }
+        case MT_NN_EMBED:
+            MT_(mt_nn_embed_forward)(y, x, W, B, L->in_c, L->out_c);
+            if (dir) MT_(mt_nn_embed_forward)(ry, x, U, B, L->in_c, L->out_c);
+            break;
         case MT_NN_AVGPOOL:
             MT_(mt_nn_avgpool_forward)(y, x, B, L->in_c, L->in_h * L->in_w);
             if (dir) {
@@ -323,6 +328,10 @@ static void backward(ws_t *ws, const mt_real *params, const batch_t *batch, cons
             if (rdx) MT_(mt_nn_maxpool_backward)(rdx, rdy, argmax, n_in, n_out);
             break;
         }
+        case MT_NN_EMBED:
+            if (rdW) MT_(mt_nn_embed_backward)(rdW, rdy, x, B, L->in_c, L->out_c);
+            if (dW) MT_(mt_nn_embed_backward)(dW, dy, x, B, L->in_c, L->out_c);
+            break;
         case MT_NN_AVGPOOL:
             if (dx) MT_(mt_nn_avgpool_backward)(dx, dy, B, L->in_c, L->in_h * L->in_w);
             if (rdx) MT_(mt_nn_avgpool_backward)(rdx, rdy, B, L->in_c, L->in_h * L->in_w);

@@ -65,7 +65,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
 
     int c = 0, h = 0, w = 0, have_input = 0, have_loss = 0, item_no = 0;
     int features = 0; /* the shape holds features (input D, or after linear or flatten), not an image */
-    int n_linear = 0, n_conv = 0, n_bn = 0, n_relu = 0, n_pool = 0;
+    int n_linear = 0, n_conv = 0, n_bn = 0, n_relu = 0, n_pool = 0, n_embed = 0;
     char *save = NULL;
     for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         char *words[4];
@@ -82,10 +82,38 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
         if (net->n_layers >= MT_NN_MAX_LAYERS - 1 || net->n_tensors >= MT_NN_MAX_TENSORS - 2)
             return MT_RAISE(MT_ERR_CONFIG, "%s: more than %d layers", what, MT_NN_MAX_LAYERS - 1);
 
-        if (strcmp(op, "input") == 0) {
+        if (net->in_tokens && net->n_layers == 0 && strcmp(op, "embed") != 0 && strcmp(op, "input") != 0)
+            return MT_RAISE(MT_ERR_CONFIG, "%s: 'input tokens T' must be followed by 'embed V D', not '%s'", what, op);
+        if (strcmp(op, "input") == 0 && nw == 3 && strcmp(words[1], "tokens") == 0) {
+            int tokens;
+            if (have_input || !parse_positive(words[2], &tokens))
+                return MT_RAISE(MT_ERR_CONFIG, "%s: 'input tokens T' takes a positive bag length T, once", what);
+            c = tokens, h = 1, w = 1, features = 1;
+            net->in_c = c, net->in_h = 1, net->in_w = 1;
+            net->in_size = (size_t)c;
+            net->in_tokens = 1;
+            have_input = 1;
+        } else if (strcmp(op, "embed") == 0) {
+            int rows, dim;
+            if (!net->in_tokens || net->n_layers != 0)
+                return MT_RAISE(MT_ERR_CONFIG, "%s: 'embed' must come right after 'input tokens T'", what);
+            if (nw != 3 || !parse_positive(words[1], &rows) || !parse_positive(words[2], &dim))
+                return MT_RAISE(MT_ERR_CONFIG, "%s: 'embed' takes a table size V and a width D: '%s'", what, original);
+            if (rows > MT_NN_MAX_TABLE_ROWS)
+                return MT_RAISE(MT_ERR_CONFIG, "%s: 'embed' tables have at most %d rows, not %d", what,
+                                MT_NN_MAX_TABLE_ROWS, rows);
+            mt_nn_layer *L = add_layer(net, MT_NN_EMBED, "embed", &n_embed, c, 1, 1, 1);
+            L->table_rows = rows;
+            L->out_c = dim;
+            L->weight_count = L->param_count = (size_t)rows * dim;
+            L->first_tensor = net->n_tensors;
+            int wd[2] = {rows, dim};
+            add_tensor(net, 0, "weight", L->param_offset, L->weight_count, 2, wd);
+            c = dim;
+        } else if (strcmp(op, "input") == 0) {
             int dims[4], nd = 0; /* room for a fourth, so that CxHxWxN is rejected, not truncated */
             if (have_input || nw != 2)
-                return MT_RAISE(MT_ERR_CONFIG, "%s: 'input' takes one shape, D or CxHxW, once", what);
+                return MT_RAISE(MT_ERR_CONFIG, "%s: 'input' takes one shape, D, CxHxW or tokens T, once", what);
             for (char *p = strtok(words[1], "x"); p && nd < 4; p = strtok(NULL, "x"))
                 if (!parse_positive(p, &dims[nd++]))
                     return MT_RAISE(MT_ERR_CONFIG, "%s: bad input shape '%s'", what, original);
@@ -165,7 +193,7 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             have_loss = 1;
         } else {
             return MT_RAISE(MT_ERR_CONFIG,
-                            "%s: unknown item '%s' (expected input, linear, conv, bn, relu, maxpool, "
+                            "%s: unknown item '%s' (expected input, embed, linear, conv, bn, relu, maxpool, "
                             "avgpool, flatten, mse or xent)",
                             what, original);
         }
@@ -178,6 +206,8 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
     }
     if (!have_input) return MT_RAISE(MT_ERR_CONFIG, "%s: empty spec", what);
     if (!have_loss) return MT_RAISE(MT_ERR_CONFIG, "%s: must end with a loss, mse or xent", what);
+    if (net->in_tokens && (net->n_layers == 0 || net->layers[0].kind != MT_NN_EMBED))
+        return MT_RAISE(MT_ERR_CONFIG, "%s: 'input tokens T' must be followed by 'embed V D'", what);
     if (net->n_layers == 0 || net->n_params == 0)
         return MT_RAISE(MT_ERR_CONFIG, "%s: the network has no parameters", what);
     net->out_size = (size_t)c * h * w;
@@ -189,6 +219,26 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
 }
 
 _Thread_local double mt_nn_gemm_flops;
+
+void mt_nn_with_table_rows(const mt_nn_net *net, int rows, mt_nn_net *out) {
+    *out = *net;
+    if (!net->in_tokens) return;
+    mt_nn_layer *E = &out->layers[0];
+    size_t shrink = ((size_t)E->table_rows - (size_t)rows) * (size_t)E->out_c;
+    E->table_rows = rows;
+    E->weight_count = E->param_count = (size_t)rows * E->out_c;
+    for (int l = 1; l < out->n_layers; l++) out->layers[l].param_offset -= shrink;
+    for (int t = 0; t < out->n_tensors; t++) {
+        mt_nn_tensor *T = &out->tensors[t];
+        if (T->layer == 0) {
+            T->count = E->weight_count;
+            T->dims[0] = rows;
+        } else {
+            T->offset -= shrink;
+        }
+    }
+    out->n_params -= shrink;
+}
 
 int mt_nn_find_tensor(const mt_nn_net *net, const char *name) {
     for (int i = 0; i < net->n_tensors; i++)
