@@ -35,7 +35,7 @@ static void *xcalloc(size_t n, size_t size) {
 
 static const char *algo_name(mt_algorithm a) { return mt_config_algorithm_name(a); }
 
-/* The two networks of the gradient checks. Batch sizes are odd where the loss allows; the conv
+/* The networks of the gradient checks. Batch sizes are odd where the loss allows; the conv
  * net's support holds every class twice (fd_random_batch covers the classes first). */
 typedef struct {
     const char *name, *spec;
@@ -44,6 +44,8 @@ typedef struct {
 } netdef;
 
 static const netdef MLP = {"mlp", "input 2, linear 7, relu, linear 5, relu, linear 1, mse", 5, 7, 0.05, 0.15};
+/* Bags of ids over a table of 6 rows, with repeats, padding and an empty bag (fd_random_batch). */
+static const netdef EMBED = {"embed", "input tokens 4, embed 6 3, linear 5, relu, linear 3, xent", 5, 4, 0.05, 0.15};
 static const netdef CONV = {
     "conv", "input 1x6x6, conv 3 s2, bn, relu, conv 4, bn, relu, flatten, linear 3, xent", 6, 5, 0.05, 0.15};
 
@@ -142,8 +144,8 @@ static double check_meta_gradient(const netdef *nd, mt_algorithm algo, int K, in
 
 static void check_algorithm(mt_algorithm algo, double *worst) {
     static const int steps[] = {1, 2, 5};
-    const netdef *nets[] = {&MLP, &CONV};
-    for (int ni = 0; ni < 2; ni++)
+    const netdef *nets[] = {&MLP, &CONV, &EMBED};
+    for (int ni = 0; ni < 3; ni++)
         for (int si = 0; si < 3; si++)
             for (int msl = 0; msl < 2; msl++) {
                 double e = check_meta_gradient(nets[ni], algo, steps[si], msl);

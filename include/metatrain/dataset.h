@@ -16,6 +16,11 @@
  *            /group_split int32 [n_groups] (optional: all train); n_groups is the length of
  *            /group_split, else the largest group + 1. Classification has n_classes = the
  *            largest target + 1. Features and regression targets must be finite.
+ *   tokens   /tokens int32 [N, T] instead of /images (episodes) or /features (grouped): each row
+ *            a bag of T token ids, −1 padding, for models that start "input tokens T, embed V D"
+ *            (every id below V). scripts/wordlists-to-h5 and scripts/movielens-to-h5 write them.
+ *   Fixed episodes of grouped data hold /episodes/support and /episodes/query alone (rows of
+ *   one group each), without labels or ways.
  * scripts/omniglot-to-h5 writes the images format from the Omniglot zips.
  * Dtypes and ranks must be exactly these (an int64 /labels or a float /images is refused, never
  * converted); no dimension may be 0, and the arrays together may not pass
@@ -67,6 +72,9 @@ typedef struct mt_task_dataset {
     const int32_t *group_split; /* n_groups */
     const int64_t *group_start; /* n_groups + 1, rows of group g: group_members[start[g] .. start[g+1]) */
     const int64_t *group_members;
+    /* either kind: rows that are bags of token ids (/tokens), instead of images or features */
+    int n_tokens;          /* T, or 0 */
+    const int32_t *tokens; /* rows × T, −1 padding */
     /* fixed episodes (optional) */
     int n_episodes, episode_ways, episode_support, episode_query; /* per-episode index counts */
     const int32_t *episode_support_index, *episode_support_label; /* n_episodes × episode_support */

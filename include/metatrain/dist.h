@@ -156,9 +156,15 @@ const float *mt_dist_node_sum_take(mt_dist_node_sum *s, int64_t round, int *curs
 typedef struct {
     size_t n;
     int n_groups;
-    size_t *group_begin; /* n_groups + 1 boundaries, ascending, 0 … n */
-    int *exponents;      /* n_groups + 4, the exact path's MPI_MAX */
-    int *predicted;      /* n_groups: every |v| of group g is below 2^predicted[g], if have_prediction */
+    size_t *group_begin; /* n_groups + 1 boundaries in a vector, ascending, from 0 */
+    size_t n_out;        /* the sum's length: n, or with sparse groups the tables' whole size */
+    size_t *out_begin;   /* n_groups + 1: where each group starts in the sum */
+    int *width;          /* n_groups: 0 for a dense group; else a table row's width D, the group
+                            holding rows bound for the table rows that ids name */
+    size_t ids_begin;    /* where a vector's table-row indices sit (floats, −1 after the last) */
+    size_t n_ids;
+    int *exponents; /* n_groups + 4, the exact path's MPI_MAX */
+    int *predicted; /* n_groups: every |v| of group g is below 2^predicted[g], if have_prediction */
     int have_prediction;
     double *scales;             /* n_groups: this round's 2^shift */
     size_t sum_len;             /* int64 values summed: n, one signature per group, flags */
@@ -167,12 +173,22 @@ typedef struct {
     int64_t round;              /* reductions so far: rows are published for the next one */
 } mt_dist_reducer;
 
-/* Local. The int64 values a reducer of n values in n_groups groups sums: size its node sum so. */
-size_t mt_dist_reducer_sum_len(size_t n, int n_groups);
+/* Local. The int64 values a reducer whose sum holds n_out values in n_groups groups sums: size
+ * its node sum so. */
+size_t mt_dist_reducer_sum_len(size_t n_out, int n_groups);
 /* Local. group_begin has n_groups + 1 entries. node_sum: a sum of mt_dist_reducer_sum_len values
  * made beforehand, or NULL to sum with MPI_Allreduce over all ranks. */
 mt_status mt_dist_reducer_init(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin,
                                mt_dist_node_sum *node_sum);
+/* Local. The same for vectors with sparse groups (a task's rows of an embedding table,
+ * src/meta/task_rows.c): group g of a vector lies at group_begin[g] and goes to out_begin[g]
+ * (n_groups + 1 entries; out_begin[n_groups] = n_out) of the sum; a group with width[g] = D > 0
+ * holds n_ids rows of D, row i added at table row ids[i] of its part of the sum, where ids are
+ * the n_ids floats at ids_begin of the vector (ascending, −1 after the last). The sum has n_out
+ * values; a group of zeros in the sum's rows no task named stays exactly zero. */
+mt_status mt_dist_reducer_init_sparse(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin,
+                                      const size_t *out_begin, const int *width, size_t ids_begin, size_t n_ids,
+                                      mt_dist_node_sum *node_sum);
 void mt_dist_reducer_free(mt_dist_reducer *r);
 /* Local. Sets the predictions (n_groups exponents, each in [MT_DIST_EXPONENT_MIN,
  * MT_DIST_EXPONENT_MAX]) as a checkpoint holds them; NULL forgets them (the next sum is exact). */
@@ -183,7 +199,7 @@ mt_status mt_dist_reducer_set_predictions(mt_dist_reducer *r, const int64_t *exp
  * of the node may convert it from now on. A no-op otherwise. */
 void mt_dist_reducer_publish(mt_dist_reducer *r, int row);
 
-/* Collective. Sums vectors[i·n … (i+1)·n) over every rank's n_local vectors into sum (n, same
+/* Collective. Sums vectors[i·n … (i+1)·n) over every rank's n_local vectors into sum (n_out, same
  * on every rank, bit-identical for any rank count given the same vectors and predictions), where
  * n_total is the number of vectors over all ranks. With a node sum that has rows, vectors must be
  * this rank's rows. When the outcome reports an error or a non-finite value, sum is left

@@ -147,13 +147,47 @@ double mt_meta_clip_grad(float *grad, size_t n, double clip);
 #define MT_TEMPLATE "metatrain/meta_tmpl.h"
 #include "metatrain/both_precisions.h"
 
+/* A task's rows of an embedding table (float, the training and evaluation path; the header
+ * comment of src/meta/task_rows.c explains it): the layout a task runs in, which for a network
+ * that starts with `embed V D` holds only the table rows one task can name, and the cut of the
+ * meta-parameters to the rows a task names. Local. */
+typedef struct {
+    const mt_meta_layout *full; /* the meta-parameters' layout */
+    mt_nn_net net;              /* the network cut to `capacity` table rows */
+    mt_meta_layout layout;      /* the layout a task runs in (full's copy without a table) */
+    int capacity;               /* table rows one task can name; 0 without a table */
+    int width;                  /* D */
+    int n_rows;                 /* the current task's */
+    int32_t *rows;              /* capacity: the table row of cut row i, ascending */
+    int32_t *slot;              /* V: the cut row of a table row, −1 when the task names none */
+    float *meta;                /* the current task's meta-parameters, in `layout` */
+} mt_meta_rows;
+
+/* For tasks of `fam` on a network of layout `full` (both must outlive it). */
+mt_status mt_meta_rows_create(mt_meta_rows **r, const mt_meta_layout *full, const mt_task_family *fam);
+void mt_meta_rows_free(mt_meta_rows *r);
+/* Names the task's rows, renumbers its bags' ids to cut rows in place, and returns meta (full
+ * layout) cut to them, in r->layout; meta itself without a table. Allocates nothing. */
+const float *mt_meta_rows_cut(mt_meta_rows *r, const float *meta, mt_task *task);
+/* Table-row indices a task's vector carries after its meta-gradient and objective: capacity. */
+size_t mt_meta_rows_ids(const mt_meta_rows *r);
+/* Writes them: the current task's rows as floats (exact), then −1. */
+void mt_meta_rows_write_ids(const mt_meta_rows *r, float *ids);
+/* The reducer's groups (mt_dist_reducer_init_sparse): one per tensor and one for the objective,
+ * where each starts in a task's vector (row_begin) and in the sum (out_begin), and for a table
+ * its row width D (else 0). The arrays hold MT_META_MAX_TENSORS + 2 entries; returns the number
+ * of groups. */
+int mt_meta_rows_groups(const mt_meta_rows *r, size_t *row_begin, size_t *out_begin, int *width);
+
 /* The meta-batch driver (float, the training path): for each task of `iteration` that
  * next_task(arg) hands out (its index, or -1 when done: mt_dist_claim), the task's vector
- * [meta-gradient (n_meta) | meta-objective] into the next row of vectors (n_meta + 1 wide).
- * Returns the number of rows written. The sum over tasks, across ranks, is mt_dist_reduce's job. */
+ * [meta-gradient (n_meta of rows->layout) | meta-objective | its table rows (mt_meta_rows_ids)]
+ * into the next row of vectors (mt_meta_vector_len wide). ctx runs in rows->layout. Returns the
+ * number of rows written. The sum over tasks, across ranks, is mt_dist_reduce's job. */
 #define MT_META_VECTOR_EXTRA 1
-int mt_meta_batch_grads(mt_meta_ctx *ctx, mt_task *task, const mt_task_family *fam, const mt_meta_step_config *sc,
-                        const float *meta, uint64_t seed, int iteration, int (*next_task)(void *arg), void *arg,
-                        float *vectors);
+size_t mt_meta_vector_len(const mt_meta_rows *rows);
+int mt_meta_batch_grads(mt_meta_ctx *ctx, mt_meta_rows *rows, mt_task *task, const mt_task_family *fam,
+                        const mt_meta_step_config *sc, const float *meta, uint64_t seed, int iteration,
+                        int (*next_task)(void *arg), void *arg, float *vectors);
 
 #endif

@@ -110,6 +110,7 @@ typedef struct {
     const mt_task_family *fam;
     int n_tasks, steps;
     mt_meta_ctx *ctx;
+    mt_meta_rows *rows; /* the layout tasks run in */
     mt_task task;
     double *per_task, *loss; /* per_task (n_tasks, steps + 1) */
     int *correct;

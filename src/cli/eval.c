@@ -29,7 +29,8 @@ mt_status mt_cli_evaluator_create(mt_cli_evaluator *ev, const mt_cli_model *m, c
     ev->loss = malloc(width * sizeof *ev->loss);
     ev->correct = malloc(width * sizeof *ev->correct);
     if (!ev->per_task || !ev->loss || !ev->correct) MT_THROW(MT_ERR_NOMEM, "out of memory for evaluation");
-    MT_TRY(mt_meta_ctx_create(&ev->ctx, &m->layout, mt_task_max_batch(fam)));
+    MT_TRY(mt_meta_rows_create(&ev->rows, &m->layout, fam));
+    MT_TRY(mt_meta_ctx_create(&ev->ctx, &ev->rows->layout, mt_task_max_batch(fam)));
     MT_TRY(mt_task_alloc(&ev->task, fam));
     return MT_OK;
 fail:
@@ -39,6 +40,7 @@ fail:
 
 void mt_cli_evaluator_free(mt_cli_evaluator *ev) {
     mt_meta_ctx_free(ev->ctx);
+    mt_meta_rows_free(ev->rows);
     mt_task_free(&ev->task);
     free(ev->per_task), free(ev->loss), free(ev->correct);
     memset(ev, 0, sizeof *ev);
@@ -61,7 +63,8 @@ mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *m
     mt_dist_shard(n_tasks, d->rank, d->size, &begin, &end);
     for (int t = begin; t < end; t++) {
         mt_task_sample(fam, m->cfg.seed, key_iteration, (uint32_t)t, &ev->task);
-        mt_meta_adapt_eval(ev->ctx, &sc, meta, &ev->task, steps, ev->loss, ev->correct);
+        const float *at = mt_meta_rows_cut(ev->rows, meta, &ev->task);
+        mt_meta_adapt_eval(ev->ctx, &sc, at, &ev->task, steps, ev->loss, ev->correct);
         for (size_t s = 0; s < width; s++)
             per_task[(size_t)t * width + s] =
                 fam->classification ? (double)ev->correct[s] / ev->task.query.n : ev->loss[s];

@@ -39,6 +39,7 @@ typedef struct {
     mt_task_family fam, val_fam;
     mt_cli_evaluator validator; /* planned when eval.every > 0 */
     mt_meta_ctx *ctx;
+    mt_meta_rows *rows; /* the layout tasks run in: their rows of an embedding table */
     mt_task task;
     mt_meta_hparams hp; /* the config's meta settings, as the meta module takes them */
     mt_meta_optim opt;
@@ -49,7 +50,8 @@ typedef struct {
     float *meta, *vectors, *sum; /* vectors: this rank's rows of node_sum */
     size_t vector_len;
     int n_groups; /* the reducer's: one per tensor, one for the objective */
-    size_t group_begin[MT_META_MAX_TENSORS + 2];
+    size_t group_begin[MT_META_MAX_TENSORS + 2], out_begin[MT_META_MAX_TENSORS + 2];
+    int group_width[MT_META_MAX_TENSORS + 2];
 } train_plan;
 
 static mt_status parse_args(int argc, char **argv, train_args *a, int *help) {
@@ -110,15 +112,19 @@ fail:
     return st;
 }
 
-/* The reducer's groups, one fixed-point scale each: one per tensor, and one for the objective.
- * Fills bounds (groups + 1 entries) and returns how many groups there are. */
-static int reduction_groups(const mt_meta_layout *lay, size_t *bounds) {
-    static mt_meta_tensor tensors[MT_META_MAX_TENSORS];
-    int n = mt_meta_tensors(lay, tensors, MT_META_MAX_TENSORS);
-    for (int t = 0; t < n; t++) bounds[t] = tensors[t].offset;
-    bounds[n] = lay->n_meta;
-    bounds[n + 1] = lay->n_meta + MT_META_VECTOR_EXTRA;
-    return n + 1;
+/* Local: the training tasks, and the layout they run in, which sizes the tasks' vectors and
+ * the reducer's groups (one fixed-point scale each: one per tensor, one for the objective).
+ * Failures are agreed on by the caller. */
+static mt_status plan_tasks(train_plan *p, const mt_cli_model *m) {
+    mt_status st = MT_OK;
+    mt_task_shape shape;
+    mt_config_task_shape(&m->cfg, 0, &shape);
+    MT_TRY(mt_task_family_init(&p->fam, &shape, &m->net, p->data, MT_SPLIT_TRAIN));
+    MT_TRY(mt_meta_rows_create(&p->rows, &m->layout, &p->fam));
+    p->vector_len = mt_meta_vector_len(p->rows);
+    p->n_groups = mt_meta_rows_groups(p->rows, p->group_begin, p->out_begin, p->group_width);
+fail:
+    return st;
 }
 
 /* Local: every rank plans its buffers (as many vector rows as it may claim); failures are agreed
@@ -132,25 +138,25 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
         MT_THROW(MT_ERR_IO, "failure injected on this rank (METATRAIN_FAULT_RANK=%s)", fault);
     const mt_config *cfg = &m->cfg;
     const mt_meta_layout *lay = &m->layout;
-    mt_task_shape shape, val_shape;
-    mt_config_task_shape(cfg, 0, &shape);
+    mt_task_shape val_shape;
     mt_config_task_shape(cfg, cfg->eval_queries, &val_shape);
     mt_config_meta_hparams(cfg, &p->hp);
-    MT_TRY(mt_task_family_init(&p->fam, &shape, &m->net, p->data, MT_SPLIT_TRAIN));
     if (cfg->eval_every > 0) {
         /* Synthetic families validate on held-out task keys; datasets on their val split. */
         mt_split split = p->data ? MT_SPLIT_VAL : MT_SPLIT_TRAIN;
         MT_TRY(mt_task_family_init(&p->val_fam, &val_shape, &m->net, p->data, split));
         MT_TRY(mt_cli_evaluator_create(&p->validator, m, &p->val_fam, cfg->eval_val_tasks, mt_config_eval_steps(cfg)));
     }
-    MT_TRY(mt_meta_ctx_create(&p->ctx, lay, mt_task_max_batch(&p->fam)));
+    MT_TRY(mt_meta_ctx_create(&p->ctx, &p->rows->layout, mt_task_max_batch(&p->fam)));
     MT_TRY(mt_task_alloc(&p->task, &p->fam));
     MT_TRY(mt_meta_optim_init(&p->opt, &p->hp, lay->n_meta));
     p->meta = malloc(lay->n_meta * sizeof(float));
-    p->sum = malloc(p->vector_len * sizeof(float));
+    p->sum = malloc(p->out_begin[p->n_groups] * sizeof(float));
     p->vectors = mt_dist_node_sum_rows(&p->node_sum);
     if (!p->meta || !p->sum) MT_THROW(MT_ERR_NOMEM, "out of memory for the meta-batch buffers");
-    MT_TRY(mt_dist_reducer_init(&p->reducer, p->vector_len, p->n_groups, p->group_begin, &p->node_sum));
+    MT_TRY(mt_dist_reducer_init_sparse(&p->reducer, p->vector_len, p->n_groups, p->group_begin, p->out_begin,
+                                       p->group_width, p->rows->layout.n_meta + MT_META_VECTOR_EXTRA,
+                                       mt_meta_rows_ids(p->rows), &p->node_sum));
     size_t log_points = (size_t)cfg->iterations / (size_t)cfg->log_every + 2;
     if (cfg->eval_every > 0) log_points += (size_t)cfg->iterations / (size_t)cfg->eval_every;
     MT_TRY(mt_cli_history_init(&p->history, log_points));
@@ -166,6 +172,7 @@ static void plan_free(const mt_dist *d, train_plan *p) {
     mt_cli_evaluator_free(&p->validator);
     mt_task_family_free(&p->val_fam);
     mt_meta_ctx_free(p->ctx);
+    mt_meta_rows_free(p->rows);
     mt_task_free(&p->task);
     mt_meta_optim_free(&p->opt);
     mt_dist_reducer_free(&p->reducer);
@@ -312,8 +319,8 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
         claims->rows = 0;
         double began = MPI_Wtime();
         mt_dist_claim_begin(d, &p->claimer, it);
-        int rows = mt_meta_batch_grads(p->ctx, &p->task, &p->fam, &sc, p->meta, cfg->seed, (int)it, next_claim, claims,
-                                       p->vectors);
+        int rows = mt_meta_batch_grads(p->ctx, p->rows, &p->task, &p->fam, &sc, p->meta, cfg->seed, (int)it, next_claim,
+                                       claims, p->vectors);
         claims->task_s += MPI_Wtime() - began;
         if (injected_signal && it == start + 1 && raise(injected_signal) != 0)
             mt_dist_abort(d, MT_RAISE(MT_ERR_ARG, "raise(%d) failed", injected_signal));
@@ -327,7 +334,7 @@ static mt_status run_loop(const mt_dist *d, const mt_cli_model *m, train_plan *p
                      "iteration %lld: the meta-gradient or meta-loss is not finite (diverged); "
                      "the last checkpoint is kept unchanged",
                      (long long)it);
-        for (size_t i = 0; i < p->vector_len; i++) p->sum[i] /= (float)cfg->meta_batch;
+        for (size_t i = 0; i < lay->n_meta + MT_META_VECTOR_EXTRA; i++) p->sum[i] /= (float)cfg->meta_batch;
         double meta_loss = p->sum[lay->n_meta];
         mt_meta_clip_grad(p->sum, lay->n_meta, cfg->clip_norm);
         mt_meta_optim_step(&p->opt, p->meta, p->sum, mt_meta_outer_lr(&p->hp, (int)it));
@@ -405,12 +412,11 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
         MT_TRY(mt_task_dataset_load(&p.data, d, mt_cli_dataset_path(d, m.cfg.task_path, dataset, sizeof dataset),
                                     m.cfg.task_kind, NULL));
     MT_TRY(mt_dist_claimer_init(d, m.cfg.meta_batch, m.cfg.balance == MT_BALANCE_DYNAMIC, &p.claimer));
-    p.vector_len = m.layout.n_meta + MT_META_VECTOR_EXTRA;
-    p.n_groups = reduction_groups(&m.layout, p.group_begin);
+    MT_TRY(mt_dist_agree(d, plan_tasks(&p, &m)));
     /* As many rows as this rank may claim in one iteration. */
     int rows = p.claimer.capacity > 0 ? p.claimer.capacity : 1;
-    MT_TRY(
-        mt_dist_node_sum_init(d, mt_dist_reducer_sum_len(p.vector_len, p.n_groups), rows, p.vector_len, &p.node_sum));
+    MT_TRY(mt_dist_node_sum_init(d, mt_dist_reducer_sum_len(p.out_begin[p.n_groups], p.n_groups), rows, p.vector_len,
+                                 &p.node_sum));
     MT_TRY(mt_dist_agree(d, plan(&p, d, &m)));
     if (resume_path) {
         MT_TRY(mt_dist_agree(

@@ -68,35 +68,51 @@ enum {
 #define SIGNATURE_WINDOW 30 /* W: rows below 2^(P - W) add nothing; n_total · 2^W < 2^62 */
 #define HEADROOM 2          /* H: the bound's margin over the largest exponent seen */
 
-size_t mt_dist_reducer_sum_len(size_t n, int n_groups) { return n + (size_t)n_groups + N_WORDS; }
+size_t mt_dist_reducer_sum_len(size_t n_out, int n_groups) { return n_out + (size_t)n_groups + N_WORDS; }
 
 mt_status mt_dist_reducer_init(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin,
                                mt_dist_node_sum *node_sum) {
+    return mt_dist_reducer_init_sparse(r, n, n_groups, group_begin, group_begin, NULL, n, 0, node_sum);
+}
+
+mt_status mt_dist_reducer_init_sparse(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin,
+                                      const size_t *out_begin, const int *width, size_t ids_begin, size_t n_ids,
+                                      mt_dist_node_sum *node_sum) {
     memset(r, 0, sizeof *r);
-    size_t sum_len = mt_dist_reducer_sum_len(n, n_groups);
+    size_t n_out = out_begin[n_groups], sum_len = mt_dist_reducer_sum_len(n_out, n_groups);
     if (node_sum && node_sum->n != sum_len)
         return MT_RAISE(MT_ERR_ARG, "the node sum holds %zu values, not %zu", node_sum->n, sum_len);
     if (node_sum && node_sum->rows && node_sum->row_len != n)
         return MT_RAISE(MT_ERR_ARG, "the node sum's rows hold %zu values, not %zu", node_sum->row_len, n);
     r->n = n;
+    r->n_out = n_out;
+    r->ids_begin = ids_begin;
+    r->n_ids = n_ids;
     r->n_groups = n_groups;
     r->node_sum = node_sum;
     r->sum_len = sum_len;
     r->group_begin = malloc(((size_t)n_groups + 1) * sizeof *r->group_begin);
+    r->out_begin = malloc(((size_t)n_groups + 1) * sizeof *r->out_begin);
+    r->width = calloc((size_t)n_groups + 1, sizeof *r->width);
     r->exponents = malloc(((size_t)n_groups + N_FLAGS) * sizeof *r->exponents);
     r->predicted = malloc(((size_t)n_groups + 1) * sizeof *r->predicted);
     r->scales = malloc(((size_t)n_groups + 1) * sizeof *r->scales);
     r->fixed = node_sum ? NULL : malloc(sum_len * sizeof *r->fixed);
-    if (!r->group_begin || !r->exponents || !r->predicted || !r->scales || (!node_sum && !r->fixed)) {
+    if (!r->group_begin || !r->out_begin || !r->width || !r->exponents || !r->predicted || !r->scales ||
+        (!node_sum && !r->fixed)) {
         mt_dist_reducer_free(r);
         return MT_RAISE(MT_ERR_NOMEM, "out of memory for the reduction buffers");
     }
     memcpy(r->group_begin, group_begin, ((size_t)n_groups + 1) * sizeof *group_begin);
+    memcpy(r->out_begin, out_begin, ((size_t)n_groups + 1) * sizeof *out_begin);
+    if (width) memcpy(r->width, width, (size_t)n_groups * sizeof *width);
     return MT_OK;
 }
 
 void mt_dist_reducer_free(mt_dist_reducer *r) {
     free(r->group_begin);
+    free(r->out_begin);
+    free(r->width);
     free(r->exponents);
     free(r->predicted);
     free(r->scales);
@@ -209,9 +225,21 @@ static void from_fixed_groups(const mt_dist_reducer *r, const int64_t *total, co
                               float *sum) {
     for (int g = 0; g < r->n_groups; g++) {
         double unscale = ldexp(1.0, exponents[g] == NO_EXPONENT ? 0 : -group_shift(exponents[g], n_total));
-        size_t begin = r->group_begin[g];
-        from_fixed(sum + begin, total + begin, r->group_begin[g + 1] - begin, unscale);
+        size_t begin = r->out_begin[g];
+        from_fixed(sum + begin, total + begin, r->out_begin[g + 1] - begin, unscale);
     }
+}
+
+/* fixed += group g of `row` at `scale`: dense, or each of the row's table rows at its index. */
+static void add_group(const mt_dist_reducer *r, int g, const float *row, int64_t *fixed, double scale) {
+    size_t begin = r->group_begin[g], len = r->group_begin[g + 1] - begin, D = (size_t)r->width[g];
+    if (!D) {
+        add_fixed(fixed + r->out_begin[g], row + begin, len, scale);
+        return;
+    }
+    const float *ids = row + r->ids_begin;
+    for (size_t i = 0; i < r->n_ids && ids[i] >= 0; i++)
+        add_fixed(fixed + r->out_begin[g] + (size_t)ids[i] * D, row + begin + i * D, D, scale);
 }
 
 static mt_status reduce_exact(const mt_dist *d, mt_dist_reducer *r, const float *vectors, int n_local, int n_total,
@@ -243,8 +271,7 @@ static mt_status reduce_exact(const mt_dist *d, mt_dist_reducer *r, const float 
     for (int g = 0; g < G; g++) {
         if (e[g] == NO_EXPONENT) continue;
         double scale = ldexp(1.0, group_shift(e[g], n_total));
-        size_t begin = r->group_begin[g], len = r->group_begin[g + 1] - begin;
-        for (int t = 0; t < n_local; t++) add_fixed(fixed + begin, vectors + (size_t)t * r->n + begin, len, scale);
+        for (int t = 0; t < n_local; t++) add_group(r, g, vectors + (size_t)t * r->n, fixed, scale);
     }
     mt_status st;
     const int64_t *total = sum_over_ranks(d, r, fixed, &st);
@@ -260,7 +287,7 @@ static mt_status reduce_exact(const mt_dist *d, mt_dist_reducer *r, const float 
  * entries are counted instead, and each group's exponent goes into its signature. */
 static void add_row_predicted(const mt_dist_reducer *r, const float *row, int64_t *fixed) {
     int G = r->n_groups;
-    int64_t *signature = fixed + r->n, *words = signature + G;
+    int64_t *signature = fixed + r->n_out, *words = signature + G;
     int nonfinite = 0;
     for (int g = 0; g < G; g++) {
         size_t begin = r->group_begin[g], len = r->group_begin[g + 1] - begin;
@@ -270,7 +297,7 @@ static void add_row_predicted(const mt_dist_reducer *r, const float *row, int64_
             words[WORD_BEYOND]++;
             continue;
         }
-        add_fixed(fixed + begin, row + begin, len, r->scales[g]);
+        add_group(r, g, row, fixed, r->scales[g]);
         if (ex >= bound - SIGNATURE_WINDOW) signature[g] += (int64_t)1 << (ex - (bound - SIGNATURE_WINDOW));
     }
     words[WORD_NONFINITE] += nonfinite;
@@ -281,7 +308,7 @@ static mt_status reduce_predicted(const mt_dist *d, mt_dist_reducer *r, const fl
                                   mt_dist_flags flags, float *sum, mt_dist_outcome *outcome, int *redo) {
     int G = r->n_groups;
     int64_t *fixed = zeroed_fixed(r);
-    int64_t *words = fixed + r->n + G;
+    int64_t *words = fixed + r->n_out + G;
     words[WORD_ERROR] = flags.local_error != 0;
     words[WORD_OK] = flags.local_error == 0;
     if (flags.stop > 0) words[WORD_STOP + (flags.stop < N_STOP_SIGNALS ? flags.stop : N_STOP_SIGNALS - 1)] = 1;
@@ -299,7 +326,7 @@ static mt_status reduce_predicted(const mt_dist *d, mt_dist_reducer *r, const fl
     mt_status st;
     const int64_t *total = sum_over_ranks(d, r, fixed, &st);
     if (st) return st;
-    const int64_t *signature = total + r->n, *agreed = signature + G;
+    const int64_t *signature = total + r->n_out, *agreed = signature + G;
     memset(outcome, 0, sizeof *outcome);
     outcome->any_error = agreed[WORD_ERROR] > 0;
     outcome->all_error = agreed[WORD_ERROR] > 0 && agreed[WORD_OK] == 0;

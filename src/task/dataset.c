@@ -56,6 +56,8 @@ static void set_views(mt_task_dataset *ds, const layout *L, void *base) {
     ds->class_name_size = L->class_name_size;
     ds->n_rows = L->n_rows;
     ds->n_features = L->n_features;
+    ds->n_tokens = L->n_tokens;
+    ds->tokens = at(L, base, ARR_TOKENS);
     ds->n_targets = L->n_targets;
     ds->n_groups = L->n_groups;
     ds->n_episodes = L->n_episodes;
@@ -105,21 +107,38 @@ static mt_status check_finite(const char *path, const char *name, const float *v
     return MT_OK;
 }
 
+/* Token ids are −1 (padding) or not negative; the model's table size bounds them later
+ * (mt_task_family_init), since one file may serve tables of several sizes. */
+static mt_status check_token_ids(const char *path, const int32_t *v, int64_t rows, int cols) {
+    for (int64_t i = 0; i < rows * cols; i++)
+        if (v[i] < -1)
+            return MT_RAISE(MT_ERR_FORMAT, "%s: /tokens: id %d at [%" PRId64 ", %" PRId64 "] is below -1 (the padding)",
+                            path, v[i], i / cols, i % cols);
+    return MT_OK;
+}
+
 static mt_status fill(reader *r, const layout *L, void *base) {
     mt_status st = MT_OK;
+    int32_t *tokens = at(L, base, ARR_TOKENS);
+    if (tokens) {
+        int64_t rows = L->kind == MT_DATASET_IMAGES ? L->n_images : L->n_rows;
+        MT_TRY(mt_h5_read_all(r->tokens, H5T_NATIVE_INT32, r->path, "/tokens", tokens));
+        MT_TRY(check_token_ids(r->path, tokens, rows, L->n_tokens));
+    }
+    for (int i = 0; i < 4; i++)
+        if (r->episode[i]) memcpy(at(L, base, ARR_SUPPORT_INDEX + i), r->episode[i], L->bytes[ARR_SUPPORT_INDEX + i]);
     if (L->kind == MT_DATASET_IMAGES) {
-        MT_TRY(mt_h5_read_all(r->images, H5T_NATIVE_UINT8, r->path, "/images", at(L, base, ARR_IMAGES)));
+        if (!tokens) MT_TRY(mt_h5_read_all(r->images, H5T_NATIVE_UINT8, r->path, "/images", at(L, base, ARR_IMAGES)));
         memcpy(at(L, base, ARR_LABELS), r->labels, L->bytes[ARR_LABELS]);
         copy_or_zero(at(L, base, ARR_CLASS_SPLIT), r->class_split, L->bytes[ARR_CLASS_SPLIT]);
         if (r->class_names) memcpy(at(L, base, ARR_CLASS_NAMES), r->class_names, L->bytes[ARR_CLASS_NAMES]);
         build_index(at(L, base, ARR_CLASS_START), at(L, base, ARR_CLASS_MEMBERS), r->labels, L->n_images, L->n_classes);
-        for (int i = 0; i < 4; i++)
-            if (r->episode[i])
-                memcpy(at(L, base, ARR_SUPPORT_INDEX + i), r->episode[i], L->bytes[ARR_SUPPORT_INDEX + i]);
     } else {
         float *features = at(L, base, ARR_FEATURES), *targets = at(L, base, ARR_TARGETS);
-        MT_TRY(mt_h5_read_all(r->features, H5T_NATIVE_FLOAT, r->path, "/features", features));
-        MT_TRY(check_finite(r->path, "/features", features, L->n_rows, L->n_features));
+        if (!tokens) {
+            MT_TRY(mt_h5_read_all(r->features, H5T_NATIVE_FLOAT, r->path, "/features", features));
+            MT_TRY(check_finite(r->path, "/features", features, L->n_rows, L->n_features));
+        }
         if (targets) {
             MT_TRY(mt_h5_read_all(r->targets, H5T_NATIVE_FLOAT, r->path, "/targets", targets));
             MT_TRY(check_finite(r->path, "/targets", targets, L->n_rows, L->n_targets));
@@ -168,7 +187,8 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
                 .episodes_file = H5I_INVALID_HID,
                 .images = H5I_INVALID_HID,
                 .features = H5I_INVALID_HID,
-                .targets = H5I_INVALID_HID};
+                .targets = H5I_INVALID_HID,
+                .tokens = H5I_INVALID_HID};
     int node_rank = 0;
     if (!out || !d) return MT_RAISE(MT_ERR_ARG, "mt_task_dataset_load: NULL argument");
     *out = NULL;
@@ -184,8 +204,6 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
                       sizeof ds->path - 1);
     else if (kind != MT_TASK_EPISODES && kind != MT_TASK_GROUPED)
         st = MT_RAISE(MT_ERR_ARG, "task.kind = %s reads no dataset", mt_config_task_kind_name(kind));
-    else if (has_episodes && kind != MT_TASK_EPISODES)
-        st = MT_RAISE(MT_ERR_CONFIG, "%s: fixed episodes need task.kind = episodes", episodes_path);
     else if (!(ds = calloc(1, sizeof *ds)) || !(L = calloc(1, sizeof *L)))
         st = MT_RAISE(MT_ERR_NOMEM, "%s: out of memory", path);
     if (ds) {

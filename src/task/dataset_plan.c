@@ -99,22 +99,44 @@ static mt_status check_ids(const char *path, const char *name, const char *what,
     return MT_OK;
 }
 
+/* A file's rows are bags of token ids (/tokens) or the format's own input (`other`), never
+ * both: *tokens tells which. /tokens is int32 [N, T]; its ids are checked when read. */
+static mt_status plan_tokens(reader *r, layout *L, const char *other, int *tokens, int64_t *rows) {
+    mt_status st = MT_OK;
+    hsize_t dims[4];
+    *tokens = mt_h5_link_exists(r->file, "/tokens");
+    if (*tokens && mt_h5_link_exists(r->file, other))
+        MT_THROW(MT_ERR_FORMAT, "%s: holds both /tokens and %s: give one kind of rows", r->path, other);
+    if (!*tokens) return MT_OK;
+    MT_TRY(mt_h5_open_dataset(r->file, r->path, "/tokens", 1, &r->tokens));
+    MT_TRY(mt_h5_check_array(r->tokens, r->path, "/tokens", MT_H5_I32, 2, "[N, T]", dims, &L->bytes[ARR_TOKENS]));
+    *rows = (int64_t)dims[0];
+    L->n_tokens = (int)dims[1];
+fail:
+    return st;
+}
+
 static mt_status plan_images(reader *r, layout *L) {
     mt_status st = MT_OK;
     const char *p = r->path;
     hsize_t dims[4], len[4];
     hid_t names = H5I_INVALID_HID;
-    MT_TRY(mt_h5_open_dataset(r->file, p, "/images", 1, &r->images));
-    MT_TRY(mt_h5_check_array(r->images, p, "/images", MT_H5_U8, 4, "[N, C, H, W]", dims, &L->bytes[ARR_IMAGES]));
-    L->n_images = (int64_t)dims[0];
-    L->channels = (int)dims[1];
-    L->height = (int)dims[2];
-    L->width = (int)dims[3];
+    int tokens;
+    MT_TRY(plan_tokens(r, L, "/images", &tokens, &L->n_images));
+    if (!tokens) {
+        MT_TRY(mt_h5_open_dataset(r->file, p, "/images", 1, &r->images));
+        MT_TRY(mt_h5_check_array(r->images, p, "/images", MT_H5_U8, 4, "[N, C, H, W]", dims, &L->bytes[ARR_IMAGES]));
+        L->n_images = (int64_t)dims[0];
+        L->channels = (int)dims[1];
+        L->height = (int)dims[2];
+        L->width = (int)dims[3];
+    }
+    const char *rows_name = tokens ? "/tokens" : "/images";
 
     MT_TRY(mt_h5_load_i32(r->file, p, "/labels", 1, 1, "[N]", len, &r->labels));
     if ((int64_t)len[0] != L->n_images)
-        MT_THROW(MT_ERR_FORMAT, "%s: /labels: length %llu does not match /images (%" PRId64 ")", p,
-                 (unsigned long long)len[0], L->n_images);
+        MT_THROW(MT_ERR_FORMAT, "%s: /labels: length %llu does not match %s (%" PRId64 ")", p,
+                 (unsigned long long)len[0], rows_name, L->n_images);
 
     int64_t n_split = 0, n_names = 0;
     MT_TRY(mt_h5_load_i32(r->file, p, "/class_split", 0, 1, "[n_classes]", len, &r->class_split));
@@ -166,10 +188,11 @@ static mt_status plan_episodes(reader *r, layout *L) {
                                          "/episodes/query_labels"};
     hsize_t dims[4][4];
     hid_t group = H5I_INVALID_HID;
+    int grouped = L->kind == MT_DATASET_GROUPED; /* rows of one group: no labels, no ways */
     if (!mt_h5_link_exists(r->episodes_file, "/episodes")) MT_THROW(MT_ERR_FORMAT, "%s: /episodes: no such group", p);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 4; i += 1 + grouped)
         MT_TRY(mt_h5_load_i32(r->episodes_file, p, names[i], 1, 2, "[E, n]", dims[i], &r->episode[i]));
-    for (int i = 1; i < 4; i += 2)
+    for (int i = 1; i < 4 && !grouped; i += 2)
         if (dims[i][0] != dims[i - 1][0] || dims[i][1] != dims[i - 1][1])
             MT_THROW(MT_ERR_FORMAT, "%s: %s: shape [%llu, %llu] does not match %s [%llu, %llu]", p, names[i],
                      (unsigned long long)dims[i][0], (unsigned long long)dims[i][1], names[i - 1],
@@ -178,13 +201,13 @@ static mt_status plan_episodes(reader *r, layout *L) {
         MT_THROW(MT_ERR_FORMAT, "%s: /episodes/query: %llu episodes but /episodes/support has %llu", p,
                  (unsigned long long)dims[2][0], (unsigned long long)dims[0][0]);
 
-    double ways;
+    double ways = 1;
     int present;
     if ((group = H5Gopen2(r->episodes_file, "/episodes", H5P_DEFAULT)) < 0)
         MT_THROW(MT_ERR_FORMAT, "%s: /episodes: not a group", p);
-    MT_TRY(mt_h5_read_attr_double(group, p, "/episodes", "ways", 1, &ways, &present));
-    if (!present) MT_THROW(MT_ERR_FORMAT, "%s: /episodes: attribute ways missing", p);
-    if (ways < 1 || ways > L->n_classes)
+    if (!grouped) MT_TRY(mt_h5_read_attr_double(group, p, "/episodes", "ways", 1, &ways, &present));
+    if (!grouped && !present) MT_THROW(MT_ERR_FORMAT, "%s: /episodes: attribute ways missing", p);
+    if (!grouped && (ways < 1 || ways > L->n_classes))
         MT_THROW(MT_ERR_FORMAT, "%s: /episodes: ways = %.0f outside [1, %d] (the classes of %s)", p, ways, L->n_classes,
                  r->path);
 
@@ -192,16 +215,16 @@ static mt_status plan_episodes(reader *r, layout *L) {
     L->episode_support = (int)dims[0][1];
     L->episode_query = (int)dims[2][1];
     L->episode_ways = (int)ways;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 4; i += 1 + grouped) {
         int64_t n = (int64_t)dims[i][0] * (int64_t)dims[i][1], width = (int64_t)dims[i][1];
-        int64_t bound = i % 2 == 0 ? L->n_images : L->episode_ways;
+        int64_t bound = i % 2 == 1 ? L->episode_ways : grouped ? L->n_rows : L->n_images;
         for (int64_t k = 0; k < n; k++) {
             int32_t v = r->episode[i][k];
             if (v >= 0 && v < bound) continue;
             if (i % 2 == 0)
                 MT_THROW(MT_ERR_FORMAT,
-                         "%s: %s: index %d at [%" PRId64 ", %" PRId64 "] outside [0, %" PRId64 ") (the images of %s)",
-                         p, names[i], v, k / width, k % width, bound, r->path);
+                         "%s: %s: index %d at [%" PRId64 ", %" PRId64 "] outside [0, %" PRId64 ") (the rows of %s)", p,
+                         names[i], v, k / width, k % width, bound, r->path);
             MT_THROW(MT_ERR_FORMAT, "%s: %s: label %d at [%" PRId64 ", %" PRId64 "] outside [0, %" PRId64 ") (ways)", p,
                      names[i], v, k / width, k % width, bound);
         }
@@ -217,10 +240,15 @@ static mt_status plan_grouped(reader *r, layout *L) {
     const char *p = r->path;
     hsize_t dims[4], len[4];
     char tbuf[32];
-    MT_TRY(mt_h5_open_dataset(r->file, p, "/features", 1, &r->features));
-    MT_TRY(mt_h5_check_array(r->features, p, "/features", MT_H5_F32, 2, "[N, D]", dims, &L->bytes[ARR_FEATURES]));
-    L->n_rows = (int64_t)dims[0];
-    L->n_features = (int)dims[1];
+    int tokens;
+    MT_TRY(plan_tokens(r, L, "/features", &tokens, &L->n_rows));
+    if (!tokens) {
+        MT_TRY(mt_h5_open_dataset(r->file, p, "/features", 1, &r->features));
+        MT_TRY(mt_h5_check_array(r->features, p, "/features", MT_H5_F32, 2, "[N, D]", dims, &L->bytes[ARR_FEATURES]));
+        L->n_rows = (int64_t)dims[0];
+        L->n_features = (int)dims[1];
+    }
+    const char *rows_name = tokens ? "/tokens" : "/features";
 
     MT_TRY(mt_h5_open_dataset(r->file, p, "/targets", 1, &r->targets));
     int rank = mt_h5_dims(r->targets, len);
@@ -238,8 +266,8 @@ static mt_status plan_grouped(reader *r, layout *L) {
                  p, mt_h5_type_desc(r->targets, tbuf), rank);
     }
     if ((int64_t)len[0] != L->n_rows)
-        MT_THROW(MT_ERR_FORMAT, "%s: /targets: length %llu does not match /features (%" PRId64 ")", p,
-                 (unsigned long long)len[0], L->n_rows);
+        MT_THROW(MT_ERR_FORMAT, "%s: /targets: length %llu does not match %s (%" PRId64 ")", p,
+                 (unsigned long long)len[0], rows_name, L->n_rows);
     if (r->target_class) {
         int n_classes = 0;
         MT_TRY(check_ids(p, "/targets", "class", r->target_class, L->n_rows, &n_classes, ""));
@@ -248,8 +276,8 @@ static mt_status plan_grouped(reader *r, layout *L) {
 
     MT_TRY(mt_h5_load_i32(r->file, p, "/group", 1, 1, "[N]", len, &r->group));
     if ((int64_t)len[0] != L->n_rows)
-        MT_THROW(MT_ERR_FORMAT, "%s: /group: length %llu does not match /features (%" PRId64 ")", p,
-                 (unsigned long long)len[0], L->n_rows);
+        MT_THROW(MT_ERR_FORMAT, "%s: /group: length %llu does not match %s (%" PRId64 ")", p,
+                 (unsigned long long)len[0], rows_name, L->n_rows);
     MT_TRY(mt_h5_load_i32(r->file, p, "/group_split", 0, 1, "[n_groups]", len, &r->group_split));
     int n_groups = r->group_split ? (int)len[0] : 0;
     MT_TRY(check_ids(p, "/group", "group", r->group, L->n_rows, &n_groups, "/group_split"));
@@ -270,17 +298,16 @@ mt_status mt_task_dataset_plan(reader *r, layout *L) {
         H5Pset_file_locking(r->fapl, 0, 1) < 0)
         MT_THROW(MT_ERR_IO, "%s: cannot set up HDF5 (%s)", r->path, mt_h5_cause(cause));
     MT_TRY(mt_h5_open_file(r->path, r->fapl, &r->file));
-    if (L->kind == MT_DATASET_IMAGES) {
+    if (L->kind == MT_DATASET_IMAGES)
         MT_TRY(plan_images(r, L));
-        if (r->episodes_path) {
-            if (strcmp(r->episodes_path, r->path) == 0)
-                r->episodes_file = r->file;
-            else
-                MT_TRY(mt_h5_open_file(r->episodes_path, r->fapl, &r->episodes_file));
-            MT_TRY(plan_episodes(r, L));
-        }
-    } else {
+    else
         MT_TRY(plan_grouped(r, L));
+    if (r->episodes_path) {
+        if (strcmp(r->episodes_path, r->path) == 0)
+            r->episodes_file = r->file;
+        else
+            MT_TRY(mt_h5_open_file(r->episodes_path, r->fapl, &r->episodes_file));
+        MT_TRY(plan_episodes(r, L));
     }
     uint64_t total = 0;
     for (int a = 0; a < N_ARRAYS; a++) {
@@ -296,8 +323,8 @@ fail:
 }
 
 void mt_task_dataset_reader_close(reader *r) {
-    hid_t *dsets[] = {&r->images, &r->features, &r->targets};
-    for (int i = 0; i < 3; i++)
+    hid_t *dsets[] = {&r->images, &r->features, &r->targets, &r->tokens};
+    for (int i = 0; i < 4; i++)
         if (*dsets[i] >= 0) H5Dclose(*dsets[i]);
     if (r->episodes_file >= 0 && r->episodes_file != r->file) H5Fclose(r->episodes_file);
     if (r->file >= 0) H5Fclose(r->file);
@@ -310,5 +337,5 @@ void mt_task_dataset_reader_close(reader *r) {
     }
     free(r->class_names);
     r->class_names = NULL;
-    r->images = r->features = r->targets = r->episodes_file = r->file = r->fapl = H5I_INVALID_HID;
+    r->images = r->features = r->targets = r->tokens = r->episodes_file = r->file = r->fapl = H5I_INVALID_HID;
 }

@@ -25,6 +25,7 @@ enum {
     ARR_SUPPORT_LABEL,
     ARR_QUERY_INDEX,
     ARR_QUERY_LABEL,
+    ARR_TOKENS,
     N_ARRAYS
 };
 
@@ -43,6 +44,7 @@ typedef struct {
     int n_classes, class_name_size;
     int64_t n_rows;
     int n_features, n_targets, n_groups;
+    int n_tokens; /* T: rows are bags of T token ids (/tokens), or 0 */
     int n_episodes, episode_ways, episode_support, episode_query;
     uint64_t bytes[N_ARRAYS], offset[N_ARRAYS], total;
 } layout;
@@ -51,7 +53,7 @@ typedef struct {
 typedef struct {
     const char *path, *episodes_path;
     hid_t fapl, file, episodes_file;
-    hid_t images, features, targets; /* read in phase 2, straight into the window */
+    hid_t images, features, targets, tokens; /* read in phase 2, straight into the window */
     int32_t *labels, *class_split, *target_class, *group, *group_split;
     int32_t *episode[4]; /* support index, support label, query index, query label */
     char *class_names;   /* n_classes × class_name_size */

@@ -3,6 +3,7 @@
  *   order, which is also the episode's label order (labels are shuffled per episode); K + Q
  *   images per class drawn without replacement, the first K to the support set.
  *   Fixed episodes: task i is the file's episode i, exactly.
+ * Rows of token ids (/tokens) are copied as they are, into exact floats, in either family.
  * grouped: one group of the split per task, its rows shuffled; the first task.shots rows are
  *   the support set, the next task.queries the query set.
  * Every draw comes from the (seed, iteration, task index) streams, so any rank can build any task. */
@@ -25,15 +26,36 @@ static void draw_distinct(mt_rng *rng, int32_t *values, int n, int count) {
     }
 }
 
+/* Token ids go into x as they are: exact integers in floats (the embedding layer reads them). */
+static void copy_tokens(const mt_task_dataset *ds, int64_t row, mt_real *x) {
+    const int32_t *ids = ds->tokens + (size_t)row * ds->n_tokens;
+    for (int t = 0; t < ds->n_tokens; t++) x[t] = (mt_real)ids[t];
+}
+
 static void copy_image(const mt_task_dataset *ds, int64_t index, mt_real *x) {
+    if (ds->tokens) {
+        copy_tokens(ds, index, x);
+        return;
+    }
     size_t size = (size_t)ds->channels * ds->height * ds->width;
     const uint8_t *p = ds->images + (size_t)index * size;
     for (size_t i = 0; i < size; i++) x[i] = (mt_real)(p[i] * ds->pixel_scale + ds->pixel_offset);
 }
 
+static void copy_row(const mt_task_family *fam, int64_t row, mt_real *x, mt_real *y, int32_t *label);
+
 static void sample_fixed(const mt_task_family *fam, uint32_t episode, task_t *task) {
     const mt_task_dataset *ds = fam->data;
-    size_t size = fam->in_size;
+    size_t size = fam->in_size, t = fam->out_size;
+    if (ds->kind == MT_DATASET_GROUPED) { /* rows of one group, answers from the file */
+        for (int i = 0; i < ds->episode_support; i++)
+            copy_row(fam, ds->episode_support_index[(size_t)episode * ds->episode_support + i],
+                     task->x_support + i * size, task->y_support + i * t, task->label_support + i);
+        for (int i = 0; i < ds->episode_query; i++)
+            copy_row(fam, ds->episode_query_index[(size_t)episode * ds->episode_query + i], task->x_query + i * size,
+                     task->y_query + i * t, task->label_query + i);
+        return;
+    }
     for (int i = 0; i < ds->episode_support; i++) {
         size_t k = (size_t)episode * ds->episode_support + i;
         copy_image(ds, ds->episode_support_index[k], task->x_support + i * size);
@@ -75,7 +97,10 @@ static void sample_episode(const mt_task_family *fam, mt_rng *hidden, mt_rng *dr
 
 static void copy_row(const mt_task_family *fam, int64_t row, mt_real *x, mt_real *y, int32_t *label) {
     const mt_task_dataset *ds = fam->data;
-    for (int j = 0; j < ds->n_features; j++) x[j] = ds->features[(size_t)row * ds->n_features + j];
+    if (ds->tokens)
+        copy_tokens(ds, row, x);
+    else
+        for (int j = 0; j < ds->n_features; j++) x[j] = ds->features[(size_t)row * ds->n_features + j];
     if (fam->classification)
         *label = ds->target_class[row];
     else

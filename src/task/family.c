@@ -34,7 +34,7 @@ static mt_status init_episodes(mt_task_family *fam, const mt_task_shape *shape, 
         return MT_RAISE(MT_ERR_CONFIG, "task.kind: episodes needs an images dataset, but %s holds grouped data",
                         ds->path);
     fam->classification = 1;
-    fam->in_size = (size_t)ds->channels * ds->height * ds->width;
+    fam->in_size = ds->tokens ? (size_t)ds->n_tokens : (size_t)ds->channels * ds->height * ds->width;
     if (ds->n_episodes > 0) { /* evaluate exactly the dataset's episodes */
         fam->fixed_episodes = 1;
         fam->ways = ds->episode_ways;
@@ -54,14 +54,39 @@ static mt_status init_grouped(mt_task_family *fam, const mt_task_dataset *ds, mt
     mt_status st = MT_OK;
     if (ds->kind != MT_DATASET_GROUPED)
         return MT_RAISE(MT_ERR_CONFIG, "task.kind: grouped needs a grouped dataset, but %s holds images", ds->path);
-    fam->in_size = (size_t)ds->n_features;
+    fam->in_size = ds->tokens ? (size_t)ds->n_tokens : (size_t)ds->n_features;
     fam->classification = ds->n_targets == 0;
     fam->out_size = fam->classification ? (size_t)ds->n_classes : (size_t)ds->n_targets;
     fam->ways = fam->classification ? ds->n_classes : 1;
+    if (ds->n_episodes > 0) { /* evaluate exactly the dataset's episodes */
+        fam->fixed_episodes = 1;
+        fam->shots = ds->episode_support;
+        fam->queries = ds->episode_query;
+        return MT_OK;
+    }
     MT_TRY(take_split(fam, ds, split));
     MT_TRY(mt_task_dataset_check_groups(ds, split, fam->shots, fam->queries));
 fail:
     return st;
+}
+
+/* A model of token bags needs /tokens, and every id below its table's size; other models need
+ * the file's own rows. */
+static mt_status check_tokens(const mt_nn_net *net, const mt_task_dataset *ds) {
+    if (net->in_tokens != (ds->tokens != NULL))
+        return MT_RAISE(MT_ERR_CONFIG, "model.spec: %s, but %s %s",
+                        net->in_tokens ? "starts with 'input tokens'" : "takes no tokens", ds->path,
+                        ds->tokens ? "holds /tokens (the model must start 'input tokens T, embed V D')"
+                                   : "has no /tokens");
+    if (!ds->tokens) return MT_OK;
+    int64_t rows = ds->kind == MT_DATASET_IMAGES ? ds->n_images : ds->n_rows;
+    int V = net->layers[0].table_rows, T = ds->n_tokens;
+    for (int64_t i = 0; i < rows * T; i++)
+        if (ds->tokens[i] >= V)
+            return MT_RAISE(MT_ERR_FORMAT,
+                            "%s: /tokens: id %d at [%lld, %lld] is not below %d, the rows of model.spec's embed",
+                            ds->path, ds->tokens[i], (long long)(i / T), (long long)(i % T), V);
+    return MT_OK;
 }
 
 mt_status mt_task_family_init(mt_task_family *fam, const mt_task_shape *shape, const mt_nn_net *net,
@@ -92,6 +117,7 @@ mt_status mt_task_family_init(mt_task_family *fam, const mt_task_shape *shape, c
             MT_TRY(init_grouped(fam, data, split));
         break;
     }
+    if (data && (shape->kind == MT_TASK_EPISODES || shape->kind == MT_TASK_GROUPED)) MT_TRY(check_tokens(net, data));
     if (net->in_size != fam->in_size)
         MT_THROW(MT_ERR_CONFIG, "model.spec: input size %zu does not fit task.kind=%s, whose examples have %zu",
                  net->in_size, kind, fam->in_size);
