@@ -64,7 +64,7 @@ static void add_back(const mt_meta_rows *rows, const float *vec, float *sum) {
 }
 
 static void check_algorithm(mt_algorithm algo) {
-    const char *spec = "input tokens 5, embed 40 4, linear 6, relu, linear 3, xent";
+    const char *spec = "input tokens 5, embed 80 4, linear 6, relu, linear 3, xent";
     mt_nn_net net;
     mt_meta_layout full;
     assert_int_equal(mt_nn_parse(&net, spec, "test"), MT_OK);
@@ -72,7 +72,7 @@ static void check_algorithm(mt_algorithm algo) {
     mt_task_family fam = family();
     mt_meta_rows *rows;
     assert_int_equal(mt_meta_rows_create(&rows, &full, &fam), MT_OK);
-    assert_int_equal(rows->capacity, 40); /* (6 + 5)·5 = 55 ids, at most V */
+    assert_int_equal(rows->capacity, 55); /* (6 + 5)·5 ids, fewer than V */
     mt_meta_ctx *whole, *cut;
     assert_int_equal(mt_meta_ctx_create(&whole, &full, NS), MT_OK);
     assert_int_equal(mt_meta_ctx_create(&cut, &rows->layout, NS), MT_OK);
@@ -95,7 +95,7 @@ static void check_algorithm(mt_algorithm algo) {
 
     /* Several tasks in a row, over fewer and more rows: the rows a task leaves must not leak into
      * the next. */
-    int spans[] = {40, 7, 25, 3};
+    int spans[] = {80, 7, 25, 3};
     for (int t = 0; t < 4; t++) {
         mt_task task, task2;
         make_task(&task, xs, xq, ls, lq, spans[t], 10 + (uint64_t)t);

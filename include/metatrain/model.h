@@ -45,7 +45,8 @@ typedef struct {
 #define MT_MODEL_MAX_BATCH (1 << 20)
 
 /* Rows of examples. x: rows × input_size floats, row-major (an image as C×H×W, already scaled
- * as training scaled it: p · pixel_scale + pixel_offset). For adapting, classification needs
+ * as training scaled it: p · pixel_scale + pixel_offset; a bag of token ids as the ids, each an
+ * integer in [0, vocabulary) or −1 for padding). For adapting, classification needs
  * labels in [0, outputs) and regression targets (rows × outputs). */
 typedef struct {
     const float *x;
@@ -57,7 +58,8 @@ typedef struct {
 /* What a model is. Strings point into the handle and live as long as it. */
 typedef struct {
     size_t input_size;           /* floats per row of x */
-    int channels, height, width; /* the input's shape: (D, 1, 1) for features */
+    int channels, height, width; /* the input's shape: (D, 1, 1) for features, (T, 1, 1) for tokens */
+    int vocabulary;              /* a model of token bags: its table's rows V; else 0 */
     size_t outputs;              /* classes (classification) or targets per row (regression) */
     int classification;          /* 1: softmax cross-entropy, predictions are probabilities */
     size_t parameters;           /* network parameters */
@@ -78,7 +80,7 @@ mt_status mt_model_open(mt_model **model, const char *path, const mt_model_optio
 void mt_model_describe(const mt_model *model, mt_model_info *info);
 
 /* Adapts to a support set: the model's inner loop from the meta-learned parameters. rows from 1
- * to max_batch; x must be finite, labels in [0, outputs). On failure the model is left as it
+ * to max_batch; x must be finite (token ids valid), labels in [0, outputs). On failure the model is left as it
  * was. Does not allocate. */
 mt_status mt_model_adapt(mt_model *model, const mt_model_batch *support);
 

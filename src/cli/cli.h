@@ -127,13 +127,14 @@ mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *m
 typedef struct {
     char path[4096];
     hid_t file, x, answers; /* answers: /labels or /targets, or H5I_INVALID_HID */
-    int images, has_labels, has_targets;
+    int images, tokens, has_labels, has_targets;
+    int vocabulary; /* tokens: ids must be below it */
     const char *answer_name;
     int64_t rows;
     size_t width, outputs; /* floats per row of x; the model's outputs */
     double pixel_scale, pixel_offset;
     int chunk;
-    uint8_t *pixels; /* one chunk of images */
+    uint8_t *pixels; /* one chunk of images, or of token ids */
 } mt_cli_rows;
 /* Opens `path` and checks it against the model: the x dataset's dtype and shape, and the answers'
  * when present. chunk: the most rows one read takes. Local. */

@@ -1,7 +1,9 @@
 /* Rows of a support set or of an input to predict, read from the dataset formats in chunks:
  *   images    /images uint8 [N, C, H, W], optional /labels int32 [N]; root attributes
  *             pixel_scale and pixel_offset (default 1/255 and 0) scale a pixel as in training;
- *   features  /features float32 [N, D], optional /targets float32 [N, T] or int32 [N] labels.
+ *   features  /features float32 [N, D], optional /targets float32 [N, T] or int32 [N] labels;
+ *   tokens    /tokens int32 [N, T] (ids below the model's V, −1 padding), with /labels as images
+ *             have them or /targets as features have them.
  * Every row is used (a /group or /class_split, if present, is ignored). The shapes must be the
  * model's; features and targets must be finite and labels in [0, outputs), checked chunk by
  * chunk as they are read, each refusal naming the file, the dataset and the row. */
@@ -18,12 +20,26 @@ static mt_status open_sets(mt_cli_rows *r, const mt_model_info *mi) {
     const char *p = r->path;
     hsize_t dims[4], adims[4];
     int images = mt_h5_link_exists(r->file, "/images"), features = mt_h5_link_exists(r->file, "/features");
-    if (images == features)
+    int tokens = mt_h5_link_exists(r->file, "/tokens");
+    if (images + features + tokens != 1)
         MT_THROW(MT_ERR_FORMAT, "%s: %s", p,
-                 images ? "holds both /images and /features: give one kind of rows"
-                        : "no /images or /features dataset: not a dataset file (README: Dataset formats)");
+                 images + features + tokens > 1
+                     ? "holds more than one of /images, /features and /tokens: give one kind of rows"
+                     : "no /images, /features or /tokens dataset: not a dataset file (README: Dataset formats)");
+    if (tokens != (mi->vocabulary > 0))
+        MT_THROW(MT_ERR_FORMAT, "%s: %s", p,
+                 tokens ? "holds /tokens, but the model does not read token ids"
+                        : "has no /tokens, but the model reads bags of token ids");
     r->images = images;
-    if (images) {
+    r->tokens = tokens;
+    if (tokens) {
+        MT_TRY(mt_h5_open_dataset(r->file, p, "/tokens", 1, &r->x));
+        MT_TRY(mt_h5_check_array(r->x, p, "/tokens", MT_H5_I32, 2, "[N, T]", dims, NULL));
+        if (dims[1] != mi->input_size)
+            MT_THROW(MT_ERR_FORMAT, "%s: /tokens: rows have %llu ids, but the model takes %zu", p,
+                     (unsigned long long)dims[1], mi->input_size);
+        r->vocabulary = mi->vocabulary;
+    } else if (images) {
         MT_TRY(mt_h5_open_dataset(r->file, p, "/images", 1, &r->x));
         MT_TRY(mt_h5_check_array(r->x, p, "/images", MT_H5_U8, 4, "[N, C, H, W]", dims, NULL));
         if ((int)dims[1] != mi->channels || (int)dims[2] != mi->height || (int)dims[3] != mi->width)
@@ -44,7 +60,7 @@ static mt_status open_sets(mt_cli_rows *r, const mt_model_info *mi) {
     r->rows = (int64_t)dims[0];
     r->width = mi->input_size;
     r->outputs = mi->outputs;
-    r->answer_name = images ? "/labels" : "/targets";
+    r->answer_name = mi->classification && !features ? "/labels" : "/targets";
     MT_TRY(mt_h5_open_dataset(r->file, p, r->answer_name, 0, &r->answers));
     if (r->answers < 0) return MT_OK;
     if (mi->classification) {
@@ -61,7 +77,10 @@ static mt_status open_sets(mt_cli_rows *r, const mt_model_info *mi) {
     }
     if (adims[0] != dims[0])
         MT_THROW(MT_ERR_FORMAT, "%s: %s: %llu rows, but %s has %llu", p, r->answer_name, (unsigned long long)adims[0],
-                 images ? "/images" : "/features", (unsigned long long)dims[0]);
+                 images   ? "/images"
+                 : tokens ? "/tokens"
+                          : "/features",
+                 (unsigned long long)dims[0]);
 fail:
     return st;
 }
@@ -75,8 +94,8 @@ mt_status mt_cli_rows_open(mt_cli_rows *r, const char *path, const mt_model_info
     MT_TRY(mt_h5_open_file(path, H5P_DEFAULT, &r->file));
     MT_TRY(open_sets(r, mi));
     r->chunk = chunk;
-    if (r->images && !(r->pixels = malloc((size_t)chunk * r->width)))
-        MT_THROW(MT_ERR_NOMEM, "%s: out of memory for a chunk of %d images", path, chunk);
+    if ((r->images || r->tokens) && !(r->pixels = malloc((size_t)chunk * r->width * (r->tokens ? 4 : 1))))
+        MT_THROW(MT_ERR_NOMEM, "%s: out of memory for a chunk of %d rows", path, chunk);
     return MT_OK;
 fail:
     mt_cli_rows_close(r);
@@ -113,8 +132,17 @@ static mt_status check_finite(const mt_cli_rows *r, const char *name, const floa
 
 mt_status mt_cli_rows_read(mt_cli_rows *r, int64_t first, int n, float *x, int32_t *labels, float *targets) {
     mt_status st = MT_OK;
-    if (r->images) {
-        MT_TRY(read_rows(r, r->x, "/images", first, n, H5T_NATIVE_UINT8, r->pixels));
+    if (r->tokens) {
+        const int32_t *ids = (const int32_t *)r->pixels;
+        MT_TRY(read_rows(r, r->x, "/tokens", first, n, H5T_NATIVE_INT32, r->pixels));
+        for (size_t i = 0; i < (size_t)n * r->width; i++) {
+            if (ids[i] < -1 || ids[i] >= r->vocabulary)
+                MT_THROW(MT_ERR_FORMAT,
+                         "%s: /tokens: row %lld, column %zu: id %d is outside [-1, %d), the model's table", r->path,
+                         (long long)(first + (int64_t)(i / r->width)), i % r->width, (int)ids[i], r->vocabulary);
+            x[i] = (float)ids[i];
+        }
+    } else if (r->images) {
         for (size_t i = 0; i < (size_t)n * r->width; i++)
             x[i] = (float)(r->pixels[i] * r->pixel_scale + r->pixel_offset);
     } else {
@@ -143,10 +171,12 @@ mt_status mt_cli_rows_count(const char *path, int64_t *rows, int *images) {
     *rows = 0;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     MT_TRY(mt_h5_open_file(path, H5P_DEFAULT, &file));
-    const char *name = mt_h5_link_exists(file, "/images") ? "/images" : "/features";
+    const char *name = mt_h5_link_exists(file, "/images")   ? "/images"
+                       : mt_h5_link_exists(file, "/tokens") ? "/tokens"
+                                                            : "/features";
     if (!mt_h5_link_exists(file, name))
-        MT_THROW(MT_ERR_FORMAT, "%s: no /images or /features dataset: not a dataset file (README: Dataset formats)",
-                 path);
+        MT_THROW(MT_ERR_FORMAT,
+                 "%s: no /images, /features or /tokens dataset: not a dataset file (README: Dataset formats)", path);
     MT_TRY(mt_h5_open_dataset(file, path, name, 1, &dset));
     int rank = mt_h5_dims(dset, dims);
     if (rank < 1 || dims[0] == 0) MT_THROW(MT_ERR_FORMAT, "%s: %s: no rows", path, name);

@@ -63,6 +63,19 @@ static mt_status check_rows_finite(const float *v, int rows, size_t width, const
     return MT_OK;
 }
 
+/* x as the model reads it: finite values, or for a model of token bags ids in [−1, V). */
+static mt_status check_x(const mt_model *m, const float *x, int rows, const char *what) {
+    size_t width = m->net.in_size;
+    mt_status st = check_rows_finite(x, rows, width, what);
+    if (st || !m->net.in_tokens) return st;
+    float V = (float)m->net.layers[0].table_rows;
+    for (size_t i = 0; i < (size_t)rows * width; i++)
+        if (x[i] != floorf(x[i]) || x[i] < -1 || x[i] >= V)
+            return MT_RAISE(MT_ERR_ARG, "%s: row %zu, column %zu: %g is not a token id in [-1, %.0f)", what, i / width,
+                            i % width, (double)x[i], (double)V);
+    return MT_OK;
+}
+
 /* The file's own iteration: /train/iteration of a checkpoint, source_iteration of an adapted file. */
 static int64_t file_iteration(const mt_ckpt *ck, int adapted) {
     if (adapted) {
@@ -150,6 +163,7 @@ void mt_model_describe(const mt_model *m, mt_model_info *info) {
     memset(info, 0, sizeof *info);
     info->input_size = m->net.in_size;
     info->channels = m->net.in_c, info->height = m->net.in_h, info->width = m->net.in_w;
+    info->vocabulary = m->net.in_tokens ? m->net.layers[0].table_rows : 0;
     info->outputs = m->net.out_size;
     info->classification = m->net.loss == MT_NN_LOSS_XENT;
     info->parameters = m->layout.n_theta;
@@ -176,7 +190,7 @@ mt_status mt_model_adapt(mt_model *m, const mt_model_batch *support) {
     if (!m || !support || !support->x) return MT_RAISE(MT_ERR_ARG, "mt_model_adapt: NULL argument");
     int rows = support->rows, O = (int)m->net.out_size;
     MT_TRY(check_rows(m, rows, "support"));
-    MT_TRY(check_rows_finite(support->x, rows, m->net.in_size, "support x"));
+    MT_TRY(check_x(m, support->x, rows, "support x"));
     if (m->net.loss == MT_NN_LOSS_XENT) {
         if (!support->labels) MT_THROW(MT_ERR_ARG, "support: labels missing: a classifier adapts on labelled rows");
         for (int i = 0; i < rows; i++)
@@ -207,7 +221,7 @@ mt_status mt_model_predict(mt_model *m, const float *x, int rows, float *out, in
     mt_error_clear();
     if (!m || !x || !out) return MT_RAISE(MT_ERR_ARG, "mt_model_predict: NULL argument");
     MT_TRY(check_rows(m, rows, "input"));
-    MT_TRY(check_rows_finite(x, rows, m->net.in_size, "input x"));
+    MT_TRY(check_x(m, x, rows, "input x"));
     mt_nn_batch batch = {x, NULL, NULL, rows};
     const float *y = mt_nn_forward(m->predict_ws, m->theta, &batch);
     size_t O = m->net.out_size;
