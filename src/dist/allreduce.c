@@ -24,6 +24,13 @@
  * P sits at most log2(n_total) + H above the true largest exponent, so entries within about
  * 2^-23 of their group's largest keep full float precision.
  *
+ * Sparse groups: a task of a network with an embedding table carries only the table rows it
+ * named (src/meta/task_rows.c), with their indices; each row is added at its table row of the
+ * int64 sum. Integer addition still makes the order irrelevant, so the sum is the same as the
+ * dense one, and a task's conversion costs its rows, not the table. The sum itself stays dense:
+ * per iteration, 8 bytes per table entry (67 MB for 131072 x 64) go through the node's memory and
+ * the MPI_Allreduce among nodes; a sparse exchange would be a later gain.
+ *
  * The largest exponent is that of the largest magnitude (frexp is monotone in |x|), and scaling
  * by a power of two is exact, so the loops below need no libm call per entry.
  *
