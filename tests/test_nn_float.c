@@ -383,6 +383,20 @@ static void test_parse_rejects_bad_specs(void **state) {
     expect_rejected("input tokens 4, embed 10 3, embed 10 3, linear 2, mse");
 }
 
+/* model.head_init_scale: the head's weights scaled, its bias and every other layer untouched. */
+static void test_scale_head(void **state) {
+    (void)state;
+    mt_nn_net net;
+    assert_int_equal(mt_nn_parse(&net, "input 3, linear 4, relu, linear 2, mse", "test"), MT_OK);
+    float p[26], q[26];
+    for (int i = 0; i < 26; i++) p[i] = q[i] = (float)(i + 1);
+    mt_nn_scale_head(&net, 0.5, q);
+    for (int i = 0; i < 26; i++) /* linear1: 12 + 4; linear2's weight: 8, then its bias: 2 */
+        assert_true(q[i] == (i >= 16 && i < 24 ? p[i] * 0.5f : p[i]));
+    mt_nn_scale_head(&net, 0, q);
+    for (int i = 16; i < 24; i++) assert_true(q[i] == 0);
+}
+
 /* The task layout of a table of R rows moves every later tensor by (V − R)·D, and nothing else. */
 static void test_parse_table_rows(void **state) {
     mt_nn_net net, small;
@@ -488,6 +502,7 @@ int main(void) {
         cmocka_unit_test(test_conv_reference_by_hand),
         cmocka_unit_test(test_parse_rejects_bad_specs),
         cmocka_unit_test(test_parse_table_rows),
+        cmocka_unit_test(test_scale_head),
         cmocka_unit_test(test_parse_fourconv_layout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -73,6 +73,7 @@ typedef struct {
     char task_path[MT_CONFIG_STR]; /* task.path: HDF5 dataset for episodes and grouped */
     /* [model] */
     char model_spec[MT_CONFIG_STR]; /* model.spec: see mt_nn_parse */
+    double head_init_scale;         /* model.head_init_scale: the head's He-normal std times this */
     char model_spec_origin[640];    /* "file.ini:12:" or "--set" where model.spec was set, or "" */
     /* [eval] */
     int eval_tasks;                    /* eval.tasks */

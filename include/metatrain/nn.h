@@ -123,6 +123,10 @@ extern _Thread_local double mt_nn_gemm_flops;
  * everywhere, so that tests cover both. Process-wide; set it before any work, not during. */
 void mt_nn_use_intrinsics(int on);
 
+/* Multiplies the head's weights (not its bias) in params (float) by scale: a smaller start for
+ * the layer a few-shot task adapts most. Local. */
+void mt_nn_scale_head(const mt_nn_net *net, double scale, float *params);
+
 /* Elementwise mask of the parameters of the last layer holding parameters (the "head"). */
 void mt_nn_head_range(const mt_nn_net *net, size_t *begin, size_t *end);
 

@@ -424,6 +424,7 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
         mt_ckpt_free(&ck);
     } else {
         mt_meta_init_params(&m.layout, m.cfg.seed, m.cfg.inner_lr, p.meta);
+        mt_nn_scale_head(&m.net, m.cfg.head_init_scale, p.meta);
     }
     /* Rank 0 alone creates, locks and writes output.dir; the others learn how it went. */
     if (d->rank == 0) {

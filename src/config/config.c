@@ -147,6 +147,8 @@ static const config_key config_keys[] = {
 
     STRING_KEY("model", "spec", model_spec, "input 1, linear 40, relu, linear 40, relu, linear 1, mse", 1, FIXED,
                "network layers (see mt_nn_parse); continue a long spec on indented lines"),
+    DOUBLE_KEY("model", "head_init_scale", head_init_scale, "1", GE(0), UNBOUNDED, FIXED,
+               "the last layer's initial weights: He-normal times this; 0 starts every class equal"),
 
     INT_KEY("eval", "tasks", eval_tasks, "600", GE(1), UNBOUNDED, RESUMABLE, "tasks in the final evaluation"),
     INT_KEY("eval", "steps", eval_steps, "0", GE(0), LE(256), RESUMABLE,

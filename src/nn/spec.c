@@ -246,6 +246,16 @@ int mt_nn_find_tensor(const mt_nn_net *net, const char *name) {
     return -1;
 }
 
+void mt_nn_scale_head(const mt_nn_net *net, double scale, float *params) {
+    for (int l = net->n_layers - 1; l >= 0; l--) {
+        const mt_nn_layer *L = &net->layers[l];
+        if (!L->param_count) continue;
+        for (size_t i = L->param_offset; i < L->param_offset + L->weight_count; i++)
+            params[i] = (float)(params[i] * scale);
+        return;
+    }
+}
+
 void mt_nn_head_range(const mt_nn_net *net, size_t *begin, size_t *end) {
     for (int l = net->n_layers - 1; l >= 0; l--)
         if (net->layers[l].param_count) {
