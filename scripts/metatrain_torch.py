@@ -38,6 +38,7 @@ XENT_MAX_OUTPUTS = 4096  # the parser's bound on a softmax head
 INT_MAX = 2**31 - 1
 MAX_LAYERS, MAX_TENSORS = 64, 128  # MT_NN_MAX_LAYERS, MT_NN_MAX_TENSORS
 SPEC_MAX = 512  # sizeof mt_nn_net.spec
+MAX_TABLE_ROWS = 1 << 24  # MT_NN_MAX_TABLE_ROWS: ids travel as exact floats
 
 
 class ExportError(ValueError):
@@ -75,6 +76,22 @@ class FlatLinear(nn.Linear):
         return super().forward(x.flatten(1))
 
 
+class EmbedBag(nn.Module):
+    """metatrain's `embed V D`: the mean of the table rows a bag of token ids names (-1 pads; a
+    bag of no id gives zeros). Takes the ids [B, T] as integers or exact floats."""
+
+    def __init__(self, rows, width):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(rows, width))
+
+    def forward(self, x):
+        ids = x.long()
+        valid = ids >= 0
+        rows = self.weight[ids.clamp(min=0)] * valid.unsqueeze(-1)  # [B, T, D], pads zeroed
+        count = valid.sum(1, keepdim=True).clamp(min=1).to(rows.dtype)
+        return rows.sum(1) / count
+
+
 class GlobalAvgPool(nn.Module):
     """Mean over H x W, keeping [B, C, 1, 1]; on features (H = W = 1 there) the identity."""
 
@@ -82,12 +99,12 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=(2, 3), keepdim=True) if x.dim() == 4 else x
 
 
-def _positive(word):
-    """The C parser's parse_positive: a base-10 integer in [1, 2^20] (strtol takes a sign)."""
+def _positive(word, limit=1 << 20):
+    """The C parser's parse_positive: a base-10 integer in [1, limit] (strtol takes a sign)."""
     if not re.fullmatch(r"[+-]?[0-9]+", word):
         return None
     value = int(word)
-    return value if 0 < value <= 1 << 20 else None
+    return value if 0 < value <= limit else None
 
 
 def parse_spec(spec):
@@ -95,7 +112,7 @@ def parse_spec(spec):
     {role: shape})], loss, outputs); raises ValueError naming what is wrong."""
     if len(spec.encode()) >= SPEC_MAX:
         raise ValueError("spec longer than %d characters" % (SPEC_MAX - 1))
-    shape, features, layers, loss = None, False, [], None
+    shape, features, layers, loss, tokens = None, False, [], None, False
     counters = {}
 
     def add(base, module, tensors=None):
@@ -117,7 +134,23 @@ def parse_spec(spec):
         if len(engine_layers) >= MAX_LAYERS - 1 or sum(map(len, engine_layers)) >= MAX_TENSORS - 2:
             raise ValueError("more than %d layers" % (MAX_LAYERS - 1))
         c, h, w = shape if shape else (0, 0, 0)
-        if op == "input":
+        if tokens and not layers and op not in ("embed", "input"):
+            raise ValueError("'input tokens T' must be followed by 'embed V D', not '%s'" % op)
+        if op == "input" and len(args) == 2 and args[0] == "tokens":
+            if shape is not None or _positive(args[1]) is None:
+                raise ValueError("'input tokens T' takes a positive bag length T, once")
+            shape, features, tokens = (_positive(args[1]), 1, 1), True, True
+            input_shape = (shape[0],)
+        elif op == "embed":
+            if not tokens or layers:
+                raise ValueError("'embed' must come right after 'input tokens T'")
+            rows = _positive(args[0], MAX_TABLE_ROWS) if len(args) == 2 else None
+            width = _positive(args[1]) if len(args) == 2 else None
+            if rows is None or width is None:
+                raise ValueError("'embed' takes a table size V and a width D: '%s'" % item.strip())
+            add("embed", EmbedBag(rows, width), {"weight": (rows, width)})
+            shape = (width, 1, 1)
+        elif op == "input":
             if shape is not None or len(args) != 1:
                 raise ValueError("'input' takes one shape, D or CxHxW, once")
             dims = [_positive(p) for p in args[0].split("x") if p]

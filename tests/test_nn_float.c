@@ -406,6 +406,8 @@ static void test_parse_table_rows(void **state) {
     assert_int_equal(net.n_params, 1000 * 8 + 8 * 3 + 3);
     assert_int_equal(net.layers[0].kind, MT_NN_EMBED);
     assert_int_equal(net.layers[0].table_rows, 1000);
+    mt_nn_net big; /* tables past the 2^20 that bounds other sizes, up to 2^24 rows */
+    assert_int_equal(mt_nn_parse(&big, "input tokens 2, embed 16777216 1, linear 2, mse", "test"), MT_OK);
     mt_nn_with_table_rows(&net, 20, &small);
     assert_int_equal(small.n_params, 20 * 8 + 8 * 3 + 3);
     assert_int_equal(small.tensors[0].dims[0], 20);

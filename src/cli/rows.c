@@ -143,6 +143,7 @@ mt_status mt_cli_rows_read(mt_cli_rows *r, int64_t first, int n, float *x, int32
             x[i] = (float)ids[i];
         }
     } else if (r->images) {
+        MT_TRY(read_rows(r, r->x, "/images", first, n, H5T_NATIVE_UINT8, r->pixels));
         for (size_t i = 0; i < (size_t)n * r->width; i++)
             x[i] = (float)(r->pixels[i] * r->pixel_scale + r->pixel_offset);
     } else {

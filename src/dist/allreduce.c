@@ -79,6 +79,9 @@ size_t mt_dist_reducer_sum_len(size_t n_out, int n_groups) { return n_out + (siz
 
 mt_status mt_dist_reducer_init(mt_dist_reducer *r, size_t n, int n_groups, const size_t *group_begin,
                                mt_dist_node_sum *node_sum) {
+    memset(r, 0, sizeof *r);
+    if (group_begin[n_groups] != n)
+        return MT_RAISE(MT_ERR_ARG, "the groups cover %zu values of vectors of %zu", group_begin[n_groups], n);
     return mt_dist_reducer_init_sparse(r, n, n_groups, group_begin, group_begin, NULL, n, 0, node_sum);
 }
 
@@ -87,6 +90,9 @@ mt_status mt_dist_reducer_init_sparse(mt_dist_reducer *r, size_t n, int n_groups
                                       mt_dist_node_sum *node_sum) {
     memset(r, 0, sizeof *r);
     size_t n_out = out_begin[n_groups], sum_len = mt_dist_reducer_sum_len(n_out, n_groups);
+    if (group_begin[n_groups] > ids_begin || ids_begin + n_ids > n)
+        return MT_RAISE(MT_ERR_ARG, "groups to %zu and %zu indices at %zu do not fit vectors of %zu",
+                        group_begin[n_groups], n_ids, ids_begin, n);
     if (node_sum && node_sum->n != sum_len)
         return MT_RAISE(MT_ERR_ARG, "the node sum holds %zu values, not %zu", node_sum->n, sum_len);
     if (node_sum && node_sum->rows && node_sum->row_len != n)

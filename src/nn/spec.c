@@ -14,13 +14,16 @@ static int split_words(char *item, char **words, int max) {
     return n;
 }
 
-static int parse_positive(const char *text, int *value) {
+/* A base-10 integer in [1, limit]. */
+static int parse_bounded(const char *text, long limit, int *value) {
     char *end;
     long v = strtol(text, &end, 10);
-    if (end == text || *end != '\0' || v <= 0 || v > 1 << 20) return 0;
+    if (end == text || *end != '\0' || v <= 0 || v > limit) return 0;
     *value = (int)v;
     return 1;
 }
+
+static int parse_positive(const char *text, int *value) { return parse_bounded(text, 1 << 20, value); }
 
 static void add_tensor(mt_nn_net *net, int layer, const char *role, size_t offset, size_t count, int rank,
                        const int *dims) {
@@ -97,11 +100,9 @@ mt_status mt_nn_parse(mt_nn_net *net, const char *spec, const char *what) {
             int rows, dim;
             if (!net->in_tokens || net->n_layers != 0)
                 return MT_RAISE(MT_ERR_CONFIG, "%s: 'embed' must come right after 'input tokens T'", what);
-            if (nw != 3 || !parse_positive(words[1], &rows) || !parse_positive(words[2], &dim))
-                return MT_RAISE(MT_ERR_CONFIG, "%s: 'embed' takes a table size V and a width D: '%s'", what, original);
-            if (rows > MT_NN_MAX_TABLE_ROWS)
-                return MT_RAISE(MT_ERR_CONFIG, "%s: 'embed' tables have at most %d rows, not %d", what,
-                                MT_NN_MAX_TABLE_ROWS, rows);
+            if (nw != 3 || !parse_bounded(words[1], MT_NN_MAX_TABLE_ROWS, &rows) || !parse_positive(words[2], &dim))
+                return MT_RAISE(MT_ERR_CONFIG, "%s: 'embed' takes a table size V of at most %d and a width D: '%s'",
+                                what, MT_NN_MAX_TABLE_ROWS, original);
             mt_nn_layer *L = add_layer(net, MT_NN_EMBED, "embed", &n_embed, c, 1, 1, 1);
             L->table_rows = rows;
             L->out_c = dim;

@@ -60,6 +60,8 @@ def fail(what):
 with h5py.File(source, "r") as f:
     if "features" in f:
         x = f["features"][()]
+    elif "tokens" in f:  # bags of ids, -1 padding
+        x = f["tokens"][()]
     else:  # pixels scaled as the images format says
         scale, offset = f.attrs.get("pixel_scale", 1 / 255), f.attrs.get("pixel_offset", 0.0)
         x = (f["images"][()] * scale + offset).astype(np.float32)
@@ -108,6 +110,24 @@ check sin sin/checkpoint.h5 points.h5
 check omni omni/checkpoint.h5 images.h5
 check omni-scaled omni/checkpoint.h5 images-scaled.h5  # pixel_scale and pixel_offset
 check adapted adapted.h5 images.h5
+
+# A model of token bags: an embedding table (repeated ids, padding, an empty bag) under an MLP.
+"$PY" - << 'EOF'
+import h5py, numpy as np
+r = np.random.default_rng(5)
+t = r.integers(0, 40, (60, 6)).astype(np.int32)
+t[r.random(t.shape) < 0.3] = -1
+t[7] = -1
+with h5py.File("tokens.h5", "w") as f:
+    f["tokens"] = t
+    f["labels"] = np.repeat(np.arange(6), 10).astype(np.int32)
+with h5py.File("tokens-in.h5", "w") as f:  # the rows to predict: no labels of 6 classes for 3 outputs
+    f["tokens"] = t
+EOF
+"$METATRAIN" train --set task.kind=episodes --set task.path=tokens.h5 --set task.ways=3 --set task.shots=2 \
+    --set task.queries=2 --set "model.spec=input tokens 6, embed 40 5, linear 8, relu, linear 3, xent" \
+    --set train.iterations=5 --set eval.every=0 --set output.dir=tok --quiet > /dev/null || fail "training a token model"
+check tok tok/checkpoint.h5 tokens-in.h5
 
 # Broken copies: each refused with one line naming the file, exit non-zero, nothing written.
 "$PY" - << 'EOF'
