@@ -9,7 +9,9 @@ torch.save; `load("model.pt")` rebuilds the module from it without metatrain or 
 
 The layers, as the engine computes them (src/nn/spec.c parses the spec, src/nn/net.c runs it):
 - `input D` takes x [B, D]; `input CxHxW` takes x [B, C, H, W] (or [B, C*H*W]), float32, already
-  scaled (an images file's pixel p is p * pixel_scale + pixel_offset, by default p / 255).
+  scaled (an images file's pixel p is p * pixel_scale + pixel_offset, by default p / 255);
+  `input tokens T` takes bags of token ids [B, T], -1 padding.
+- `embed V D`: the mean of the rows of a [V, D] table that a bag's ids name; zeros for no id.
 - `linear N`: y = x W^T + b, W [N, I]; an image input is flattened per sample in (C, H, W) order.
 - `conv N [s1|s2]`: 3x3 cross-correlation, padding 1, stride 1 or 2, with bias, W [N, C, 3, 3];
   output side (side - 1) // stride + 1.

@@ -2,7 +2,8 @@
 # scripts/export-torch: a checkpoint rebuilt as a torch.nn.Module predicts what `metatrain
 # predict` does, to 1e-4, for the sinusoid MLP, the 4-conv Omniglot network (stride-2 convs,
 # batch norm on the batch's statistics, flatten, softmax) with default and explicit pixel
-# scaling, and a file from `metatrain adapt`; the saved model.pt loads back to the same numbers;
+# scaling, a file from `metatrain adapt`, and a model of token bags (embed); the saved model.pt
+# loads back to the same numbers;
 # a checkpoint missing a tensor, with a tensor of the wrong shape or with an unknown spec item is
 # refused with one line and leaves no output.
 . "$(dirname "$0")/lib.sh"
