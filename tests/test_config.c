@@ -94,6 +94,9 @@ static void test_defaults(void **state) {
     assert_string_equal(c.task_path, "");
     assert_string_equal(c.model_spec, "input 1, linear 40, relu, linear 40, relu, linear 1, mse");
     assert_int_equal(c.eval_tasks, 600);
+    /* Evaluation tasks do not follow train.seed: runs of several seeds are scored on one set. */
+    assert_int_equal(c.eval_seed, 1);
+    assert_true(c.head_init_scale == 1.0);
     assert_int_equal(c.eval_steps, 0);
     assert_int_equal(c.eval_queries, 0);
     assert_int_equal(c.eval_split, MT_SPLIT_TEST);

@@ -77,6 +77,7 @@ typedef struct {
     char model_spec_origin[640];    /* "file.ini:12:" or "--set" where model.spec was set, or "" */
     /* [eval] */
     int eval_tasks;                    /* eval.tasks */
+    uint64_t eval_seed;                /* eval.seed: keys evaluation and validation tasks */
     int eval_steps;                    /* eval.steps: inner steps at evaluation; 0 = meta.inner_steps */
     int eval_queries;                  /* eval.queries: 0 = task.queries */
     mt_split eval_split;               /* eval.split */

@@ -62,7 +62,7 @@ mt_status mt_cli_evaluate(const mt_dist *d, mt_cli_evaluator *ev, const float *m
     int begin, end;
     mt_dist_shard(n_tasks, d->rank, d->size, &begin, &end);
     for (int t = begin; t < end; t++) {
-        mt_task_sample(fam, m->cfg.seed, key_iteration, (uint32_t)t, &ev->task);
+        mt_task_sample(fam, m->cfg.eval_seed, key_iteration, (uint32_t)t, &ev->task);
         const float *at = mt_meta_rows_cut(ev->rows, meta, &ev->task);
         mt_meta_adapt_eval(ev->ctx, &sc, at, &ev->task, steps, ev->loss, ev->correct);
         for (size_t s = 0; s < width; s++)

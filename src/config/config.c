@@ -151,6 +151,8 @@ static const config_key config_keys[] = {
                "the last layer's initial weights: He-normal times this; 0 starts every class equal"),
 
     INT_KEY("eval", "tasks", eval_tasks, "600", GE(1), UNBOUNDED, RESUMABLE, "tasks in the final evaluation"),
+    UINT64_KEY("eval", "seed", eval_seed, "1", RESUMABLE,
+               "keys the evaluation and validation tasks: the same for every train.seed"),
     INT_KEY("eval", "steps", eval_steps, "0", GE(0), LE(256), RESUMABLE,
             "inner steps at evaluation; 0 = meta.inner_steps"),
     INT_KEY("eval", "queries", eval_queries, "0", GE(0), UNBOUNDED, RESUMABLE,
