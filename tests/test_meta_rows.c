@@ -46,7 +46,8 @@ static void make_task(mt_task *task, float *xs, float *xq, int32_t *ls, int32_t 
     task->x_support = xs, task->x_query = xq;
 }
 
-/* sum += the task's cut vector added back at its table rows, as mt_dist_reduce adds it. */
+/* sum (n_meta + 1) += the task's cut vector added back at its table rows, as mt_dist_reduce adds
+ * it. */
 static void add_back(const mt_meta_rows *rows, const float *vec, float *sum) {
     size_t row_begin[MT_META_MAX_TENSORS + 2], out_begin[MT_META_MAX_TENSORS + 2];
     int width[MT_META_MAX_TENSORS + 2];
@@ -79,7 +80,9 @@ static void check_algorithm(mt_algorithm algo) {
 
     size_t n = full.n_meta, stride = mt_meta_vector_len(rows);
     double *md = calloc(n, sizeof *md);
-    float *meta = calloc(n, sizeof *meta), *g_whole = calloc(n, sizeof *g_whole), *g_cut = calloc(n, sizeof *g_cut);
+    /* g_cut: the meta-gradient, then the objective, as the reducer's sum lays them out */
+    float *meta = calloc(n, sizeof *meta), *g_whole = calloc(n, sizeof *g_whole);
+    float *g_cut = calloc(n + MT_META_VECTOR_EXTRA, sizeof *g_cut);
     float *vec = calloc(stride, sizeof *vec);
     float xs[NS * T], xq[NQ * T], xs2[NS * T], xq2[NQ * T];
     int32_t ls[NS], lq[NQ];
@@ -104,7 +107,7 @@ static void check_algorithm(mt_algorithm algo) {
         const float *at = mt_meta_rows_cut(rows, meta, &task2);
         double obj_cut = mt_meta_task_grad(cut, &sc, at, &task2, vec);
         mt_meta_rows_write_ids(rows, vec + rows->layout.n_meta + MT_META_VECTOR_EXTRA);
-        memset(g_cut, 0, n * sizeof *g_cut);
+        memset(g_cut, 0, (n + MT_META_VECTOR_EXTRA) * sizeof *g_cut);
         add_back(rows, vec, g_cut);
         if (obj_whole != obj_cut)
             fail_msg("%s, task %d: objective %.17g whole, %.17g cut", mt_config_algorithm_name(algo), t, obj_whole,

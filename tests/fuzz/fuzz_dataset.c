@@ -48,10 +48,27 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     return 0;
 }
 
+/* Row i's first and last value, from whichever input the file has: token ids (checked: −1 or
+ * more), pixels or features. */
+static double row_ends(const mt_task_dataset *ds, int64_t i) {
+    if (ds->tokens) {
+        const int32_t *t = ds->tokens + (size_t)i * ds->n_tokens;
+        FUZZ_CHECK(ds->n_tokens > 0 && t[0] >= -1 && t[ds->n_tokens - 1] >= -1);
+        return (double)t[0] + t[ds->n_tokens - 1];
+    }
+    if (ds->kind == MT_DATASET_IMAGES) {
+        size_t image = (size_t)ds->channels * ds->height * ds->width;
+        FUZZ_CHECK(image > 0);
+        return (double)ds->images[(size_t)i * image] + ds->images[(size_t)i * image + image - 1];
+    }
+    FUZZ_CHECK(ds->n_features > 0);
+    return (double)ds->features[(size_t)i * ds->n_features] +
+           ds->features[(size_t)i * ds->n_features + ds->n_features - 1];
+}
+
 static void walk_images(const mt_task_dataset *ds) {
-    uint64_t sum = 0;
-    size_t image = (size_t)ds->channels * ds->height * ds->width;
-    FUZZ_CHECK(ds->n_images > 0 && ds->n_classes > 0 && image > 0);
+    double sum = 0;
+    FUZZ_CHECK(ds->n_images > 0 && ds->n_classes > 0);
     FUZZ_CHECK(ds->class_start[0] == 0 && ds->class_start[ds->n_classes] == ds->n_images);
     for (int c = 0; c < ds->n_classes; c++) {
         FUZZ_CHECK(ds->class_split[c] >= 0 && ds->class_split[c] <= 2);
@@ -59,7 +76,7 @@ static void walk_images(const mt_task_dataset *ds) {
         for (int64_t k = ds->class_start[c]; k < ds->class_start[c + 1]; k++) {
             int64_t i = ds->class_members[k];
             FUZZ_CHECK(i >= 0 && i < ds->n_images && ds->labels[i] == c);
-            sum += ds->images[(size_t)i * image] + ds->images[(size_t)i * image + image - 1];
+            sum += row_ends(ds, i);
         }
         const char *name = mt_task_dataset_class_name(ds, c);
         if (name) sum += strlen(name);
@@ -77,21 +94,21 @@ static void walk_images(const mt_task_dataset *ds) {
             int32_t i = ds->episode_support_index[(size_t)e * ds->episode_support + k];
             int32_t y = ds->episode_support_label[(size_t)e * ds->episode_support + k];
             FUZZ_CHECK(i >= 0 && i < ds->n_images && y >= 0 && y < ds->episode_ways);
-            sum += ds->images[(size_t)i * image];
+            sum += row_ends(ds, i);
         }
         for (int k = 0; k < ds->episode_query; k++) {
             int32_t i = ds->episode_query_index[(size_t)e * ds->episode_query + k];
             int32_t y = ds->episode_query_label[(size_t)e * ds->episode_query + k];
             FUZZ_CHECK(i >= 0 && i < ds->n_images && y >= 0 && y < ds->episode_ways);
-            sum += ds->images[(size_t)i * image];
+            sum += row_ends(ds, i);
         }
     }
-    sink += sum;
+    sink += (uint64_t)(sum != sum);
 }
 
 static void walk_grouped(const mt_task_dataset *ds) {
     double sum = 0;
-    FUZZ_CHECK(ds->n_rows > 0 && ds->n_features > 0 && ds->n_groups > 0);
+    FUZZ_CHECK(ds->n_rows > 0 && ds->n_groups > 0);
     FUZZ_CHECK((ds->targets != NULL) == (ds->n_targets > 0) && (ds->target_class != NULL) == (ds->n_targets == 0));
     FUZZ_CHECK(ds->group_start[0] == 0 && ds->group_start[ds->n_groups] == ds->n_rows);
     for (int g = 0; g < ds->n_groups; g++) {
@@ -99,7 +116,7 @@ static void walk_grouped(const mt_task_dataset *ds) {
         for (int64_t k = ds->group_start[g]; k < ds->group_start[g + 1]; k++) {
             int64_t i = ds->group_members[k];
             FUZZ_CHECK(i >= 0 && i < ds->n_rows);
-            sum += ds->features[(size_t)i * ds->n_features + ds->n_features - 1];
+            sum += row_ends(ds, i);
             if (ds->targets)
                 sum += ds->targets[(size_t)i * ds->n_targets + ds->n_targets - 1];
             else
@@ -109,6 +126,14 @@ static void walk_grouped(const mt_task_dataset *ds) {
     for (mt_split s = MT_SPLIT_TRAIN; s <= MT_SPLIT_ALL; s++) {
         (void)mt_task_dataset_check_groups(ds, s, 1, 1);
         mt_error_clear();
+    }
+    for (size_t k = 0; k < (size_t)ds->n_episodes * ds->episode_support; k++) { /* rows; no labels */
+        FUZZ_CHECK(ds->episode_support_index[k] >= 0 && ds->episode_support_index[k] < ds->n_rows);
+        sum += row_ends(ds, ds->episode_support_index[k]);
+    }
+    for (size_t k = 0; k < (size_t)ds->n_episodes * ds->episode_query; k++) {
+        FUZZ_CHECK(ds->episode_query_index[k] >= 0 && ds->episode_query_index[k] < ds->n_rows);
+        sum += row_ends(ds, ds->episode_query_index[k]);
     }
     sink += (uint64_t)(sum != sum);
 }
@@ -121,6 +146,7 @@ static void walk_grouped(const mt_task_dataset *ds) {
  * the loader then reports the problem itself. */
 static double window_bound(void) {
     static const char *const names[] = {"/images",
+                                        "/tokens",
                                         "/labels",
                                         "/class_split",
                                         "/class_names",
@@ -194,5 +220,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     load(MT_TASK_EPISODES, NULL);
     load(MT_TASK_EPISODES, path);
     load(MT_TASK_GROUPED, NULL);
+    load(MT_TASK_GROUPED, path);
     return 0;
 }

@@ -41,6 +41,9 @@ static void check_layout(const mt_nn_net *net) {
         FUZZ_CHECK(T->layer >= 0 && T->layer < net->n_layers);
         FUZZ_CHECK(mt_nn_find_tensor(net, T->name) == t);
     }
+    if (net->in_tokens) /* the table is layer 0, V rows of its width */
+        FUZZ_CHECK(net->layers[0].kind == MT_NN_EMBED && net->layers[0].table_rows > 0 &&
+                   net->layers[0].weight_count == (size_t)net->layers[0].table_rows * net->layers[0].out_c);
     size_t begin, end;
     mt_nn_head_range(net, &begin, &end);
     FUZZ_CHECK(begin <= end && end <= net->n_params);
@@ -66,7 +69,9 @@ static void run_passes(const mt_nn_net *net) {
     int32_t labels[BATCH] = {0, (int32_t)(net->out_size - 1)};
     if (!params || !dir || !grad || !hv || !x || !y || mt_nn_ws_create(&ws, net, BATCH) != MT_OK) goto done;
     mt_nn_init_params(net, 1, params);
-    for (size_t i = 0; i < nx; i++) x[i] = (float)((i * 7919) % 13) / 13.0f - 0.5f;
+    for (size_t i = 0; i < nx; i++) /* token ids in [−1, V) for a table, else values around 0 */
+        x[i] = net->in_tokens ? (float)((i * 7919) % ((size_t)net->layers[0].table_rows + 1)) - 1.0f
+                              : (float)((i * 7919) % 13) / 13.0f - 0.5f;
     for (size_t i = 0; i < np; i++) dir[i] = (float)((i * 104729) % 17) / 17.0f - 0.5f;
     mt_nn_batch batch = {.x = x,
                          .y = net->loss == MT_NN_LOSS_MSE ? y : NULL,

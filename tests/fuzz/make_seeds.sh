@@ -14,8 +14,8 @@ checkpoints="$here/corpus/fuzz_checkpoint"
 mkdir -p "$datasets" "$checkpoints"
 
 # Datasets: images with names, splits, pixel attributes and fixed episodes (old and new HDF5 file
-# formats, contiguous and chunked/compressed), images with variable-length names, and grouped
-# regression and classification.
+# formats, contiguous and chunked/compressed), images with variable-length names, grouped
+# regression and classification, and token bags in both families with fixed episodes.
 /usr/bin/python3 - "$datasets" <<'PY'
 import os, sys
 import h5py
@@ -56,11 +56,33 @@ def grouped(name, classification=False, libver="earliest"):
         f.create_dataset("group", data=np.array([0, 0, 1, 1, 2, 2, 3, 3], dtype=np.int32))
         f.create_dataset("group_split", data=np.array([0, 0, 1, 2], dtype=np.int32))
 
+def tokens(name, grouped_rows=False):
+    n, t = 8, 3
+    with h5py.File(os.path.join(out, name), "w") as f:
+        f.create_dataset("tokens", data=np.array([[0, 4, -1], [2, 2, 1], [-1, -1, -1], [3, 0, 4],
+                                                  [1, -1, -1], [4, 3, 2], [0, 0, 0], [2, 1, -1]], dtype=np.int32))
+        if grouped_rows:
+            f.create_dataset("targets", data=rng.standard_normal((n, 1)).astype(np.float32))
+            f.create_dataset("group", data=np.array([0, 0, 1, 1, 2, 2, 3, 3], dtype=np.int32))
+            g = f.create_group("episodes")
+            g.create_dataset("support", data=np.array([[0], [2]], dtype=np.int32))
+            g.create_dataset("query", data=np.array([[1], [3]], dtype=np.int32))
+        else:
+            f.create_dataset("labels", data=np.array([0, 1, 0, 1, 0, 1, 0, 1], dtype=np.int32))
+            g = f.create_group("episodes")
+            g.attrs["ways"] = np.int64(2)
+            g.create_dataset("support", data=np.array([[0, 1]], dtype=np.int32))
+            g.create_dataset("support_labels", data=np.array([[0, 1]], dtype=np.int32))
+            g.create_dataset("query", data=np.array([[2, 3]], dtype=np.int32))
+            g.create_dataset("query_labels", data=np.array([[0, 1]], dtype=np.int32))
+
 images("images-episodes-v0")
 images("images-episodes-latest-chunked", libver="latest", chunked=True)
 images("images-vlen-names", vlen_names=True, episodes=False)
 grouped("grouped-regression")
 grouped("grouped-classification", classification=True, libver="latest")
+tokens("tokens-episodes")
+tokens("tokens-grouped", grouped_rows=True)
 PY
 
 # Checkpoints: metatrain's own, from two short runs (a tiny MLP; MAML++ with its extra state).
