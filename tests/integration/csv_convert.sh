@@ -105,13 +105,7 @@ same("group", i32([first.setdefault(i * 7919 % 1000, len(first)) for i in range(
 refused() {
     pattern=$1
     shift
-    code=0
-    "$conv" -o out/x.h5 "$@" > /dev/null 2> err.txt || code=$?
-    [ $code != 0 ] || fail "csv-to-h5 $*: accepted"
-    [ "$(wc -l < err.txt)" = 1 ] || fail "csv-to-h5 $*: expected one line on stderr, got: $(cat err.txt)"
-    grep -q "^csv-to-h5: " err.txt || fail "csv-to-h5 $*: message lacks the program's name: $(cat err.txt)"
-    grep -qF -- "$pattern" err.txt || fail "csv-to-h5 $*: message lacks '$pattern': $(cat err.txt)"
-    [ -z "$(ls -A out)" ] || fail "csv-to-h5 $*: left $(ls -A out)"
+    refused_by "$pattern" "$conv" -o out/x.h5 "$@"
 }
 bad() { # NAME CONTENT: writes CONTENT, with its \n escapes, to NAME
     printf '%b' "$2" > "$1"

@@ -79,6 +79,22 @@ tiny_classifier() {
         --set train.meta_batch=2 --set eval.every=0 --set output.dir="$1" --quiet > /dev/null
 }
 
+# refused_by PATTERN PROGRAM ARGS...: PROGRAM ARGS... (a script of scripts/) exits non-zero with
+# exactly one stderr line, "<its name>: ...", that holds PATTERN, and leaves nothing in out/ (no
+# temporary either).
+refused_by() {
+    pattern=$1 program=$2
+    shift 2
+    name=$(basename "$program")
+    code=0
+    "$program" "$@" > /dev/null 2> err.txt || code=$?
+    [ $code != 0 ] || fail "$name $*: accepted"
+    [ "$(wc -l < err.txt)" = 1 ] || fail "$name $*: expected one line on stderr, got: $(cat err.txt)"
+    grep -q "^$name: " err.txt || fail "$name $*: message lacks the program's name: $(cat err.txt)"
+    grep -qF -- "$pattern" err.txt || fail "$name $*: message lacks '$pattern': $(cat err.txt)"
+    [ -z "$(ls -A out)" ] || fail "$name $*: left $(ls -A out)"
+}
+
 pass() {
     echo "1 passed, 0 failed"
 }

@@ -136,13 +136,7 @@ same("user_ids", i64(np.unique(rows[:, 0])))'
 refused() {
     pattern=$1
     shift
-    code=0
-    "$conv" "$@" > /dev/null 2> err.txt || code=$?
-    [ $code != 0 ] || fail "movielens-to-h5 $*: accepted"
-    [ "$(wc -l < err.txt)" = 1 ] || fail "movielens-to-h5 $*: expected one line on stderr, got: $(cat err.txt)"
-    grep -q "^movielens-to-h5: " err.txt || fail "movielens-to-h5 $*: message lacks the program's name: $(cat err.txt)"
-    grep -qF -- "$pattern" err.txt || fail "movielens-to-h5 $*: message lacks '$pattern': $(cat err.txt)"
-    [ -z "$(ls -A out)" ] || fail "movielens-to-h5 $*: left $(ls -A out)"
+    refused_by "$pattern" "$conv" "$@"
 }
 # bad NAME FROM FILE CONTENT PATTERN: NAME, a copy of the directory FROM with FILE's content
 # replaced (printf %b escapes), is refused with PATTERN.

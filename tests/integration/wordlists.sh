@@ -128,13 +128,7 @@ rm out/*
 refused() {
     pattern=$1
     shift
-    code=0
-    "$conv" -o out/x.h5 "$@" > /dev/null 2> err.txt || code=$?
-    [ $code != 0 ] || fail "wordlists-to-h5 $*: accepted"
-    [ "$(wc -l < err.txt)" = 1 ] || fail "wordlists-to-h5 $*: expected one line on stderr, got: $(cat err.txt)"
-    grep -q "^wordlists-to-h5: " err.txt || fail "wordlists-to-h5 $*: message lacks the program's name: $(cat err.txt)"
-    grep -qF -- "$pattern" err.txt || fail "wordlists-to-h5 $*: message lacks '$pattern': $(cat err.txt)"
-    [ -z "$(ls -A out)" ] || fail "wordlists-to-h5 $*: left $(ls -A out)"
+    refused_by "$pattern" "$conv" -o out/x.h5 "$@"
 }
 small=(--words-per-language 45 --max-length 8)
 refused "tree/usr/share/dict/french (wfrench), " --dict-root tree "${small[@]}"
