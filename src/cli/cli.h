@@ -134,7 +134,8 @@ typedef struct {
     size_t width, outputs; /* floats per row of x; the model's outputs */
     double pixel_scale, pixel_offset;
     int chunk;
-    uint8_t *pixels; /* one chunk of images, or of token ids */
+    uint8_t *pixels; /* one chunk of images */
+    int32_t *ids;    /* or of token ids */
 } mt_cli_rows;
 /* Opens `path` and checks it against the model: the x dataset's dtype and shape, and the answers'
  * when present. chunk: the most rows one read takes. Local. */

@@ -94,7 +94,8 @@ mt_status mt_cli_rows_open(mt_cli_rows *r, const char *path, const mt_model_info
     MT_TRY(mt_h5_open_file(path, H5P_DEFAULT, &r->file));
     MT_TRY(open_sets(r, mi));
     r->chunk = chunk;
-    if ((r->images || r->tokens) && !(r->pixels = malloc((size_t)chunk * r->width * (r->tokens ? 4 : 1))))
+    if ((r->images && !(r->pixels = malloc((size_t)chunk * r->width * sizeof *r->pixels))) ||
+        (r->tokens && !(r->ids = malloc((size_t)chunk * r->width * sizeof *r->ids))))
         MT_THROW(MT_ERR_NOMEM, "%s: out of memory for a chunk of %d rows", path, chunk);
     return MT_OK;
 fail:
@@ -106,8 +107,8 @@ void mt_cli_rows_close(mt_cli_rows *r) {
     if (r->answers >= 0) H5Dclose(r->answers);
     if (r->x >= 0) H5Dclose(r->x);
     if (r->file >= 0) H5Fclose(r->file);
-    free(r->pixels);
-    r->pixels = NULL;
+    free(r->pixels), free(r->ids);
+    r->pixels = NULL, r->ids = NULL;
     r->file = r->x = r->answers = H5I_INVALID_HID;
 }
 
@@ -133,8 +134,8 @@ static mt_status check_finite(const mt_cli_rows *r, const char *name, const floa
 mt_status mt_cli_rows_read(mt_cli_rows *r, int64_t first, int n, float *x, int32_t *labels, float *targets) {
     mt_status st = MT_OK;
     if (r->tokens) {
-        const int32_t *ids = (const int32_t *)r->pixels;
-        MT_TRY(read_rows(r, r->x, "/tokens", first, n, H5T_NATIVE_INT32, r->pixels));
+        const int32_t *ids = r->ids;
+        MT_TRY(read_rows(r, r->x, "/tokens", first, n, H5T_NATIVE_INT32, r->ids));
         for (size_t i = 0; i < (size_t)n * r->width; i++) {
             if (ids[i] < -1 || ids[i] >= r->vocabulary)
                 MT_THROW(MT_ERR_FORMAT,
