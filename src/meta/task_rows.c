@@ -74,7 +74,7 @@ void mt_meta_rows_free(mt_meta_rows *r) {
     free(r);
 }
 
-/* The ids of a batch's bags, renumbered to cut rows; new ones are listed in r->rows. */
+/* Lists in r->rows the table rows a batch's bags name that are new to this task (slot marked). */
 static void name_rows(mt_meta_rows *r, const mt_nn_batch *b) {
     size_t n = (size_t)b->n * r->net.in_size;
     for (size_t i = 0; i < n; i++) {
