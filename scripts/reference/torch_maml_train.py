@@ -1,0 +1,229 @@
+#!/usr/bin/python3
+"""Trains and scores second-order MAML in PyTorch under metatrain's protocol, so that the two
+learn on an equal footing: the same networks and initialization (torch_maml.py), the same task
+distributions, the same outer optimizer, and evaluation tasks that do not change with the
+training seed.
+
+usage: torch_maml_train.py sinusoid --seed S [--iterations N] [--out PARAMS.pt] [--json]
+       torch_maml_train.py omniglot --data SMALL1.h5 --episodes EPISODES.h5 --seed S [--ways W] ...
+       torch_maml_train.py score CHECKPOINT.h5 (--sinusoid | --episodes EPISODES.h5) [--inner-lr A] ...
+
+sinusoid: the MLP 1-40-40-1, 10 support and 10 query points, one inner step at 0.01, meta-batch
+  25, Adam at 1e-3, 70,000 iterations (scripts/configs/sinusoid-maml.ini). Then 600 evaluation
+  tasks drawn from a generator seeded with EVAL_SEED, whatever --seed is, scored after 0 to 10
+  inner steps.
+omniglot: the 4-conv network, one inner step at 0.4 in training, 3 at evaluation, meta-batch 32,
+  one query per class in training, 3,000 iterations (scripts/configs/omniglot-5w1s.ini). Training
+  episodes come from --data's train split (/class_split 0), as metatrain samples them: W distinct
+  classes, then shots + queries distinct images of each. The score is on the fixed episodes of
+  --episodes (scripts/fixed-episodes), the same file `metatrain eval --set eval.episodes=...`
+  reads.
+score: loads a metatrain checkpoint's /params into the functional network (by name: linearK or
+  convK and bnK) and scores it on the same tasks as above, so the two sides' evaluation sets can
+  be compared directly.
+
+Every result is one JSON object: per step the mean over tasks and its 95% confidence half-width,
+1.96 s / sqrt(n), as `metatrain eval` prints them. One thread. Needs Debian's python3-torch and
+python3-h5py (scripts/install-deps --bench).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import h5py
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_maml import adapt, make_net, sinusoid_task, task_objective  # noqa: E402
+
+EVAL_SEED = 1000003  # the sinusoid evaluation tasks: one set for every training seed
+SINE_EVAL_TASKS = 600
+
+
+def summary(per_step):
+    """[[value per task] per step] -> [{step, mean, ci95}]"""
+    out = []
+    for step, values in enumerate(per_step):
+        v = np.asarray(values, dtype=np.float64)
+        ci = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+        out.append({"step": step, "mean": float(v.mean()), "ci95": float(ci)})
+    return out
+
+
+def score_task(net, theta, inner_lr, task, steps, metric):
+    """metric(query outputs, query targets) after 0..steps plain (first-order) inner steps."""
+    xs, ys, xq, yq = task
+    fast = [p.detach().requires_grad_() for p in theta]
+    values = []
+    for step in range(steps + 1):
+        with torch.no_grad():
+            values.append(metric(net.forward(fast, xq), yq))
+        if step == steps:
+            break
+        grads = torch.autograd.grad(net.loss(net.forward(fast, xs), ys), fast)
+        fast = [(w - inner_lr * g).detach().requires_grad_() for w, g in zip(fast, grads)]
+    return values
+
+
+def mse(out, y):
+    return torch.mean((out - y) ** 2).item()
+
+
+def accuracy(out, y):
+    return (out.argmax(1) == y).double().mean().item()
+
+
+def evaluate(net, theta, inner_lr, tasks, steps, metric):
+    per_step = [[] for _ in range(steps + 1)]
+    for task in tasks:
+        for step, value in enumerate(score_task(net, theta, inner_lr, task, steps, metric)):
+            per_step[step].append(value)
+    return summary(per_step)
+
+
+def sinusoid_eval_tasks():
+    gen = torch.Generator().manual_seed(EVAL_SEED)
+    return (sinusoid_task(10, 10, torch.float32, gen) for _ in range(SINE_EVAL_TASKS))
+
+
+class Images:
+    """An images file of scripts/omniglot-to-h5: uint8 pixels scaled as metatrain scales them."""
+
+    def __init__(self, path):
+        with h5py.File(path, "r") as f:
+            scale, offset = float(f.attrs.get("pixel_scale", 1 / 255)), float(f.attrs.get("pixel_offset", 0))
+            self.x = torch.from_numpy(f["images"][...].astype(np.float32) * np.float32(scale) + np.float32(offset))
+            self.labels = f["labels"][...]
+            self.class_split = f["class_split"][...]
+        self.by_class = {c: np.flatnonzero(self.labels == c) for c in range(len(self.class_split))}
+
+    def sample(self, ways, shots, queries, rng, split=0):
+        classes = rng.choice(np.flatnonzero(self.class_split == split), ways, replace=False)
+        support, query = [], []
+        for c in classes:
+            pick = rng.choice(self.by_class[c], shots + queries, replace=False)
+            support.append(pick[:shots])
+            query.append(pick[shots:])
+        ys = torch.arange(ways).repeat_interleave(shots)
+        yq = torch.arange(ways).repeat_interleave(queries)
+        return self.x[np.concatenate(support)], ys, self.x[np.concatenate(query)], yq
+
+
+def episode_tasks(path):
+    """The fixed episodes of scripts/fixed-episodes, with the images of the file they name."""
+    with h5py.File(path, "r") as f:
+        data = f.attrs["data"]
+        data = data.decode() if isinstance(data, bytes) else data
+        e = {k: f["episodes"][k][...] for k in ("support", "support_labels", "query", "query_labels")}
+    if not os.path.isabs(data):
+        data = os.path.join(os.path.dirname(os.path.abspath(path)), data)
+    images = Images(data)
+    ways = int(e["support_labels"].max()) + 1
+    tasks = [(images.x[e["support"][i]], torch.from_numpy(e["support_labels"][i]).long(),
+              images.x[e["query"][i]], torch.from_numpy(e["query_labels"][i]).long())
+             for i in range(len(e["support"]))]
+    return tasks, ways
+
+
+def train(net, theta, inner_lr, steps, meta_batch, iterations, next_task, log):
+    opt = torch.optim.Adam(theta, lr=0.001, betas=(0.9, 0.999), eps=1e-8)
+    start = time.perf_counter()
+    for it in range(1, iterations + 1):
+        opt.zero_grad()
+        total = 0.0
+        for _ in range(meta_batch):
+            loss = task_objective(net, theta, None, inner_lr, next_task(), steps) / meta_batch
+            loss.backward()
+            total += loss.item()
+        opt.step()
+        if log and it % log == 0:
+            print(f"iter {it}/{iterations}  meta-loss {total:.4g}  {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr, flush=True)
+    return time.perf_counter() - start
+
+
+def params_from_checkpoint(path, kind):
+    """metatrain's /params in torch_maml's order: [W, b] per linear, [W, b, scale, shift] per block."""
+    with h5py.File(path, "r") as f:
+        p = f["params"]
+        if kind == "mlp":
+            names = [f"linear{i}/{r}" for i in range(1, 4) for r in ("weight", "bias")]
+        else:
+            names = [f"{layer}{i}/{r}" for i in range(1, 5)
+                     for layer, roles in (("conv", ("weight", "bias")), ("bn", ("scale", "shift")))
+                     for r in roles] + ["linear1/weight", "linear1/bias"]
+        return [torch.from_numpy(p[n][...].astype(np.float32)) for n in names]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sinusoid")
+    o = sub.add_parser("omniglot")
+    c = sub.add_parser("score")
+    for p in (s, o):
+        p.add_argument("--seed", type=int, required=True)
+        p.add_argument("--out", help="save the trained parameters (a list of tensors, torch.save)")
+        p.add_argument("--log", type=int, default=1000, help="progress line period (0: none)")
+    s.add_argument("--iterations", type=int, default=70000)
+    o.add_argument("--iterations", type=int, default=3000)
+    o.add_argument("--data", required=True)
+    o.add_argument("--ways", type=int, default=5)
+    o.add_argument("--train-steps", type=int, default=1)
+    o.add_argument("--eval-steps", type=int, default=3)
+    o.add_argument("--inner-lr", type=float, default=0.4)
+    o.add_argument("--meta-batch", type=int, default=32)
+    for p in (o, c):
+        p.add_argument("--episodes", help="fixed evaluation episodes (scripts/fixed-episodes)")
+    c.add_argument("checkpoint")
+    c.add_argument("--sinusoid", action="store_true")
+    c.add_argument("--inner-lr", type=float)
+    c.add_argument("--steps", type=int)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    result = {"command": args.command}
+    if args.command == "sinusoid":
+        net = make_net("mlp", 0)
+        gen = torch.Generator().manual_seed(args.seed)
+        theta = net.init_params(torch.float32, gen)
+        seconds = train(net, theta, 0.01, 1, 25, args.iterations,
+                        lambda: sinusoid_task(10, 10, torch.float32, gen), args.log)
+        result.update(seed=args.seed, iterations=args.iterations, train_seconds=round(seconds, 1),
+                      per_step=evaluate(net, theta, 0.01, sinusoid_eval_tasks(), 10, mse))
+    elif args.command == "omniglot":
+        net = make_net("conv4", args.ways)
+        gen = torch.Generator().manual_seed(args.seed)
+        theta = net.init_params(torch.float32, gen)
+        images, rng = Images(args.data), np.random.default_rng(args.seed)
+        seconds = train(net, theta, args.inner_lr, args.train_steps, args.meta_batch, args.iterations,
+                        lambda: images.sample(args.ways, 1, 1, rng), args.log)
+        tasks, ways = episode_tasks(args.episodes)
+        if ways != args.ways:
+            sys.exit(f"{args.episodes}: /episodes/support_labels: {ways}-way episodes for a {args.ways}-way model")
+        result.update(seed=args.seed, iterations=args.iterations, train_seconds=round(seconds, 1),
+                      per_step=evaluate(net, theta, args.inner_lr, tasks, args.eval_steps, accuracy))
+    else:
+        if args.sinusoid == bool(args.episodes):
+            ap.error("score takes --sinusoid or --episodes")
+        if args.sinusoid:
+            net, theta = make_net("mlp", 0), params_from_checkpoint(args.checkpoint, "mlp")
+            result["per_step"] = evaluate(net, theta, args.inner_lr or 0.01, sinusoid_eval_tasks(),
+                                          10 if args.steps is None else args.steps, mse)
+        else:
+            tasks, ways = episode_tasks(args.episodes)
+            net, theta = make_net("conv4", ways), params_from_checkpoint(args.checkpoint, "conv4")
+            result["per_step"] = evaluate(net, theta, args.inner_lr or 0.4, tasks,
+                                          3 if args.steps is None else args.steps, accuracy)
+        result["checkpoint"] = args.checkpoint
+    if args.command != "score" and args.out:
+        torch.save([p.detach() for p in theta], args.out)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
