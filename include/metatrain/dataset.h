@@ -79,6 +79,10 @@ typedef struct mt_task_dataset {
     int n_episodes, episode_ways, episode_support, episode_query; /* per-episode index counts */
     const int32_t *episode_support_index, *episode_support_label; /* n_episodes × episode_support */
     const int32_t *episode_query_index, *episode_query_label;     /* n_episodes × episode_query */
+    /* who read the file: one rank per node (the node's first), and on rank 0 their hosts' names,
+     * "node1, node2", shortened with "..." when they do not fit */
+    int n_readers;
+    char readers[256];
     /* storage */
     MPI_Win window;
     MPI_Comm node_comm;

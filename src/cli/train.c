@@ -440,6 +440,9 @@ int mt_cli_train(const mt_dist *d, int argc, char **argv) {
                mt_config_algorithm_name(m.cfg.algorithm), mt_config_task_kind_name(m.cfg.task_kind), m.layout.n_meta,
                d->size, d->size == 1 ? "" : "s", resume_path ? ", resumed" : "");
         if (resume_path) printf("resuming from %s at iteration %lld\n", resume_path, (long long)start);
+        if (p.data)
+            printf("dataset %s: read once per node, by %d rank%s (on %s)\n", p.data->path, p.data->n_readers,
+                   p.data->n_readers == 1 ? "" : "s", p.data->readers);
         printf("--- effective config ---\n%s------------------------\n", m.config_text);
         fflush(stdout);
     }

@@ -42,6 +42,41 @@ static mt_status plan_in_child(void *arg) {
 
 static void *at(const layout *L, void *base, int a) { return L->bytes[a] ? (char *)base + L->offset[a] : NULL; }
 
+/* Collective. Counts the ranks that read the file (each node's first) and gives rank 0 their hosts'
+ * names, so that a log can show the file was read once per node. */
+static mt_status name_readers(const mt_dist *d, int node_rank, mt_task_dataset *ds) {
+    char name[MPI_MAX_PROCESSOR_NAME] = "", *all = NULL;
+    int len = 0;
+    if (node_rank == 0 && MPI_Get_processor_name(name, &len) != MPI_SUCCESS) snprintf(name, sizeof name, "?");
+    mt_status st = MT_OK;
+    if (d->rank == 0 && !(all = malloc((size_t)d->size * MPI_MAX_PROCESSOR_NAME)))
+        st = MT_RAISE(MT_ERR_NOMEM, "%s: out of memory for %d host names", ds->path, d->size);
+    MT_TRY(mt_dist_agree(d, st));
+    if (MPI_Gather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, 0, d->comm) !=
+        MPI_SUCCESS)
+        mt_dist_abort(d, MT_RAISE(MT_ERR_MPI, "MPI_Gather failed while loading a dataset"));
+    if (d->rank == 0) {
+        size_t used = 0, room = sizeof ds->readers - 4; /* "..." and the NUL always fit */
+        for (int r = 0; r < d->size; r++) {
+            const char *host = all + (size_t)r * MPI_MAX_PROCESSOR_NAME;
+            if (!host[0]) continue; /* not a node's first rank */
+            size_t need = strlen(host) + (ds->n_readers ? 2 : 0);
+            if (used + need <= room) {
+                snprintf(ds->readers + used, sizeof ds->readers - used, "%s%s", ds->n_readers ? ", " : "", host);
+                used += need;
+            } else if (used <= room) {
+                snprintf(ds->readers + used, sizeof ds->readers - used, "...");
+                used = room + 1;
+            }
+            ds->n_readers++;
+        }
+    }
+    free(all);
+    return MT_OK;
+fail:
+    return st;
+}
+
 /* Points the struct's arrays into the window and copies the sizes. */
 static void set_views(mt_task_dataset *ds, const layout *L, void *base) {
     ds->base = base;
@@ -290,6 +325,7 @@ mt_status mt_task_dataset_load(mt_task_dataset **out, const mt_dist *d, const ch
     }
     if (node_rank == 0) mt_task_dataset_reader_close(&r);
     MT_TRY(mt_dist_agree(d, st));
+    MT_TRY(name_readers(d, node_rank, ds));
     free(L);
     *out = ds;
     return MT_OK;

@@ -1,7 +1,7 @@
 /* bench_allreduce: the time of metatrain's per-iteration reduction at its real sizes. A benchmark,
  * not a test: it prints numbers and asserts nothing. scripts/bench-scaling runs it under mpirun.
  *
- * usage: mpirun -n P bench_allreduce [--reps R] N_INT64:N_INT...
+ * usage: mpirun -n P bench_allreduce [--reps R] [--pingpong BYTES] N_INT64:N_INT...
  *
  * Each N_INT64:N_INT pair is one iteration's reduction as src/dist/allreduce.c does it: an
  * MPI_Allreduce(MPI_MAX) of N_INT ints (the exact path's exponents and flags; N_INT = 0 for the
@@ -11,7 +11,11 @@
  * MPI_Allreduce(MPI_SUM) over all ranks, as metatrain did before. After a warm-up, R repetitions
  * (default 200), each started by a barrier, are timed on every rank; a repetition's time is its
  * slowest rank's. Rank 0 prints one JSON object per pair with the median and minimum of the
- * pair and the medians of each part. Collective: every rank runs all of it. */
+ * pair and the medians of each part. Collective: every rank runs all of it.
+ *
+ * --pingpong BYTES: first, R round trips of a BYTES message between rank 0 and the last rank (the
+ * others wait), and rank 0 prints the median one-way time (half a round trip): from a small and a
+ * large message, the latency and bandwidth of the link between them (tests/cluster/measure.sh). */
 #include <mpi.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -91,6 +95,35 @@ static void bench_pair(const mt_dist *d, long n64, int n_int, int reps) {
     for (int k = 0; k < 4; k++) free(t[k]);
 }
 
+/* Half the median round trip of a `bytes` message between rank 0 and the last rank. */
+static void bench_pingpong(const mt_dist *d, long bytes, int reps) {
+    char *buf = calloc((size_t)(bytes > 0 ? bytes : 1), 1);
+    double *t = malloc((size_t)reps * sizeof *t);
+    if (!buf || !t) {
+        fprintf(stderr, "bench_allreduce: out of memory for %ld bytes\n", bytes);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    int last = d->size - 1;
+    for (int r = -reps / 10 - 2; r < reps; r++) { /* negative r: warm-up */
+        CHECK(MPI_Barrier(MPI_COMM_WORLD));
+        double t0 = MPI_Wtime();
+        if (d->rank == 0) {
+            CHECK(MPI_Send(buf, (int)bytes, MPI_CHAR, last, 0, MPI_COMM_WORLD));
+            CHECK(MPI_Recv(buf, (int)bytes, MPI_CHAR, last, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE));
+        } else if (d->rank == last) {
+            CHECK(MPI_Recv(buf, (int)bytes, MPI_CHAR, 0, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE));
+            CHECK(MPI_Send(buf, (int)bytes, MPI_CHAR, 0, 0, MPI_COMM_WORLD));
+        }
+        if (r >= 0) t[r] = (MPI_Wtime() - t0) / 2;
+    }
+    if (d->rank == 0) {
+        printf("{\"ranks\": %d, \"pingpong_bytes\": %ld, \"reps\": %d, \"one_way_median_s\": %.6g}\n", d->size, bytes,
+               reps, median(t, reps));
+        fflush(stdout);
+    }
+    free(buf), free(t);
+}
+
 int main(int argc, char **argv) {
     int reps = 200, pairs = 0;
     mt_dist d;
@@ -101,17 +134,23 @@ int main(int argc, char **argv) {
         char tail;
         if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
             reps = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--pingpong") == 0 && i + 1 < argc && d.size > 1 &&
+                   sscanf(argv[i + 1], "%ld%c", &n64, &tail) == 1 && n64 >= 0 && n64 <= INT32_MAX && reps >= 1) {
+            bench_pingpong(&d, n64, reps);
+            i++;
+            pairs++;
         } else if (sscanf(argv[i], "%ld:%d%c", &n64, &n_int, &tail) == 2 && n64 >= 0 && n64 <= INT32_MAX &&
                    n_int >= 0 && reps >= 1) {
             bench_pair(&d, n64, n_int, reps);
             pairs++;
         } else {
-            if (d.rank == 0) fprintf(stderr, "usage: bench_allreduce [--reps R] N_INT64:N_INT...\n");
+            if (d.rank == 0) fprintf(stderr, "usage: bench_allreduce [--reps R] [--pingpong BYTES] N_INT64:N_INT...\n");
             mt_dist_finalize(&d);
             return 2;
         }
     }
-    if (pairs == 0 && d.rank == 0) fprintf(stderr, "usage: bench_allreduce [--reps R] N_INT64:N_INT...\n");
+    if (pairs == 0 && d.rank == 0)
+        fprintf(stderr, "usage: bench_allreduce [--reps R] [--pingpong BYTES] N_INT64:N_INT...\n");
     mt_dist_finalize(&d);
     return pairs ? 0 : 2;
 }
