@@ -187,14 +187,24 @@ static void write_images(const char *name, flaws fl) {
 enum { E = 3, ES = 4, EQ = 2, EWAYS = 2 };
 static int32_t ep_support[E * ES], ep_support_label[E * ES], ep_query[E * EQ], ep_query_label[E * EQ];
 
+/* The k-th image of class c (cycling through the class), in the sample's order. */
+static int32_t image_of_class(int c, int k) {
+    k %= class_size[c];
+    for (int32_t i = 0; i < N; i++)
+        if (sample_labels[i] == c && k-- == 0) return i;
+    return -1;
+}
+
+/* Episode e's label w is class (e + 2w) mod K, so that each label is one class, as the loader
+ * demands of episodes drawn from the file they index. Call after make_sample. */
 static void make_episodes(void) {
     for (int i = 0; i < E * ES; i++) {
-        ep_support[i] = (i * 5) % N;
         ep_support_label[i] = i % EWAYS;
+        ep_support[i] = image_of_class((i / ES + 2 * ep_support_label[i]) % K, i % ES / EWAYS);
     }
     for (int i = 0; i < E * EQ; i++) {
-        ep_query[i] = (i * 3 + 1) % N;
         ep_query_label[i] = (i + 1) % EWAYS;
+        ep_query[i] = image_of_class((i / EQ + 2 * ep_query_label[i]) % K, 2 + i % EQ);
     }
 }
 
@@ -558,6 +568,15 @@ static void test_episode_label_out_of_range(void **state) {
     ON_RANK0(write_images("images_for_ep2.h5", (flaws){0}); write_episodes_file("ep_label.h5", 0, EWAYS));
     expect_failure("images_for_ep2.h5", MT_TASK_EPISODES, "ep_label.h5", MT_ERR_FORMAT, "ep_label.h5",
                    "/episodes/query_labels: label 2 at [1, 1] outside [0, 2)");
+}
+
+/* Episodes that index another file: episode 1's label 1 covers an image of class 5 and one of
+ * class 3, as when the episodes come from a file whose images are in another order. */
+static void test_episodes_of_another_file(void **state) {
+    ON_RANK0(write_images("images_for_ep3.h5", (flaws){0});
+             write_episodes_file("ep_other.h5", image_of_class(5, 0), 0));
+    expect_failure("images_for_ep3.h5", MT_TASK_EPISODES, "ep_other.h5", MT_ERR_FORMAT, "ep_other.h5",
+                   "/episodes/support: episode 1 mixes classes 5 and 3 of ");
 }
 
 /* ---- the caller's checks ---- */
@@ -977,6 +996,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_too_large),
         cmocka_unit_test(test_episode_index_out_of_range),
         cmocka_unit_test(test_episode_label_out_of_range),
+        cmocka_unit_test(test_episodes_of_another_file),
         cmocka_unit_test(test_class_too_small),
         cmocka_unit_test(test_ways_above_split),
         cmocka_unit_test(test_group_too_small),

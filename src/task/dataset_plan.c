@@ -181,6 +181,46 @@ fail:
     return st;
 }
 
+/* Fixed episodes must index the file they were drawn from: within an episode one label is one
+ * class and two labels two classes (images), or all rows are of one group (grouped). Episodes
+ * drawn from another file fail this almost surely, where the index bounds alone let them in. */
+static mt_status check_episode_members(reader *r, const layout *L) {
+    mt_status st = MT_OK;
+    const char *p = r->episodes_path;
+    int grouped = L->kind == MT_DATASET_GROUPED, ways = grouped ? 1 : L->episode_ways;
+    const int32_t *owner = grouped ? r->group : r->labels; /* each row's group, or each image's class */
+    const char *owner_name = grouped ? "group" : "class", *owners = grouped ? "groups" : "classes";
+    int32_t *owner_of = malloc((size_t)ways * sizeof *owner_of); /* an episode label's class or group */
+    if (!owner_of) MT_THROW(MT_ERR_NOMEM, "%s: out of memory for %d ways", p, ways);
+    for (int e = 0; e < L->n_episodes; e++) {
+        for (int w = 0; w < ways; w++) owner_of[w] = -1;
+        for (int part = 0; part < 4; part += 2) {
+            int width = part == 0 ? L->episode_support : L->episode_query;
+            const char *name = part == 0 ? "/episodes/support" : "/episodes/query";
+            for (int j = 0; j < width; j++) {
+                int32_t row = r->episode[part][(int64_t)e * width + j];
+                int32_t label = grouped ? 0 : r->episode[part + 1][(int64_t)e * width + j];
+                int32_t o = owner[row];
+                if (owner_of[label] == o) continue;
+                if (owner_of[label] >= 0)
+                    MT_THROW(MT_ERR_FORMAT,
+                             "%s: %s: episode %d mixes %s %d and %d of %s for one %s (drawn from another file?)", p,
+                             name, e, owners, owner_of[label], o, r->path, grouped ? "task" : "label");
+                for (int w = 0; w < ways; w++)
+                    if (owner_of[w] == o)
+                        MT_THROW(MT_ERR_FORMAT,
+                                 "%s: %s: episode %d gives labels %d and %d to %s %d of %s (drawn from another "
+                                 "file?)",
+                                 p, name, e, w, label, owner_name, o, r->path);
+                owner_of[label] = o;
+            }
+        }
+    }
+fail:
+    free(owner_of);
+    return st;
+}
+
 static mt_status plan_episodes(reader *r, layout *L) {
     mt_status st = MT_OK;
     const char *p = r->episodes_path;
@@ -230,6 +270,7 @@ static mt_status plan_episodes(reader *r, layout *L) {
         }
         L->bytes[ARR_SUPPORT_INDEX + i] = (uint64_t)n * sizeof(int32_t);
     }
+    MT_TRY(check_episode_members(r, L));
 fail:
     if (group >= 0) H5Gclose(group);
     return st;
