@@ -208,6 +208,8 @@ static void make_episodes(void) {
     }
 }
 
+static int episodes_rows_off; /* nonzero: the episodes claim a file of N + this rows */
+
 static void write_episodes(hid_t f, int bad_index, int bad_label) {
     int32_t support[E * ES], query_label[E * EQ];
     memcpy(support, ep_support, sizeof support);
@@ -220,7 +222,9 @@ static void write_episodes(hid_t f, int bad_index, int bad_label) {
     put(f, "episodes/query_labels", H5T_NATIVE_INT32, 2, (hsize_t[]){E, EQ}, query_label);
     hid_t g = H5Gopen2(f, "episodes", H5P_DEFAULT);
     int32_t ways = EWAYS;
+    int64_t rows = N + episodes_rows_off; /* the rows of the file indexed, as scripts/fixed-episodes writes */
     put_attr(g, "ways", H5T_NATIVE_INT32, &ways);
+    put_attr(g, "rows", H5T_NATIVE_INT64, &rows);
     H5Gclose(g);
 }
 
@@ -577,6 +581,15 @@ static void test_episodes_of_another_file(void **state) {
              write_episodes_file("ep_other.h5", image_of_class(5, 0), 0));
     expect_failure("images_for_ep3.h5", MT_TASK_EPISODES, "ep_other.h5", MT_ERR_FORMAT, "ep_other.h5",
                    "/episodes/support: episode 1 mixes classes 5 and 3 of ");
+}
+
+/* Episodes drawn from a file of another size (another split of the same structure, say). */
+static void test_episodes_of_another_size(void **state) {
+    episodes_rows_off = 12;
+    ON_RANK0(write_images("images_for_ep4.h5", (flaws){0}); write_episodes_file("ep_rows.h5", 0, 0));
+    episodes_rows_off = 0;
+    expect_failure("images_for_ep4.h5", MT_TASK_EPISODES, "ep_rows.h5", MT_ERR_FORMAT, "ep_rows.h5",
+                   "/episodes: attribute rows = 40, but ");
 }
 
 /* ---- the caller's checks ---- */
@@ -997,6 +1010,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_episode_index_out_of_range),
         cmocka_unit_test(test_episode_label_out_of_range),
         cmocka_unit_test(test_episodes_of_another_file),
+        cmocka_unit_test(test_episodes_of_another_size),
         cmocka_unit_test(test_class_too_small),
         cmocka_unit_test(test_ways_above_split),
         cmocka_unit_test(test_group_too_small),

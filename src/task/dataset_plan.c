@@ -251,6 +251,16 @@ static mt_status plan_episodes(reader *r, layout *L) {
         MT_THROW(MT_ERR_FORMAT, "%s: /episodes: ways = %.0f outside [1, %d] (the classes of %s)", p, ways, L->n_classes,
                  r->path);
 
+    /* scripts/fixed-episodes records the rows of the file it drew from: another file of the same
+     * structure (another Omniglot split, say) would pass every other check. */
+    double rows = 0;
+    MT_TRY(mt_h5_read_attr_double(group, p, "/episodes", "rows", 1, &rows, &present));
+    int64_t have = grouped ? L->n_rows : L->n_images;
+    if (present && rows != (double)have)
+        MT_THROW(MT_ERR_FORMAT,
+                 "%s: /episodes: attribute rows = %.0f, but %s has %" PRId64 " (drawn from another file?)", p, rows,
+                 r->path, have);
+
     L->n_episodes = (int)dims[0][0];
     L->episode_support = (int)dims[0][1];
     L->episode_query = (int)dims[2][1];
