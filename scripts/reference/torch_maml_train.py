@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_maml import adapt, make_net, sinusoid_task, task_objective  # noqa: E402
+from torch_maml import make_net, sinusoid_task, task_objective  # noqa: E402
 
 EVAL_SEED = 1000003  # the sinusoid evaluation tasks: one set for every training seed
 SINE_EVAL_TASKS = 600
@@ -129,21 +129,24 @@ def episode_tasks(path):
     return tasks, ways
 
 
-def train(net, theta, inner_lr, steps, meta_batch, iterations, next_task, log):
+def train(theta, iterations, log, backward):
+    """Adam at 1e-3, `iterations` times, on the gradient backward() accumulates into θ (it
+    returns the meta-batch's mean query loss)."""
     opt = torch.optim.Adam(theta, lr=0.001, betas=(0.9, 0.999), eps=1e-8)
     start = time.perf_counter()
     for it in range(1, iterations + 1):
         opt.zero_grad()
-        total = 0.0
-        for _ in range(meta_batch):
-            loss = task_objective(net, theta, None, inner_lr, next_task(), steps) / meta_batch
-            loss.backward()
-            total += loss.item()
+        loss = backward()
         opt.step()
         if log and it % log == 0:
-            print(f"iter {it}/{iterations}  meta-loss {total:.4g}  {time.perf_counter() - start:.0f} s",
+            print(f"iter {it}/{iterations}  meta-loss {loss:.4g}  {time.perf_counter() - start:.0f} s",
                   file=sys.stderr, flush=True)
     return time.perf_counter() - start
+
+
+def backward_of(loss):
+    loss.backward()
+    return loss.item()
 
 
 def sinusoid_batch(tasks, shots, queries, generator):
@@ -165,17 +168,21 @@ def mlp_batched(params, x):
     return x
 
 
-def sinusoid_objective_batched(theta, inner_lr, task):
-    """The mean over B tasks of the query loss after one second-order inner step, the B tasks in
-    one batched pass: the gradient of the sum of the tasks' support losses with respect to each
-    task's own copy of θ is that task's gradient, so this equals task_objective's mean."""
+def mse_per_task(out, y):
+    return ((out - y) ** 2).mean(dim=(1, 2))
+
+
+def objective_batched(theta, inner_lr, steps, task, forward, loss_per_task):
+    """The mean over B tasks of the query loss after `steps` second-order inner steps, the B tasks
+    in one batched pass: the gradient of the sum of the tasks' support losses with respect to
+    each task's own copy of θ is that task's gradient, so this equals task_objective's mean."""
     xs, ys, xq, yq = task
     B = xs.shape[0]
     fast = [p.unsqueeze(0).expand(B, *p.shape) for p in theta]
-    support = ((mlp_batched(fast, xs) - ys) ** 2).mean(dim=(1, 2)).sum()
-    grads = torch.autograd.grad(support, fast, create_graph=True)
-    fast = [w - inner_lr * g for w, g in zip(fast, grads)]
-    return ((mlp_batched(fast, xq) - yq) ** 2).mean(dim=(1, 2)).mean()
+    for _ in range(steps):
+        grads = torch.autograd.grad(loss_per_task(forward(fast, xs), ys).sum(), fast, create_graph=True)
+        fast = [w - inner_lr * g for w, g in zip(fast, grads)]
+    return loss_per_task(forward(fast, xq), yq).mean()
 
 
 def params_from_checkpoint(path, kind):
@@ -223,17 +230,9 @@ def main():
         net = make_net("mlp", 0)
         gen = torch.Generator().manual_seed(args.seed)
         theta = net.init_params(torch.float32, gen)
-        opt = torch.optim.Adam(theta, lr=0.001, betas=(0.9, 0.999), eps=1e-8)
-        start = time.perf_counter()
-        for it in range(1, args.iterations + 1):
-            opt.zero_grad()
-            loss = sinusoid_objective_batched(theta, 0.01, sinusoid_batch(25, 10, 10, gen))
-            loss.backward()
-            opt.step()
-            if args.log and it % args.log == 0:
-                print(f"iter {it}/{args.iterations}  meta-loss {loss.item():.4g}  {time.perf_counter() - start:.0f} s",
-                      file=sys.stderr, flush=True)
-        seconds = time.perf_counter() - start
+        seconds = train(theta, args.iterations, args.log,
+                        lambda: backward_of(objective_batched(theta, 0.01, 1, sinusoid_batch(25, 10, 10, gen),
+                                                              mlp_batched, mse_per_task)))
         result.update(seed=args.seed, iterations=args.iterations, train_seconds=round(seconds, 1),
                       per_step=evaluate(net, theta, 0.01, sinusoid_eval_tasks(), 10, mse))
     elif args.command == "omniglot":
@@ -241,8 +240,16 @@ def main():
         gen = torch.Generator().manual_seed(args.seed)
         theta = net.init_params(torch.float32, gen)
         images, rng = Images(args.data), np.random.default_rng(args.seed)
-        seconds = train(net, theta, args.inner_lr, args.train_steps, args.meta_batch, args.iterations,
-                        lambda: images.sample(args.ways, 1, 1, rng), args.log)
+
+        def meta_backward():  # task by task, each graph freed at once (grouped convolutions are slower)
+            total = 0.0
+            for _ in range(args.meta_batch):
+                task = images.sample(args.ways, 1, 1, rng)
+                total += backward_of(task_objective(net, theta, None, args.inner_lr, task, args.train_steps) /
+                                     args.meta_batch)
+            return total
+
+        seconds = train(theta, args.iterations, args.log, meta_backward)
         tasks, ways = episode_tasks(args.episodes)
         if ways != args.ways:
             sys.exit(f"{args.episodes}: /episodes/support_labels: {ways}-way episodes for a {args.ways}-way model")
