@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Hosts inside one machine, for the cluster tests: each "host" is a network namespace with its own
 # address and a UTS namespace with its own hostname, all linked through a bridge that lives in a
 # namespace of its own (the machine's own network is never touched and never reached). Sourced by
