@@ -24,10 +24,11 @@ for P in 2 3; do
     hosts=$(for i in $(seq "$P"); do printf '%s:1,' "$(host_addr "node$i")"; done)
     args=""
     for s in $sizes; do args="$args ${s#*:}:0"; done
-    # yield_when_idle: three hosts share two cores here, and a rank that spins while it waits
-    # would hold a core its partner needs.
+    # More hosts than cores: a rank that spins while it waits would hold a core its partner needs.
+    yield=0
+    [ "$P" -gt "$(nproc)" ] && yield=1
     # shellcheck disable=SC2086
-    out=$(across "${hosts%,}" --mca mpi_yield_when_idle 1 "$bench" --reps 30 --pingpong 8 --pingpong 4194304 $args 2>&1) ||
+    out=$(across "${hosts%,}" --mca mpi_yield_when_idle $yield "$bench" --reps 30 --pingpong 8 --pingpong 4194304 $args 2>&1) ||
         { echo "cluster: bench_allreduce on $P hosts failed: $out" >&2; exit 1; }
     echo "$out" | /usr/bin/python3 -c '
 import json, math, sys
