@@ -8,15 +8,11 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_TH
 # Loopback only: the tests never leave this machine.
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
 
+. "$METATRAIN_SOURCE_DIR/tests/integration/checks.sh"
 CONFIGS="$METATRAIN_SOURCE_DIR/scripts/configs"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/metatrain-test.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
-
-fail() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
 
 # mpi R ARGS...: metatrain on R ranks (oversubscribed: CI has two cores).
 mpi() {
@@ -33,19 +29,6 @@ mpi_exec() {
     exec mpirun -n "$ranks" --oversubscribe --bind-to none "$METATRAIN" "$@"
 }
 
-# same_model A B: the /params and /optimizer of two checkpoints are bit-identical (h5diff exits
-# 0 for no differences, 1 for differences, 2 for trouble).
-same_model() {
-    for group in /params /optimizer; do
-        h5diff -q "$1" "$2" "$group" "$group" || fail "$1 and $2 differ in $group (h5diff exit $?): $(h5diff -r "$1" "$2" "$group" "$group" 2>&1 | grep -v '^0 differences' | head -5)"
-    done
-}
-
-# ckpt_iteration FILE: the checkpoint's /train/iteration, read by metatrain info.
-ckpt_iteration() {
-    "$METATRAIN" info "$1" --json | sed -n 's/.*"iteration": \([0-9]*\).*/\1/p'
-}
-
 # report SCENARIO OUTCOME: one row of the table of hostile conditions, collected by
 # scripts/hostile-report (which sets HOSTILE_REPORT); a no-op otherwise.
 report() {
@@ -57,22 +40,8 @@ message() {
     grep -m1 "metatrain" "$1" || head -1 "$1"
 }
 
-# prototype_images: images.h5 beside the test, 12 classes of 20 noisy copies of a random 28x28
-# prototype (classes "0" to "11", image c·20 + k is class c's k-th), the smallest stand-in for
-# Omniglot. tiny_classifier DIR: a 2-conv 5-way 1-shot model trained on it for 5 iterations, in
-# DIR/checkpoint.h5.
-prototype_images() {
-    /usr/bin/python3 - <<'EOF'
-import h5py, numpy as np
-r = np.random.default_rng(2)
-classes, per = 12, 20
-proto = r.integers(0, 256, (classes, 1, 28, 28))
-images = np.concatenate([np.clip(proto[c] + r.normal(0, 60, (per, 1, 28, 28)), 0, 255) for c in range(classes)])
-with h5py.File('images.h5', 'w') as f:
-    f['images'] = images.astype('u1'); f['labels'] = np.repeat(np.arange(classes), per).astype('i4')
-    f['class_split'] = np.zeros(classes, 'i4')
-EOF
-}
+# tiny_classifier DIR: a 2-conv 5-way 1-shot model trained on prototype_images for 5 iterations,
+# in DIR/checkpoint.h5.
 tiny_classifier() {
     "$METATRAIN" train "$CONFIGS/omniglot-5w1s.ini" --set task.path=images.h5 --set train.iterations=5 \
         --set "model.spec=input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, flatten, linear 5, xent" \
