@@ -25,7 +25,7 @@
 #define GRAD_TOL 1e-6   /* norm-based relative error, meta-gradient against differences */
 #define MIN_MARGIN 1e-4 /* distance of every ReLU input of the inner loop to its kink */
 
-static double worst_maml, worst_metasgd, worst_anil, worst_mamlpp;
+static double worst_maml, worst_metasgd, worst_anil, worst_mamlpp, worst_mamlpp_metasgd;
 
 static void *xcalloc(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size);
@@ -57,6 +57,7 @@ static double check_meta_gradient(const netdef *nd, mt_algorithm algo, int K, in
     size_t n = p.layout.n_meta, nt = p.layout.n_theta;
     if (algo == MT_ALGO_METASGD) assert_int_equal(p.layout.n_rates, nt);
     if (algo == MT_ALGO_MAMLPP) assert_int_equal(p.layout.n_rates, (size_t)p.net.n_param_layers * K);
+    if (algo == MT_ALGO_MAMLPP_METASGD) assert_int_equal(p.layout.n_rates, (size_t)K * nt);
     if (algo == MT_ALGO_MAML || algo == MT_ALGO_ANIL) assert_int_equal(p.layout.n_rates, 0);
 
     mt_meta_step_config sc;
@@ -172,6 +173,11 @@ static void test_anil_matches_fd(void **state) {
 static void test_mamlpp_matches_fd(void **state) {
     (void)state;
     check_algorithm(MT_ALGO_MAMLPP, &worst_mamlpp);
+}
+
+static void test_mamlpp_metasgd_matches_fd(void **state) {
+    (void)state;
+    check_algorithm(MT_ALGO_MAMLPP_METASGD, &worst_mamlpp_metasgd);
 }
 
 /* ---- FOMAML ---- */
@@ -701,10 +707,9 @@ static void check_rate_semantics(mf_problem *p, const mt_meta_tensor *t, int cou
     assert_true(idx >= 0);
     mf_random_meta(p, 3, 0, 0);
     for (size_t j = p->layout.n_theta; j < p->layout.n_meta; j++) p->meta[j] = 0;
-    if (step < 0)
-        for (size_t j = 0; j < t[idx].count; j++) p->meta[t[idx].offset + j] = 0.1;
-    else
-        p->meta[t[idx].offset + (size_t)step] = 0.1;
+    /* a per-step tensor is [steps, width]: step `step`'s row of rates */
+    size_t width = step < 0 ? t[idx].count : t[idx].count / (size_t)p->layout.inner_steps;
+    for (size_t j = 0; j < width; j++) p->meta[t[idx].offset + (size_t)(step < 0 ? 0 : step) * width + j] = 0.1;
     mt_meta_step_config sc;
     memset(&sc, 0, sizeof sc);
     mt_meta_task_objective_f64(p->ctx, &sc, p->meta, &p->task);
@@ -800,16 +805,36 @@ static void test_meta_tensors(void **state) {
     assert_non_null(bn2);
     check_rate_semantics(&p, t, cnt, "inner_lr/bn2", 0, bn2->param_offset, bn2->param_offset + bn2->param_count);
     mf_problem_free(&p);
+
+    /* MAML++ with Meta-SGD's rates: one [K, count] tensor per network tensor, tensor by tensor. */
+    assert_int_equal(mf_problem_init(&p, MLP.spec, MT_ALGO_MAMLPP_METASGD, K, 5, 7, 1), 0);
+    cnt = mt_meta_tensors(&p.layout, t, 64);
+    assert_int_equal(cnt, 12);
+    assert_int_equal(p.layout.n_rates, (size_t)K * p.layout.n_theta);
+    for (int i = 0; i < 6; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "inner_lr/%s", p.net.tensors[i].name);
+        assert_string_equal(t[6 + i].name, name);
+        assert_int_equal(t[6 + i].rank, 2);
+        assert_int_equal(t[6 + i].dims[0], K);
+        assert_int_equal(t[6 + i].dims[1], (int)p.net.tensors[i].count);
+        assert_int_equal(t[6 + i].offset, p.layout.n_theta + (size_t)K * p.net.tensors[i].offset);
+    }
+    check_cover(&p.layout, t, cnt);
+    lin2b = mt_nn_find_tensor(&p.net, "linear2/bias");
+    size_t b0 = p.net.tensors[lin2b].offset, b1 = b0 + p.net.tensors[lin2b].count;
+    for (int step = -1; step < K; step++) check_rate_semantics(&p, t, cnt, "inner_lr/linear2/bias", step, b0, b1);
+    mf_problem_free(&p);
 }
 
 /* Last: every algorithm's check ran (a worst error of exactly 0 means it measured nothing) and
  * stayed within the tolerance. */
 static void test_summary(void **state) {
     (void)state;
-    printf("worst meta-gradient relative errors: maml %.2e, metasgd %.2e, anil %.2e, mamlpp %.2e "
-           "(tolerance %.0e)\n",
-           worst_maml, worst_metasgd, worst_anil, worst_mamlpp, GRAD_TOL);
-    const double worst[] = {worst_maml, worst_metasgd, worst_anil, worst_mamlpp};
+    printf("worst meta-gradient relative errors: maml %.2e, metasgd %.2e, anil %.2e, mamlpp %.2e, "
+           "mamlpp-metasgd %.2e (tolerance %.0e)\n",
+           worst_maml, worst_metasgd, worst_anil, worst_mamlpp, worst_mamlpp_metasgd, GRAD_TOL);
+    const double worst[] = {worst_maml, worst_metasgd, worst_anil, worst_mamlpp, worst_mamlpp_metasgd};
     for (size_t i = 0; i < sizeof worst / sizeof *worst; i++) assert_true(worst[i] > 0 && worst[i] <= GRAD_TOL);
 }
 
@@ -819,6 +844,7 @@ int main(void) {
         cmocka_unit_test(test_metasgd_matches_fd),
         cmocka_unit_test(test_anil_matches_fd),
         cmocka_unit_test(test_mamlpp_matches_fd),
+        cmocka_unit_test(test_mamlpp_metasgd_matches_fd),
         cmocka_unit_test(test_fomaml_is_maml_without_hvp),
         cmocka_unit_test(test_reptile_quadratic_closed_form),
         cmocka_unit_test(test_imaml_quadratic_closed_form),

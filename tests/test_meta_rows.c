@@ -72,6 +72,11 @@ static void check_algorithm(mt_algorithm algo) {
     mt_meta_layout_init(&full, &net, algo, 3);
     mt_task_family fam = family();
     mt_meta_rows *rows;
+    if (full.traits->rates == MT_RATES_PER_PARAMETER_STEP) { /* steps × V × D rates: refused */
+        assert_int_equal(mt_meta_rows_create(&rows, &full, &fam), MT_ERR_CONFIG);
+        assert_non_null(strstr(mt_error_message(), "meta.algorithm"));
+        return;
+    }
     assert_int_equal(mt_meta_rows_create(&rows, &full, &fam), MT_OK);
     assert_int_equal(rows->capacity, 55); /* (6 + 5)·5 ids, fewer than V */
     mt_meta_ctx *whole, *cut;
@@ -93,7 +98,7 @@ static void check_algorithm(mt_algorithm algo) {
     memset(&sc, 0, sizeof sc);
     sc.inner_lr = 0.3, sc.second_order = algo != MT_ALGO_FOMAML, sc.imaml_lambda = 2, sc.cg_steps = 5,
     sc.cg_tol = 1e-12;
-    sc.multi_step_loss = algo == MT_ALGO_MAMLPP;
+    sc.multi_step_loss = mt_meta_traits_of(algo)->multi_step_loss;
     for (int k = 0; k < 3; k++) sc.step_weights[k] = 0.2 + 0.3 * k;
 
     /* Several tasks in a row, over fewer and more rows: the rows a task leaves must not leak into
@@ -175,6 +180,11 @@ static void test_no_table_cuts_nothing(void **state) {
     mt_meta_layout_init(&full, &net, MT_ALGO_MAML, 1);
     mt_task_family fam = family();
     mt_meta_rows *rows;
+    if (full.traits->rates == MT_RATES_PER_PARAMETER_STEP) { /* steps × V × D rates: refused */
+        assert_int_equal(mt_meta_rows_create(&rows, &full, &fam), MT_ERR_CONFIG);
+        assert_non_null(strstr(mt_error_message(), "meta.algorithm"));
+        return;
+    }
     assert_int_equal(mt_meta_rows_create(&rows, &full, &fam), MT_OK);
     float meta[121];
     mt_task task;

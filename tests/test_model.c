@@ -88,6 +88,7 @@ static const model_case CASES[] = {
     {"conv-maml", {"maml", MFX_CONV, {CONV_SETS}, 7, ITERATION}},
     {"conv-metasgd", {"metasgd", MFX_CONV, {CONV_SETS}, 8, ITERATION}},
     {"conv-mamlpp", {"mamlpp", MFX_CONV, {CONV_SETS}, 9, ITERATION}},
+    {"mamlpp-metasgd", {"mamlpp-metasgd", MFX_MLP, {"meta.msl_iterations=5000"}, 10, ITERATION}},
 };
 #define N_CASES (sizeof CASES / sizeof *CASES)
 
@@ -235,10 +236,22 @@ static const float *reference_outputs(reference *r, const float *meta, const tes
     return mt_nn_forward(r->ctx->ws, r->theta, &t->task.query);
 }
 
+/* MAML++ with Meta-SGD's rates: tensor t's [K, count] block starts at K · offset_t. */
+static size_t per_step_rate(const mt_nn_net *net, int K, int step, size_t j) {
+    for (int t = 0; t < net->n_tensors; t++) {
+        const mt_nn_tensor *T = &net->tensors[t];
+        if (j >= T->offset && j < T->offset + T->count)
+            return (size_t)K * T->offset + (size_t)step * T->count + (j - T->offset);
+    }
+    fail_msg("parameter %zu is in no tensor", j);
+    return 0;
+}
+
 /* The inner loop written out from the papers, not from the library:
  *   θ ← θ − α ⊙ (∇L_s(θ) [+ λ(θ − θ₀)])
- * with MAML's fixed rate, Meta-SGD's per-parameter rates, MAML++'s per layer and step (the last
- * step's beyond the trained count), ANIL's on the head alone, iMAML's proximal term. */
+ * with MAML's fixed rate, Meta-SGD's per-parameter rates, MAML++'s per layer and step or per
+ * parameter and step (the last step's beyond the trained count), ANIL's on the head alone,
+ * iMAML's proximal term. */
 static void adapt_by_hand(const mfx_model *fx, mt_nn_ws *ws, const mt_nn_batch *support, int steps, float *theta,
                           float *g) {
     const mt_nn_net *net = &fx->net;
@@ -258,6 +271,7 @@ static void adapt_by_hand(const mfx_model *fx, mt_nn_ws *ws, const mt_nn_batch *
                 double rate = fx->cfg.inner_lr, grad = g[j];
                 if (algo == MT_ALGO_METASGD) rate = rates[j];
                 if (algo == MT_ALGO_MAMLPP) rate = rates[p * K + (k < K ? k : K - 1)];
+                if (algo == MT_ALGO_MAMLPP_METASGD) rate = rates[per_step_rate(net, K, k < K ? k : K - 1, j)];
                 if (algo == MT_ALGO_ANIL && l != last) rate = 0;
                 if (algo == MT_ALGO_IMAML) grad += fx->cfg.imaml_lambda * ((double)theta[j] - meta[j]);
                 theta[j] = (float)(theta[j] - rate * grad);
@@ -498,6 +512,7 @@ static void test_steps_option(void **state) {
     check_steps("mamlpp");
     check_steps("conv-mamlpp");
     check_steps("metasgd");
+    check_steps("mamlpp-metasgd");
 }
 
 /* eval.steps = 0: the model takes meta.inner_steps. */
@@ -695,6 +710,7 @@ static void test_save_and_reopen(void **state) {
     check_save("metasgd");
     check_save("anil");
     check_save("conv-mamlpp");
+    check_save("mamlpp-metasgd");
 }
 
 /* An adapted file's handle stays adapted through mt_model_reset: predict still uses the file's

@@ -25,7 +25,8 @@
     X(ANIL, "anil")       \
     X(MAMLPP, "mamlpp")   \
     X(REPTILE, "reptile") \
-    X(IMAML, "imaml")
+    X(IMAML, "imaml")     \
+    X(MAMLPP_METASGD, "mamlpp-metasgd")
 // clang-format on
 #define MT_ALGO_ENUM_(suffix, name) MT_ALGO_##suffix,
 typedef enum { MT_ALGORITHMS(MT_ALGO_ENUM_) MT_ALGO_COUNT } mt_algorithm;

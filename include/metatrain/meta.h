@@ -4,7 +4,9 @@
  * The meta-parameters are one flat vector: the network's parameters θ (mt_nn_net layout),
  * followed by the learned inner learning rates where the algorithm has them:
  *   metasgd: one rate per parameter (n_params more entries, same layout as θ);
- *   mamlpp:  one rate per parameter-holding layer and inner step (n_param_layers × steps).
+ *   mamlpp:  one rate per parameter-holding layer and inner step (n_param_layers × steps);
+ *   mamlpp-metasgd: one rate per parameter and inner step (steps × n_params, tensor by tensor:
+ *            tensor t's rates are a [steps, count] block at n_theta + steps · offset_t).
  * Gradients and optimizer state use the same layout. Everything here is local to a rank. */
 #ifndef METATRAIN_META_H
 #define METATRAIN_META_H
@@ -20,9 +22,10 @@
 
 /* An algorithm as traits (src/meta/algorithms.c holds the table). */
 typedef enum {
-    MT_RATES_FIXED,         /* meta.inner_lr for every parameter */
-    MT_RATES_PER_PARAMETER, /* learned, one per parameter (Meta-SGD) */
-    MT_RATES_PER_LAYER_STEP /* learned, one per parameter-holding layer and inner step (MAML++) */
+    MT_RATES_FIXED,             /* meta.inner_lr for every parameter */
+    MT_RATES_PER_PARAMETER,     /* learned, one per parameter (Meta-SGD) */
+    MT_RATES_PER_LAYER_STEP,    /* learned, one per parameter-holding layer and inner step (MAML++) */
+    MT_RATES_PER_PARAMETER_STEP /* learned, one per parameter and inner step */
 } mt_meta_rates;
 typedef enum {
     MT_ADAPT_ALL, /* every parameter moves in the inner loop */

@@ -21,6 +21,12 @@ static const mt_meta_traits table[] = {
                         .metagrad = MT_METAGRAD_BACKPROP,
                         .multi_step_loss = 1,
                         .cosine_outer_lr = 1},
+    [MT_ALGO_MAMLPP_METASGD] = {.rates = MT_RATES_PER_PARAMETER_STEP,
+                                .adapts = MT_ADAPT_ALL,
+                                .order = MT_ORDER_ANNEALED,
+                                .metagrad = MT_METAGRAD_BACKPROP,
+                                .multi_step_loss = 1,
+                                .cosine_outer_lr = 1},
     [MT_ALGO_REPTILE] = {.rates = MT_RATES_FIXED,
                          .adapts = MT_ADAPT_ALL,
                          .order = MT_ORDER_FIRST,
@@ -47,6 +53,8 @@ size_t mt_meta_rate_count(const mt_meta_traits *t, const mt_nn_net *net, int inn
         return net->n_params;
     case MT_RATES_PER_LAYER_STEP:
         return (size_t)net->n_param_layers * inner_steps;
+    case MT_RATES_PER_PARAMETER_STEP:
+        return net->n_params * inner_steps;
     case MT_RATES_FIXED:
         break;
     }
@@ -79,6 +87,20 @@ int mt_meta_tensors(const mt_meta_layout *layout, mt_meta_tensor *out, int max) 
             out[n].count = T->count;
             out[n].rank = T->rank;
             memcpy(out[n].dims, T->dims, sizeof T->dims);
+        }
+    } else if (layout->traits->rates == MT_RATES_PER_PARAMETER_STEP) {
+        /* [steps, count]: a conv weight already has rank 4, so a step axis flattens the rest */
+        size_t K = (size_t)layout->inner_steps;
+        for (int t = 0; t < net->n_tensors; t++, n++) {
+            if (n >= max) continue;
+            const mt_nn_tensor *T = &net->tensors[t];
+            snprintf(out[n].name, sizeof out[n].name, "inner_lr/%s", T->name);
+            out[n].offset = layout->n_theta + K * T->offset;
+            out[n].count = K * T->count;
+            out[n].rank = 2;
+            memset(out[n].dims, 0, sizeof out[n].dims);
+            out[n].dims[0] = (int)K;
+            out[n].dims[1] = (int)T->count;
         }
     } else if (layout->traits->rates == MT_RATES_PER_LAYER_STEP) {
         int p = 0;

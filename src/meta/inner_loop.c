@@ -86,6 +86,14 @@ static void expand_rates(ctx_t *ctx, const mt_meta_step_config *sc, const mt_rea
         }
         break;
     }
+    case MT_RATES_PER_PARAMETER_STEP: {
+        size_t K = (size_t)lay->inner_steps, step = (size_t)(k < lay->inner_steps ? k : lay->inner_steps - 1);
+        for (int t = 0; t < net->n_tensors; t++) {
+            const mt_nn_tensor *T = &net->tensors[t];
+            memcpy(alpha + T->offset, rates + K * T->offset + step * T->count, T->count * sizeof *alpha);
+        }
+        break;
+    }
     case MT_RATES_FIXED:
         for (size_t j = 0; j < n; j++) alpha[j] = (mt_real)sc->inner_lr;
         break;
@@ -113,6 +121,13 @@ static void add_rate_grad(const ctx_t *ctx, const mt_real *v, const mt_real *g, 
             for (size_t j = L->param_offset; j < L->param_offset + L->param_count; j++) sum += (double)v[j] * g[j];
             rate_grad[p * lay->inner_steps + k] -= (mt_real)sum;
             p++;
+        }
+    } else if (lay->traits->rates == MT_RATES_PER_PARAMETER_STEP) {
+        size_t K = (size_t)lay->inner_steps;
+        for (int t = 0; t < net->n_tensors; t++) {
+            const mt_nn_tensor *T = &net->tensors[t];
+            mt_real *r = rate_grad + K * T->offset + (size_t)k * T->count;
+            for (size_t j = 0; j < T->count; j++) r[j] -= v[T->offset + j] * g[T->offset + j];
         }
     }
 }

@@ -50,6 +50,10 @@ mt_status mt_meta_rows_create(mt_meta_rows **out, const mt_meta_layout *full, co
         *out = r;
         return MT_OK;
     }
+    if (full->traits->rates == MT_RATES_PER_PARAMETER_STEP)
+        MT_THROW(MT_ERR_CONFIG,
+                 "meta.algorithm: %s would learn steps x %d x %d rates for the table of `embed`; use metasgd or mamlpp",
+                 mt_config_algorithm_name(full->algorithm), net->layers[0].table_rows, net->layers[0].out_c);
     size_t ids = (size_t)(mt_task_support_size(fam) + mt_task_query_size(fam)) * net->in_size;
     int V = net->layers[0].table_rows;
     r->capacity = ids < (size_t)V ? (int)ids : V;

@@ -135,6 +135,8 @@ refuse "model.spec: 'embed' must come right after 'input tokens T'" "$METATRAIN"
     --set "model.spec=input 8, embed 300 6, linear 3, xent" --set output.dir=x
 refuse "model.spec: 'input tokens T' must be followed by 'embed V D'" "$METATRAIN" train "${WORDS[@]}" \
     --set "model.spec=input tokens 8, linear 3, xent" --set output.dir=x
+refuse "meta.algorithm: mamlpp-metasgd would learn steps x 300 x" "$METATRAIN" train "${WORDS[@]}" \
+    --set meta.algorithm=mamlpp-metasgd --set output.dir=x
 refuse "words.h5 holds /tokens" "$METATRAIN" train "${WORDS[@]}" --set "model.spec=input 8, linear 3, xent" --set output.dir=x
 refuse "big-query.h5: /tokens: row 3, column 2: id 300" "$METATRAIN" predict adapted.h5 --input big-query.h5
 [ ! -e x ] || fail "a refused run left output.dir behind"

@@ -16,7 +16,7 @@ for cfg in sinusoid-maml sinusoid-metasgd; do
 done
 
 # Every algorithm with both optimizers, two inner steps, at 1 and 3 ranks; 7 tasks over 3 ranks.
-for algo in maml fomaml metasgd anil mamlpp reptile imaml; do
+for algo in maml fomaml metasgd anil mamlpp reptile imaml mamlpp-metasgd; do
     for opt in adam sgd; do
         args=(--set train.iterations=12 --set train.meta_batch=7 --set meta.algorithm=$algo
               --set meta.optimizer=$opt --set meta.inner_steps=2 --set meta.msl_iterations=5
