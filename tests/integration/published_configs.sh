@@ -24,4 +24,10 @@ pin() {
 # The head at N(0, 0.01²) as in the PyTorch reference, not He-normal (std 0.088 for 256 inputs):
 # +0.5 points on each of 3 paired seeds.
 pin omniglot-5w1s.ini model head_init_scale 0.113 "the head's initial scale"
+# The best sinusoid config as chosen (README: "Results"): per-parameter rates for each of 3 steps,
+# near-equal step weights, scored at the steps it was trained for.
+pin sinusoid-best.ini meta algorithm mamlpp-metasgd "beat metasgd and mamlpp on the choosing tasks"
+pin sinusoid-best.ini meta inner_steps 3 "5 and 10 diverged in training"
+pin sinusoid-best.ini meta msl_iterations 1000000 "step weights kept near equal"
+pin sinusoid-best.ini eval steps 3 "past 3 steps the last rates overshoot on some seeds"
 echo "published configs: $(echo "$configs" | wc -l) pass train's checks; pinned settings hold"
