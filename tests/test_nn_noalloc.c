@@ -351,6 +351,7 @@ static void test_model_adapt_and_predict_do_not_allocate(void **state) {
     const char *conv[] = {"task.kind=episodes", "task.ways=3", "task.path=/nonexistent/images.h5", NULL};
     long calls = model_calls("metasgd", MFX_MLP, NULL, 10, 50);
     calls += model_calls("mamlpp", MFX_MLP, (const char *[]){"eval.steps=5", NULL}, 10, 20);
+    calls += model_calls("mamlpp-metasgd", MFX_MLP, (const char *[]){"eval.steps=5", NULL}, 10, 20);
     calls += model_calls("imaml", MFX_MLP, NULL, 10, 20);
     calls += model_calls("maml", MFX_CONV, conv, 6, 20);
     calls += model_calls("anil", MFX_CONV, conv, 6, 20);
