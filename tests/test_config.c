@@ -286,6 +286,8 @@ static void test_set(void **state) {
         {"train.threads=257", "--set train.threads: must be from 1 to 256, got 257"},
         {"output.dir=a ; b", "--set output.dir:"},
         {"task.kind=images", "--set task.kind: must be one of sinusoid, linreg, episodes, grouped"},
+        {"meta.rate_lr_scale=0", "--set meta.rate_lr_scale: must be > 0 and <= 1, got 0"},
+        {"meta.rate_lr_scale=2", "--set meta.rate_lr_scale: must be > 0 and <= 1, got 2"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         mt_config before = c;
@@ -305,6 +307,15 @@ static void test_validate(void **state) {
     assert_contains(mt_error_message(), "meta.min_outer_lr");
     assert_contains(mt_error_message(), "meta.outer_lr");
     mt_error_clear();
+
+    /* A slower rate for learned inner rates where there are none is a mistake, not a no-op. */
+    mt_config_defaults(&c);
+    c.rate_lr_scale = 0.1;
+    assert_int_equal(mt_config_validate(&c), MT_ERR_CONFIG);
+    assert_contains(mt_error_message(), "meta.rate_lr_scale: maml learns no inner rates");
+    mt_error_clear();
+    c.algorithm = MT_ALGO_METASGD;
+    assert_int_equal(mt_config_validate(&c), MT_OK);
 
     mt_config_defaults(&c);
     c.task_kind = MT_TASK_EPISODES;

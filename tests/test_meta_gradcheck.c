@@ -189,10 +189,10 @@ static void step_config_at(mt_meta_step_config *sc, const mt_config *cfg, int it
     mt_meta_step_config_at(sc, &hp, iteration);
 }
 
-static mt_status optim_init(mt_meta_optim *opt, const mt_config *cfg, size_t n) {
+static mt_status optim_init(mt_meta_optim *opt, const mt_config *cfg, size_t n, size_t n_rates) {
     mt_meta_hparams hp;
     mt_config_meta_hparams(cfg, &hp);
-    return mt_meta_optim_init(opt, &hp, n);
+    return mt_meta_optim_init(opt, &hp, n, n_rates);
 }
 
 /* A config holding only what the meta module's settings read. */
@@ -610,18 +610,23 @@ static void test_outer_optimizers(void **state) {
     float params[OPT_N];
 
     /* Adam: the first step moves each parameter by lr·sign(g) (bias correction makes m̂ = g and
-     * v̂ = g²); a zero gradient does not move. The second step against a double reference. */
+     * v̂ = g²); a zero gradient does not move. The second step against a double reference. The
+     * last OPT_RATES elements are learned rates, stepped at OPT_RATE_SCALE times the rate. */
+    enum { OPT_RATES = 3 };
+    const double OPT_RATE_SCALE = 0.1;
     cfg.optimizer = MT_OPT_ADAM;
     cfg.outer_lr = 0.01;
     cfg.beta1 = 0.9, cfg.beta2 = 0.999, cfg.adam_eps = 1e-8;
-    assert_int_equal(optim_init(&opt, &cfg, OPT_N), MT_OK);
+    cfg.rate_lr_scale = OPT_RATE_SCALE;
+    assert_int_equal(optim_init(&opt, &cfg, OPT_N, OPT_RATES), MT_OK);
     assert_true(opt.lr == 0.01);
     memcpy(params, opt_params, sizeof params);
     mt_meta_optim_step(&opt, params, opt_grads[0], opt.lr);
-    double worst = 0;
+    double worst = 0, lr_scale[OPT_N];
+    for (int i = 0; i < OPT_N; i++) lr_scale[i] = i < OPT_N - OPT_RATES ? 1 : OPT_RATE_SCALE;
     for (int i = 0; i < OPT_N; i++) {
         double g = opt_grads[0][i], moved = (double)params[i] - opt_params[i];
-        double want = g > 0 ? -0.01 : g < 0 ? 0.01 : 0.0;
+        double want = lr_scale[i] * (g > 0 ? -0.01 : g < 0 ? 0.01 : 0.0);
         if (fabs(moved - want) > worst) worst = fabs(moved - want);
     }
     printf("adam first step: worst |move - (-lr sign g)| = %.2e (lr 1e-2)\n", worst);
@@ -638,7 +643,7 @@ static void test_outer_optimizers(void **state) {
         double g = opt_grads[1][i];
         m[i] = 0.9 * m[i] + 0.1 * g, v[i] = 0.999 * v[i] + 0.001 * g * g;
         double mhat = m[i] / (1 - 0.81), vhat = v[i] / (1 - 0.999 * 0.999);
-        ref[i] -= 0.005 * mhat / (sqrt(vhat) + 1e-8);
+        ref[i] -= lr_scale[i] * 0.005 * mhat / (sqrt(vhat) + 1e-8);
         if (fabs(params[i] - ref[i]) > worst) worst = fabs(params[i] - ref[i]);
     }
     printf("adam second step: worst |float - double reference| = %.2e (lr 5e-3)\n", worst);
@@ -647,11 +652,13 @@ static void test_outer_optimizers(void **state) {
     mt_meta_optim_free(&opt);
 
     /* SGD with momentum μ: v ← μv + g, θ ← θ − lr·v; after three steps at rates l1, l2, l3:
-     * θ3 = θ0 − l1 g1 − l2 (μ g1 + g2) − l3 (μ² g1 + μ g2 + g3). */
+     * θ3 = θ0 − l1 g1 − l2 (μ g1 + g2) − l3 (μ² g1 + μ g2 + g3). A rate_lr_scale of 0, as in
+     * hparams a program zeroed, steps the learned rates at the outer rate too. */
     cfg.optimizer = MT_OPT_SGD;
     cfg.outer_lr = 0.1;
     cfg.momentum = 0.9;
-    assert_int_equal(optim_init(&opt, &cfg, OPT_N), MT_OK);
+    cfg.rate_lr_scale = 0;
+    assert_int_equal(optim_init(&opt, &cfg, OPT_N, OPT_RATES), MT_OK);
     memcpy(params, opt_params, sizeof params);
     const double l[3] = {0.1, 0.05, 0.02}, mu = 0.9;
     for (int s = 0; s < 3; s++) mt_meta_optim_step(&opt, params, opt_grads[s], l[s]);

@@ -166,7 +166,7 @@ static mt_status bench_meta(const char *name, double seconds, int json) {
     MT_TRY(mt_meta_ctx_create(&ctx, &layout, max_batch));
     mt_meta_hparams hp;
     mt_config_meta_hparams(&cfg, &hp);
-    MT_TRY(mt_meta_optim_init(&opt, &hp, layout.n_meta));
+    MT_TRY(mt_meta_optim_init(&opt, &hp, layout.n_meta, layout.n_rates));
     meta = malloc(layout.n_meta * sizeof *meta);
     vec = malloc(layout.n_meta * sizeof *vec);
     grad = malloc(layout.n_meta * sizeof *grad);

@@ -149,7 +149,7 @@ static mt_status plan(train_plan *p, const mt_dist *d, const mt_cli_model *m) {
     }
     MT_TRY(mt_meta_ctx_create(&p->ctx, &p->rows->layout, mt_task_max_batch(&p->fam)));
     MT_TRY(mt_task_alloc(&p->task, &p->fam));
-    MT_TRY(mt_meta_optim_init(&p->opt, &p->hp, lay->n_meta));
+    MT_TRY(mt_meta_optim_init(&p->opt, &p->hp, lay->n_meta, lay->n_rates));
     p->meta = malloc(lay->n_meta * sizeof(float));
     p->sum = malloc(p->out_begin[p->n_groups] * sizeof(float));
     p->vectors = mt_dist_node_sum_rows(&p->node_sum);

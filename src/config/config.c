@@ -130,6 +130,9 @@ static const config_key config_keys[] = {
             "MAML++ multi-step loss annealed over this many iterations; 0 disables the multi-step loss"),
     DOUBLE_KEY("meta", "min_outer_lr", min_outer_lr, "0", GE(0), UNBOUNDED, FIXED,
                "MAML++ cosine schedule floor of the outer learning rate; at most meta.outer_lr"),
+    DOUBLE_KEY("meta", "rate_lr_scale", rate_lr_scale, "1", GT(0), LE(1), FIXED,
+               "the learned inner rates' outer learning rate as a multiple of the weights' (metasgd, mamlpp, "
+               "mamlpp-metasgd): below 1 they drift less per iteration"),
     DOUBLE_KEY("meta", "lambda", imaml_lambda, "1", GT(0), UNBOUNDED, FIXED, "iMAML proximal regularization strength"),
     INT_KEY("meta", "cg_steps", cg_steps, "10", GE(1), LE(1000), FIXED, "iMAML conjugate-gradient iterations at most"),
     DOUBLE_KEY("meta", "cg_tol", cg_tol, "1e-10", GT(0), UNBOUNDED, FIXED,
@@ -810,6 +813,11 @@ mt_status mt_config_validate(const mt_config *cfg) {
         format_double(cfg->outer_lr, b, sizeof b);
         return MT_RAISE(MT_ERR_CONFIG, "meta.min_outer_lr: must be <= meta.outer_lr (%s), got %s", b, a);
     }
+    if (cfg->rate_lr_scale != 1 && mt_meta_traits_of(cfg->algorithm)->rates == MT_RATES_FIXED) {
+        format_double(cfg->rate_lr_scale, a, sizeof a);
+        return MT_RAISE(MT_ERR_CONFIG, "meta.rate_lr_scale: %s learns no inner rates, so it must stay 1, got %s",
+                        mt_config_algorithm_name(cfg->algorithm), a);
+    }
     bool from_file = cfg->task_kind == MT_TASK_EPISODES || cfg->task_kind == MT_TASK_GROUPED;
     if (from_file && cfg->task_path[0] == '\0')
         return MT_RAISE(MT_ERR_CONFIG, "task.path: required when task.kind is %s",
@@ -968,6 +976,7 @@ void mt_config_meta_hparams(const mt_config *cfg, mt_meta_hparams *hp) {
         .beta2 = cfg->beta2,
         .adam_eps = cfg->adam_eps,
         .momentum = cfg->momentum,
+        .rate_lr_scale = cfg->rate_lr_scale,
         .iterations = cfg->iterations,
     };
 }
