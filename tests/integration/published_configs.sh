@@ -30,7 +30,10 @@ pin omniglot-5w1s-best.ini task queries 5 "query images per class in training"
 # The best sinusoid config as chosen (README: "Results"): per-parameter rates for each of 3 steps,
 # near-equal step weights, scored at the steps it was trained for.
 pin sinusoid-best.ini meta algorithm mamlpp-metasgd "beat metasgd and mamlpp on the choosing tasks"
-pin sinusoid-best.ini meta inner_steps 3 "5 and 10 diverged in training"
+pin sinusoid-best.ini meta inner_steps 3 "5 and 10 learned a weaker first step"
 pin sinusoid-best.ini meta msl_iterations 1000000 "step weights kept near equal"
-pin sinusoid-best.ini eval steps 3 "past 3 steps the last rates overshoot on some seeds"
+pin sinusoid-best.ini meta rate_lr_scale 0.1 "0.2 and 1 diverged for some training seed"
+pin sinusoid-best.ini task queries 50 "a less noisy meta-gradient than 10"
+pin sinusoid-best.ini eval queries 10 "MAML's evaluation protocol"
+pin sinusoid-best.ini eval steps 10 "stable through 10 steps"
 echo "published configs: $(echo "$configs" | wc -l) pass train's checks; pinned settings hold"
