@@ -28,7 +28,7 @@ pin omniglot-5w1s-best.ini model head_init_scale 0.113 "the head's initial scale
 # 5 query images per class in training: +0.4, +0.7, +0.4 points on validation over 1 (3 seeds)
 pin omniglot-5w1s-best.ini task queries 5 "query images per class in training"
 # The best sinusoid config as chosen (README: "Results"): per-parameter rates for each of 3 steps,
-# near-equal step weights, scored at the steps it was trained for.
+# near-equal step weights, rates learned at a tenth of the outer rate, scored after 10 steps.
 pin sinusoid-best.ini meta algorithm mamlpp-metasgd "beat metasgd and mamlpp on the choosing tasks"
 pin sinusoid-best.ini meta inner_steps 3 "5 and 10 learned a weaker first step"
 pin sinusoid-best.ini meta msl_iterations 1000000 "step weights kept near equal"
