@@ -18,15 +18,20 @@ omniglot: the 4-conv network, one inner step at 0.4 in training, 3 at evaluation
   classes, then shots + queries distinct images of each. The score is on the fixed episodes of
   --episodes (scripts/fixed-episodes), the same file `metatrain eval --set eval.episodes=...`
   reads.
-score: loads a metatrain checkpoint's /params into the functional network (by name: linearK or
-  convK and bnK) and scores it on the same tasks as above, so the two sides' evaluation sets can
-  be compared directly.
+score: loads a metatrain checkpoint's /params into the functional network (by name: linear1 up
+  to the last linearK, the relu MLP its model_spec attribute names, or convK and bnK) and scores it
+  on the same tasks as above, so the two sides' evaluation sets can be compared directly. It adapts
+  as the checkpoint's algorithm does (expand_rates in src/meta/inner_loop.c): at one rate,
+  --inner-lr, for maml, fomaml, reptile and anil (the head only); at the learned /params/inner_lr
+  for metasgd, mamlpp and mamlpp-metasgd, steps past the trained ones at the last one's rates.
+  imaml is refused.
 
 Every result is one JSON object: per step the mean over tasks and its 95% confidence half-width,
 1.96 s / sqrt(n), as `metatrain eval` prints them. One thread. Needs Debian's python3-torch and
 python3-h5py (scripts/install-deps --bench).
 """
 import argparse
+import itertools
 import json
 import math
 import os
@@ -36,12 +41,17 @@ import time
 import h5py
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_maml import make_net, sinusoid_task, task_objective  # noqa: E402
+from torch_maml import Net, make_net, mlp_forward, mlp_shapes, sinusoid_task, task_objective  # noqa: E402
 
 EVAL_SEED = 1000003  # the sinusoid evaluation tasks: one set for every training seed
 SINE_EVAL_TASKS = 600
+# How a checkpoint adapts, by its algorithm (src/meta/algorithms.c, the traits table); the rest
+# (order, multi-step loss, outer schedule) only changes training.
+FIXED_RATE = ("maml", "fomaml", "reptile", "anil")  # anil: only the head moves
+LEARNED_RATES = ("metasgd", "mamlpp", "mamlpp-metasgd")  # /params/inner_lr
 
 
 def summary(per_step):
@@ -54,8 +64,9 @@ def summary(per_step):
     return out
 
 
-def score_task(net, theta, inner_lr, task, steps, metric):
-    """metric(query outputs, query targets) after 0..steps plain (first-order) inner steps."""
+def score_task(net, theta, rates, task, steps, metric):
+    """metric(query outputs, query targets) after 0..steps plain (first-order) inner steps, step k
+    at rates[k] (one rate per tensor of θ), past the last at the last, as metatrain evaluates."""
     xs, ys, xq, yq = task
     fast = [p.detach().requires_grad_() for p in theta]
     values = []
@@ -65,7 +76,8 @@ def score_task(net, theta, inner_lr, task, steps, metric):
         if step == steps:
             break
         grads = torch.autograd.grad(net.loss(net.forward(fast, xs), ys), fast)
-        fast = [(w - inner_lr * g).detach().requires_grad_() for w, g in zip(fast, grads)]
+        rate = rates[min(step, len(rates) - 1)]
+        fast = [(w - a * g).detach().requires_grad_() for w, a, g in zip(fast, rate, grads)]
     return values
 
 
@@ -77,10 +89,10 @@ def accuracy(out, y):
     return (out.argmax(1) == y).double().mean().item()
 
 
-def evaluate(net, theta, inner_lr, tasks, steps, metric):
+def evaluate(net, theta, rates, tasks, steps, metric):
     per_step = [[] for _ in range(steps + 1)]
     for task in tasks:
-        for step, value in enumerate(score_task(net, theta, inner_lr, task, steps, metric)):
+        for step, value in enumerate(score_task(net, theta, rates, task, steps, metric)):
             per_step[step].append(value)
     return summary(per_step)
 
@@ -180,17 +192,54 @@ def sinusoid_objective(theta, task):
     return ((mlp_batched(fast, xq) - yq) ** 2).mean(dim=(1, 2)).mean()
 
 
-def params_from_checkpoint(path, kind):
-    """metatrain's /params in torch_maml's order: [W, b] per linear, [W, b, scale, shift] per block."""
+def attr(f, name):
+    value = f.attrs[name]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def load_checkpoint(path, kind, ways, inner_lr, error):
+    """(net, θ, rates) of a metatrain checkpoint for score_task: /params in torch_maml's order ([W, b]
+    per linear, [W, b, scale, shift] per block), the rates as mt_meta_tensors (src/meta/algorithms.c)
+    stores them and expand_rates (src/meta/inner_loop.c) applies them."""
     with h5py.File(path, "r") as f:
-        p = f["params"]
+        p, algorithm = f["params"], attr(f, "algorithm")
+        if algorithm not in FIXED_RATE + LEARNED_RATES:
+            error(f"{path}: {algorithm} checkpoints are not supported" +
+                  (" (imaml adapts with a proximal pull toward θ, meta.lambda)" if algorithm == "imaml" else ""))
+        if "inner_lr" in p and inner_lr is not None:
+            error(f"--inner-lr: {path} is a {algorithm} checkpoint, whose inner rates are learned (/params/inner_lr)")
         if kind == "mlp":
-            names = [f"linear{i}/{r}" for i in range(1, 4) for r in ("weight", "bias")]
+            layers = itertools.takewhile(lambda i: f"linear{i}" in p, itertools.count(1))
+            names = [f"linear{i}/{r}" for i in layers for r in ("weight", "bias")]
         else:
             names = [f"{layer}{i}/{r}" for i in range(1, 5)
                      for layer, roles in (("conv", ("weight", "bias")), ("bn", ("scale", "shift")))
                      for r in roles] + ["linear1/weight", "linear1/bias"]
-        return [torch.from_numpy(p[n][...].astype(np.float32)) for n in names]
+        theta = [torch.from_numpy(p[n][...].astype(np.float32)) for n in names]
+        if kind == "mlp":
+            sizes = [1] + [w.shape[0] for w in theta[::2]]
+            mlp = ", ".join(["input 1"] + [f"linear {o}, relu" for o in sizes[1:-1]] + ["linear 1", "mse"])
+            spec = ", ".join(" ".join(item.split()) for item in attr(f, "model_spec").split(","))
+            if spec != mlp:
+                error(f"{path}: model_spec {spec!r} is not the relu MLP of /params ({mlp})")
+            net = Net(mlp_shapes(sizes), mlp_forward, F.mse_loss)
+        else:
+            net = make_net("conv4", ways)
+
+        def learned(name):
+            return torch.from_numpy(p["inner_lr/" + name][...])
+
+        if algorithm == "metasgd":  # inner_lr/<layer>/<role>: the tensor's shape, at every step
+            return net, theta, [[learned(n) for n in names]]
+        if algorithm == "mamlpp":  # inner_lr/<layer>: [steps], one rate per layer (all its tensors) and step
+            per_tensor = [learned(n.split("/")[0]) for n in names]
+            return net, theta, [list(step) for step in zip(*per_tensor)]
+        if algorithm == "mamlpp-metasgd":  # inner_lr/<layer>/<role>: [steps, count], row k for step k
+            per_tensor = [learned(n) for n in names]
+            return net, theta, [[r.reshape(w.shape) for r, w in zip(step, theta)] for step in zip(*per_tensor)]
+    rate = (0.01 if kind == "mlp" else 0.4) if inner_lr is None else inner_lr
+    head = names[-1].split("/")[0]  # anil adapts the last layer with parameters only (mt_nn_head_range)
+    return net, theta, [[rate if algorithm != "anil" or n.startswith(head + "/") else 0.0 for n in names]]
 
 
 def main():
@@ -228,7 +277,7 @@ def main():
         seconds = train(theta, args.iterations, args.log,
                         lambda: backward_of(sinusoid_objective(theta, sinusoid_batch(25, 10, 10, gen))))
         result.update(seed=args.seed, iterations=args.iterations, train_seconds=round(seconds, 1),
-                      per_step=evaluate(net, theta, 0.01, sinusoid_eval_tasks(), 10, mse))
+                      per_step=evaluate(net, theta, [[0.01] * len(theta)], sinusoid_eval_tasks(), 10, mse))
     elif args.command == "omniglot":
         net = make_net("conv4", args.ways)
         gen = torch.Generator().manual_seed(args.seed)
@@ -248,19 +297,19 @@ def main():
         if ways != args.ways:
             sys.exit(f"{args.episodes}: /episodes/support_labels: {ways}-way episodes for a {args.ways}-way model")
         result.update(seed=args.seed, iterations=args.iterations, train_seconds=round(seconds, 1),
-                      per_step=evaluate(net, theta, args.inner_lr, tasks, args.eval_steps, accuracy))
+                      per_step=evaluate(net, theta, [[args.inner_lr] * len(theta)], tasks, args.eval_steps,
+                                        accuracy))
     else:
         if args.sinusoid == bool(args.episodes):
             ap.error("score takes --sinusoid or --episodes")
         if args.sinusoid:
-            net, theta = make_net("mlp", 0), params_from_checkpoint(args.checkpoint, "mlp")
-            result["per_step"] = evaluate(net, theta, args.inner_lr or 0.01, sinusoid_eval_tasks(),
+            net, theta, rates = load_checkpoint(args.checkpoint, "mlp", 0, args.inner_lr, ap.error)
+            result["per_step"] = evaluate(net, theta, rates, sinusoid_eval_tasks(),
                                           10 if args.steps is None else args.steps, mse)
         else:
             tasks, ways = episode_tasks(args.episodes)
-            net, theta = make_net("conv4", ways), params_from_checkpoint(args.checkpoint, "conv4")
-            result["per_step"] = evaluate(net, theta, args.inner_lr or 0.4, tasks,
-                                          3 if args.steps is None else args.steps, accuracy)
+            net, theta, rates = load_checkpoint(args.checkpoint, "conv4", ways, args.inner_lr, ap.error)
+            result["per_step"] = evaluate(net, theta, rates, tasks, 3 if args.steps is None else args.steps, accuracy)
         result["checkpoint"] = args.checkpoint
     if args.command != "score" and args.out:
         torch.save([p.detach() for p in theta], args.out)
