@@ -316,6 +316,13 @@ static void test_validate(void **state) {
     mt_error_clear();
     c.algorithm = MT_ALGO_METASGD;
     assert_int_equal(mt_config_validate(&c), MT_OK);
+    mt_config_defaults(&c);
+    c.nonnegative_rates = 1;
+    assert_int_equal(mt_config_validate(&c), MT_ERR_CONFIG);
+    assert_contains(mt_error_message(), "meta.nonnegative_rates: maml learns no inner rates");
+    mt_error_clear();
+    c.algorithm = MT_ALGO_MAMLPP_METASGD;
+    assert_int_equal(mt_config_validate(&c), MT_OK);
 
     mt_config_defaults(&c);
     c.task_kind = MT_TASK_EPISODES;

@@ -681,6 +681,24 @@ static void test_outer_optimizers(void **state) {
     assert_true(g[0] == 3.0f);
     assert_true(fabs(mt_meta_clip_grad(g, 3, 1.0) - 5.0) <= 1e-12);
     assert_true(fabs(g[0] - 0.6f) <= 1e-7 && fabs(g[2] + 0.8f) <= 1e-7 && g[1] == 0.0f);
+
+    /* nonnegative_rates: a learned rate the step takes below 0 lands on 0; the weights (the first
+     * two elements) and the rates that stay positive step as without it. */
+    const float before[4] = {0.5f, -0.5f, 0.001f, 0.5f}, step_grad[4] = {1, 1, 1, -1};
+    const float plain[4] = {0.49f, -0.51f, -0.009f, 0.51f}, projected[4] = {0.49f, -0.51f, 0.0f, 0.51f};
+    for (int nonneg = 0; nonneg <= 1; nonneg++) {
+        cfg.optimizer = MT_OPT_SGD;
+        cfg.momentum = 0;
+        cfg.rate_lr_scale = 1;
+        cfg.nonnegative_rates = nonneg;
+        assert_int_equal(optim_init(&opt, &cfg, 4, 2), MT_OK);
+        float p[4];
+        memcpy(p, before, sizeof p);
+        mt_meta_optim_step(&opt, p, step_grad, 0.01);
+        const float *want = nonneg ? projected : plain;
+        for (int i = 0; i < 4; i++) assert_true(fabsf(p[i] - want[i]) <= 1e-7f);
+        mt_meta_optim_free(&opt);
+    }
 }
 
 /* ---- The meta-parameter tensor table ---- */

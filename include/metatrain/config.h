@@ -64,6 +64,7 @@ typedef struct {
     int msl_iterations;            /* meta.msl_iterations: MAML++ multi-step-loss annealing length */
     double min_outer_lr;           /* meta.min_outer_lr: MAML++ cosine schedule floor */
     double rate_lr_scale;          /* meta.rate_lr_scale: learned inner rates' outer rate / meta.outer_lr */
+    int nonnegative_rates;         /* meta.nonnegative_rates: project learned inner rates onto >= 0 */
     double imaml_lambda;           /* meta.lambda: iMAML proximal strength */
     int cg_steps;                  /* meta.cg_steps: iMAML conjugate-gradient iterations at most */
     double cg_tol;                 /* meta.cg_tol: iMAML residual tolerance, relative to ‖b‖ */

@@ -63,8 +63,9 @@ typedef struct mt_meta_hparams {
     int cg_steps;
     mt_optimizer_kind optimizer;
     double outer_lr, min_outer_lr, beta1, beta2, adam_eps, momentum;
-    double rate_lr_scale; /* learned inner rates step at this multiple of the outer rate; 0 means 1 */
-    int iterations;       /* the length of the outer rate's schedule */
+    double rate_lr_scale;  /* learned inner rates step at this multiple of the outer rate; 0 means 1 */
+    int nonnegative_rates; /* nonzero: learned inner rates are projected onto >= 0 after each step */
+    int iterations;        /* the length of the outer rate's schedule */
 } mt_meta_hparams;
 
 /* The algorithm's row; never NULL. Local. */
@@ -137,6 +138,7 @@ typedef struct {
     mt_optimizer_kind kind;
     size_t n, n_rates; /* the last n_rates elements are learned inner rates */
     double lr, beta1, beta2, eps, momentum, rate_lr_scale;
+    int nonnegative_rates;
     int64_t step;
     float *m, *v; /* Adam's moments, or SGD's velocity in m (v unused) */
 } mt_meta_optim;
@@ -145,7 +147,7 @@ typedef struct {
 mt_status mt_meta_optim_init(mt_meta_optim *opt, const mt_meta_hparams *hp, size_t n, size_t n_rates);
 void mt_meta_optim_free(mt_meta_optim *opt);
 /* One step: params -= update(grad) at learning rate lr, and lr·rate_lr_scale for the learned
- * rates. Deterministic, elementwise. Local. */
+ * rates, which are then clamped at 0 if nonnegative_rates. Deterministic, elementwise. Local. */
 void mt_meta_optim_step(mt_meta_optim *opt, float *params, const float *grad, double lr);
 /* Scales grad to global norm clip when it exceeds it (clip <= 0: no-op). Returns the norm. */
 double mt_meta_clip_grad(float *grad, size_t n, double clip);

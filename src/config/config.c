@@ -133,6 +133,9 @@ static const config_key config_keys[] = {
     DOUBLE_KEY("meta", "rate_lr_scale", rate_lr_scale, "1", GT(0), LE(1), FIXED,
                "the learned inner rates' outer learning rate as a multiple of the weights' (metasgd, mamlpp, "
                "mamlpp-metasgd): below 1 they drift less per iteration"),
+    BOOL_KEY("meta", "nonnegative_rates", nonnegative_rates, "false", FIXED,
+             "project the learned inner rates onto >= 0 after each outer step (metasgd, mamlpp, mamlpp-metasgd): "
+             "every inner step then points downhill, also past the trained steps"),
     DOUBLE_KEY("meta", "lambda", imaml_lambda, "1", GT(0), UNBOUNDED, FIXED, "iMAML proximal regularization strength"),
     INT_KEY("meta", "cg_steps", cg_steps, "10", GE(1), LE(1000), FIXED, "iMAML conjugate-gradient iterations at most"),
     DOUBLE_KEY("meta", "cg_tol", cg_tol, "1e-10", GT(0), UNBOUNDED, FIXED,
@@ -818,6 +821,9 @@ mt_status mt_config_validate(const mt_config *cfg) {
         return MT_RAISE(MT_ERR_CONFIG, "meta.rate_lr_scale: %s learns no inner rates, so it must stay 1, got %s",
                         mt_config_algorithm_name(cfg->algorithm), a);
     }
+    if (cfg->nonnegative_rates && mt_meta_traits_of(cfg->algorithm)->rates == MT_RATES_FIXED)
+        return MT_RAISE(MT_ERR_CONFIG, "meta.nonnegative_rates: %s learns no inner rates, so it must stay false",
+                        mt_config_algorithm_name(cfg->algorithm));
     bool from_file = cfg->task_kind == MT_TASK_EPISODES || cfg->task_kind == MT_TASK_GROUPED;
     if (from_file && cfg->task_path[0] == '\0')
         return MT_RAISE(MT_ERR_CONFIG, "task.path: required when task.kind is %s",
@@ -977,6 +983,7 @@ void mt_config_meta_hparams(const mt_config *cfg, mt_meta_hparams *hp) {
         .adam_eps = cfg->adam_eps,
         .momentum = cfg->momentum,
         .rate_lr_scale = cfg->rate_lr_scale,
+        .nonnegative_rates = cfg->nonnegative_rates,
         .iterations = cfg->iterations,
     };
 }

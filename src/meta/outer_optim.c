@@ -19,6 +19,7 @@ mt_status mt_meta_optim_init(mt_meta_optim *opt, const mt_meta_hparams *hp, size
     opt->eps = hp->adam_eps;
     opt->momentum = hp->momentum;
     opt->rate_lr_scale = hp->rate_lr_scale > 0 ? hp->rate_lr_scale : 1;
+    opt->nonnegative_rates = hp->nonnegative_rates;
     opt->m = calloc(n, sizeof *opt->m);
     opt->v = calloc(n, sizeof *opt->v);
     if (!opt->m || !opt->v) {
@@ -60,7 +61,10 @@ static MT_KERNEL void momentum_range(float *restrict params, float *restrict m, 
 
 /* The learned inner rates, the last n_rates elements, step at lr·rate_lr_scale: at the weights'
  * rate, Adam moves a rate of 0.01 by about a tenth of itself per iteration, and rates that drift
- * that fast reach values where a steep task makes the inner loop diverge. */
+ * that fast reach values where a steep task makes the inner loop diverge. With nonnegative_rates
+ * they are then projected onto [0, inf) (projected gradient descent): Meta-SGD's rates may change
+ * sign, and a negative rate ascends its coordinate's loss, which repeated steps past the trained
+ * ones amplify until the inner loop diverges. */
 void mt_meta_optim_step(mt_meta_optim *opt, float *restrict params, const float *restrict grad, double lr) {
     size_t n = opt->n, split = opt->n - opt->n_rates;
     double rate_lr = lr * opt->rate_lr_scale;
@@ -76,6 +80,8 @@ void mt_meta_optim_step(mt_meta_optim *opt, float *restrict params, const float 
         momentum_range(params, opt->m, grad, 0, split, lr, (float)opt->momentum);
         momentum_range(params, opt->m, grad, split, n, rate_lr, (float)opt->momentum);
     }
+    if (opt->nonnegative_rates)
+        for (size_t i = split; i < n; i++) params[i] = params[i] < 0 ? 0 : params[i];
 }
 
 /* The squared norm in eight interleaved partial sums, added in a fixed order: it vectorizes, and
