@@ -23,8 +23,8 @@ assert r["mean"] < one < zero, "adaptation does not lower the query loss"
 PY
 
 # The best sinusoid config learns a rate per parameter and step: after 3,000 iterations its 1-step
-# MSE is 0.33 to 0.34 (seeds 1-3), where the same run with fixed rates (maml) gives 0.71 to 0.86
-# and with one rate per layer and step (mamlpp) 0.56 to 0.63.
+# MSE is 0.27 to 0.29 (seeds 1-3), where the same run with fixed rates (maml) gives 0.56 to 0.75
+# and with one rate per layer and step (mamlpp) 0.46 to 0.65.
 mpi 2 train "$CONFIGS/sinusoid-best.ini" --set train.iterations=3000 --set output.dir=best --quiet || fail "training best"
 "$METATRAIN" eval best/checkpoint.h5 --json --set eval.tasks=200 > best.json || fail "eval best"
 /usr/bin/python3 - best.json <<'PY' || fail "sinusoid-best.ini: $(cat best.json)"
@@ -33,7 +33,7 @@ r = json.load(open(sys.argv[1]))
 one = r["per_step"][1]["mean"]
 print(f"sinusoid-best.ini, 3000 iterations: 1-step MSE {one:.3f}")
 assert r["algorithm"] == "mamlpp-metasgd" and r["steps"] == 10
-assert one < 0.45, f"1-step MSE {one} (0.34 expected): the per-parameter rates do not learn"
+assert one < 0.40, f"1-step MSE {one} (0.28 expected): the per-parameter rates do not learn"
 PY
 
 "$METATRAIN" eval maml/checkpoint.h5 --set eval.tasks=20 | grep -q "step" || fail "eval's table"
