@@ -22,7 +22,8 @@ score: loads a metatrain checkpoint's /params into the functional network (by na
   to the last linearK, the relu MLP its model_spec attribute names, or convK and bnK) and scores it
   on the same tasks as above, so the two sides' evaluation sets can be compared directly. It adapts
   as the checkpoint's algorithm does (expand_rates in src/meta/inner_loop.c): at one rate,
-  --inner-lr, for maml, fomaml, reptile and anil (the head only); at the learned /params/inner_lr
+  --inner-lr or else the meta.inner_lr it was trained with, for maml, fomaml, reptile and anil (the
+  head only); at the learned /params/inner_lr
   for metasgd, mamlpp and mamlpp-metasgd, steps past the trained ones at the last one's rates.
   imaml is refused.
 
@@ -31,6 +32,7 @@ Every result is one JSON object: per step the mean over tasks and its 95% confid
 python3-h5py (scripts/install-deps --bench).
 """
 import argparse
+import configparser
 import itertools
 import json
 import math
@@ -197,6 +199,16 @@ def attr(f, name):
     return value.decode() if isinstance(value, bytes) else value
 
 
+def trained_inner_lr(f, path, error):
+    """meta.inner_lr of the config a checkpoint stores (its root attribute `config`)."""
+    config = configparser.ConfigParser(comment_prefixes=(";", "#"), inline_comment_prefixes=(";",))
+    try:
+        config.read_string(attr(f, "config"))
+        return config.getfloat("meta", "inner_lr")
+    except (KeyError, configparser.Error, ValueError) as e:
+        error(f"{path}: no meta.inner_lr in its config attribute ({e}); give --inner-lr")
+
+
 def load_checkpoint(path, kind, ways, inner_lr, error):
     """(net, θ, rates) of a metatrain checkpoint for score_task: /params in torch_maml's order ([W, b]
     per linear, [W, b, scale, shift] per block), the rates as mt_meta_tensors (src/meta/algorithms.c)
@@ -237,7 +249,7 @@ def load_checkpoint(path, kind, ways, inner_lr, error):
         if algorithm == "mamlpp-metasgd":  # inner_lr/<layer>/<role>: [steps, count], row k for step k
             per_tensor = [learned(n) for n in names]
             return net, theta, [[r.reshape(w.shape) for r, w in zip(step, theta)] for step in zip(*per_tensor)]
-    rate = (0.01 if kind == "mlp" else 0.4) if inner_lr is None else inner_lr
+        rate = trained_inner_lr(f, path, error) if inner_lr is None else inner_lr
     head = names[-1].split("/")[0]  # anil adapts the last layer with parameters only (mt_nn_head_range)
     return net, theta, [[rate if algorithm != "anil" or n.startswith(head + "/") else 0.0 for n in names]]
 
