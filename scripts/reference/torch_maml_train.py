@@ -23,9 +23,8 @@ score: loads a metatrain checkpoint's /params into the functional network (by na
   on the same tasks as above, so the two sides' evaluation sets can be compared directly. It adapts
   as the checkpoint's algorithm does (expand_rates in src/meta/inner_loop.c): at one rate,
   --inner-lr or else the meta.inner_lr it was trained with, for maml, fomaml, reptile and anil (the
-  head only); at the learned /params/inner_lr
-  for metasgd, mamlpp and mamlpp-metasgd, steps past the trained ones at the last one's rates.
-  imaml is refused.
+  head only); at the learned /params/inner_lr for metasgd, mamlpp and mamlpp-metasgd, steps past
+  the trained ones at the last one's rates. imaml is refused.
 
 Every result is one JSON object: per step the mean over tasks and its 95% confidence half-width,
 1.96 s / sqrt(n), as `metatrain eval` prints them. One thread. Needs Debian's python3-torch and
@@ -91,6 +90,11 @@ def accuracy(out, y):
     return (out.argmax(1) == y).double().mean().item()
 
 
+def one_rate(theta, lr):
+    """score_task's rates for plain MAML: lr for every tensor at every step."""
+    return [[lr] * len(theta)]
+
+
 def evaluate(net, theta, rates, tasks, steps, metric):
     per_step = [[] for _ in range(steps + 1)]
     for task in tasks:
@@ -127,11 +131,16 @@ class Images:
         return self.x[np.concatenate(support)], ys, self.x[np.concatenate(query)], yq
 
 
+def attr(f, name):
+    """An HDF5 attribute, a str where h5py gives bytes."""
+    value = f.attrs[name]
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def episode_tasks(path):
     """The fixed episodes of scripts/fixed-episodes, with the images of the file they name."""
     with h5py.File(path, "r") as f:
-        data = f.attrs["data"]
-        data = data.decode() if isinstance(data, bytes) else data
+        data = attr(f, "data")
         e = {k: f["episodes"][k][...] for k in ("support", "support_labels", "query", "query_labels")}
     if not os.path.isabs(data):
         data = os.path.join(os.path.dirname(os.path.abspath(path)), data)
@@ -192,11 +201,6 @@ def sinusoid_objective(theta, task):
     grads = torch.autograd.grad(support, fast, create_graph=True)
     fast = [w - 0.01 * g for w, g in zip(fast, grads)]
     return ((mlp_batched(fast, xq) - yq) ** 2).mean(dim=(1, 2)).mean()
-
-
-def attr(f, name):
-    value = f.attrs[name]
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def trained_inner_lr(f, path, error):
@@ -289,7 +293,7 @@ def main():
         seconds = train(theta, args.iterations, args.log,
                         lambda: backward_of(sinusoid_objective(theta, sinusoid_batch(25, 10, 10, gen))))
         result.update(seed=args.seed, iterations=args.iterations, train_seconds=round(seconds, 1),
-                      per_step=evaluate(net, theta, [[0.01] * len(theta)], sinusoid_eval_tasks(), 10, mse))
+                      per_step=evaluate(net, theta, one_rate(theta, 0.01), sinusoid_eval_tasks(), 10, mse))
     elif args.command == "omniglot":
         net = make_net("conv4", args.ways)
         gen = torch.Generator().manual_seed(args.seed)
@@ -309,7 +313,7 @@ def main():
         if ways != args.ways:
             sys.exit(f"{args.episodes}: /episodes/support_labels: {ways}-way episodes for a {args.ways}-way model")
         result.update(seed=args.seed, iterations=args.iterations, train_seconds=round(seconds, 1),
-                      per_step=evaluate(net, theta, [[args.inner_lr] * len(theta)], tasks, args.eval_steps,
+                      per_step=evaluate(net, theta, one_rate(theta, args.inner_lr), tasks, args.eval_steps,
                                         accuracy))
     else:
         if args.sinusoid == bool(args.episodes):

@@ -816,12 +816,14 @@ mt_status mt_config_validate(const mt_config *cfg) {
         format_double(cfg->outer_lr, b, sizeof b);
         return MT_RAISE(MT_ERR_CONFIG, "meta.min_outer_lr: must be <= meta.outer_lr (%s), got %s", b, a);
     }
-    if (cfg->rate_lr_scale != 1 && mt_meta_traits_of(cfg->algorithm)->rates == MT_RATES_FIXED) {
+    /* Keys that tune learned inner rates are mistakes, not no-ops, where there are none. */
+    bool fixed_rates = mt_meta_traits_of(cfg->algorithm)->rates == MT_RATES_FIXED;
+    if (cfg->rate_lr_scale != 1 && fixed_rates) {
         format_double(cfg->rate_lr_scale, a, sizeof a);
         return MT_RAISE(MT_ERR_CONFIG, "meta.rate_lr_scale: %s learns no inner rates, so it must stay 1, got %s",
                         mt_config_algorithm_name(cfg->algorithm), a);
     }
-    if (cfg->nonnegative_rates && mt_meta_traits_of(cfg->algorithm)->rates == MT_RATES_FIXED)
+    if (cfg->nonnegative_rates && fixed_rates)
         return MT_RAISE(MT_ERR_CONFIG, "meta.nonnegative_rates: %s learns no inner rates, so it must stay false",
                         mt_config_algorithm_name(cfg->algorithm));
     bool from_file = cfg->task_kind == MT_TASK_EPISODES || cfg->task_kind == MT_TASK_GROUPED;
