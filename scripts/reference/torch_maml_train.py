@@ -4,7 +4,7 @@ learn on an equal footing: the same networks and initialization (torch_maml.py),
 distributions, the same outer optimizer, and evaluation tasks that do not change with the
 training seed.
 
-usage: torch_maml_train.py sinusoid --seed S [--iterations N] [--out PARAMS.pt] [--json]
+usage: torch_maml_train.py sinusoid --seed S [--iterations N] [--head-init-scale C] [--out PARAMS.pt]
        torch_maml_train.py omniglot --data SMALL1.h5 --episodes EPISODES.h5 --seed S [--ways W] ...
        torch_maml_train.py score CHECKPOINT.h5 (--sinusoid | --episodes EPISODES.h5) [--inner-lr A] ...
 
@@ -18,6 +18,8 @@ omniglot: the 4-conv network, one inner step at 0.4 in training, 3 at evaluation
   classes, then shots + queries distinct images of each. The score is on the fixed episodes of
   --episodes (scripts/fixed-episodes), the same file `metatrain eval --set eval.episodes=...`
   reads.
+Both start He-normal with zero biases; --head-init-scale C multiplies the last layer's weights by
+  C after the same draws, as model.head_init_scale does (sinusoid-maml.ini: 0.3).
 score: loads a metatrain checkpoint's /params into the functional network (by name: linear1 up
   to the last linearK, the relu MLP its model_spec attribute names, or convK and bnK) and scores it
   on the same tasks as above, so the two sides' evaluation sets can be compared directly. It adapts
@@ -152,6 +154,14 @@ def episode_tasks(path):
     return tasks, ways
 
 
+def scale_head(theta, scale):
+    """θ with the last layer's weights (the last tensor but its bias) times `scale`, drawn as
+    before, so the other tensors are those of the unscaled start."""
+    with torch.no_grad():
+        theta[-2].mul_(scale)
+    return theta
+
+
 def train(theta, iterations, log, backward):
     """Adam at 1e-3, `iterations` times, on the gradient backward() accumulates into θ (it
     returns the meta-batch's mean query loss)."""
@@ -268,6 +278,8 @@ def main():
         p.add_argument("--seed", type=int, required=True)
         p.add_argument("--out", help="save the trained parameters (a list of tensors, torch.save)")
         p.add_argument("--log", type=int, default=1000, help="progress line period (0: none)")
+        p.add_argument("--head-init-scale", type=float, default=1.0,
+                       help="the last layer's initial weights: He-normal times this (model.head_init_scale)")
     s.add_argument("--iterations", type=int, default=70000)
     o.add_argument("--iterations", type=int, default=3000)
     o.add_argument("--data", required=True)
@@ -289,15 +301,16 @@ def main():
     if args.command == "sinusoid":
         net = make_net("mlp", 0)
         gen = torch.Generator().manual_seed(args.seed)
-        theta = net.init_params(torch.float32, gen)
+        theta = scale_head(net.init_params(torch.float32, gen), args.head_init_scale)
         seconds = train(theta, args.iterations, args.log,
                         lambda: backward_of(sinusoid_objective(theta, sinusoid_batch(25, 10, 10, gen))))
-        result.update(seed=args.seed, iterations=args.iterations, train_seconds=round(seconds, 1),
+        result.update(seed=args.seed, iterations=args.iterations, head_init_scale=args.head_init_scale,
+                      train_seconds=round(seconds, 1),
                       per_step=evaluate(net, theta, one_rate(theta, 0.01), sinusoid_eval_tasks(), 10, mse))
     elif args.command == "omniglot":
         net = make_net("conv4", args.ways)
         gen = torch.Generator().manual_seed(args.seed)
-        theta = net.init_params(torch.float32, gen)
+        theta = scale_head(net.init_params(torch.float32, gen), args.head_init_scale)
         images, rng = Images(args.data), np.random.default_rng(args.seed)
 
         def meta_backward():  # task by task, each graph freed at once (grouped convolutions are slower)
@@ -312,7 +325,8 @@ def main():
         tasks, ways = episode_tasks(args.episodes)
         if ways != args.ways:
             sys.exit(f"{args.episodes}: /episodes/support_labels: {ways}-way episodes for a {args.ways}-way model")
-        result.update(seed=args.seed, iterations=args.iterations, train_seconds=round(seconds, 1),
+        result.update(seed=args.seed, iterations=args.iterations, head_init_scale=args.head_init_scale,
+                      train_seconds=round(seconds, 1),
                       per_step=evaluate(net, theta, one_rate(theta, args.inner_lr), tasks, args.eval_steps,
                                         accuracy))
     else:
