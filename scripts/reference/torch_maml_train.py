@@ -154,12 +154,22 @@ def episode_tasks(path):
     return tasks, ways
 
 
-def scale_head(theta, scale):
-    """θ with the last layer's weights (the last tensor but its bias) times `scale`, drawn as
-    before, so the other tensors are those of the unscaled start."""
+def start(kind, ways, args):
+    """(net, generator, θ) of a training run: He-normal from --seed, then the last layer's weights
+    (the last tensor but its bias) times --head-init-scale, so the other tensors are those of the
+    unscaled start."""
+    net = make_net(kind, ways)
+    gen = torch.Generator().manual_seed(args.seed)
+    theta = net.init_params(torch.float32, gen)
     with torch.no_grad():
-        theta[-2].mul_(scale)
-    return theta
+        theta[-2].mul_(args.head_init_scale)
+    return net, gen, theta
+
+
+def trained(args, seconds):
+    """The result fields every training command reports."""
+    return dict(seed=args.seed, iterations=args.iterations, head_init_scale=args.head_init_scale,
+                train_seconds=round(seconds, 1))
 
 
 def train(theta, iterations, log, backward):
@@ -299,18 +309,13 @@ def main():
 
     result = {"command": args.command}
     if args.command == "sinusoid":
-        net = make_net("mlp", 0)
-        gen = torch.Generator().manual_seed(args.seed)
-        theta = scale_head(net.init_params(torch.float32, gen), args.head_init_scale)
+        net, gen, theta = start("mlp", 0, args)
         seconds = train(theta, args.iterations, args.log,
                         lambda: backward_of(sinusoid_objective(theta, sinusoid_batch(25, 10, 10, gen))))
-        result.update(seed=args.seed, iterations=args.iterations, head_init_scale=args.head_init_scale,
-                      train_seconds=round(seconds, 1),
+        result.update(trained(args, seconds),
                       per_step=evaluate(net, theta, one_rate(theta, 0.01), sinusoid_eval_tasks(), 10, mse))
     elif args.command == "omniglot":
-        net = make_net("conv4", args.ways)
-        gen = torch.Generator().manual_seed(args.seed)
-        theta = scale_head(net.init_params(torch.float32, gen), args.head_init_scale)
+        net, gen, theta = start("conv4", args.ways, args)
         images, rng = Images(args.data), np.random.default_rng(args.seed)
 
         def meta_backward():  # task by task, each graph freed at once (grouped convolutions are slower)
@@ -325,10 +330,8 @@ def main():
         tasks, ways = episode_tasks(args.episodes)
         if ways != args.ways:
             sys.exit(f"{args.episodes}: /episodes/support_labels: {ways}-way episodes for a {args.ways}-way model")
-        result.update(seed=args.seed, iterations=args.iterations, head_init_scale=args.head_init_scale,
-                      train_seconds=round(seconds, 1),
-                      per_step=evaluate(net, theta, one_rate(theta, args.inner_lr), tasks, args.eval_steps,
-                                        accuracy))
+        result.update(trained(args, seconds),
+                      per_step=evaluate(net, theta, one_rate(theta, args.inner_lr), tasks, args.eval_steps, accuracy))
     else:
         if args.sinusoid == bool(args.episodes):
             ap.error("score takes --sinusoid or --episodes")
