@@ -71,7 +71,11 @@ int main(int argc, char **argv) {
     /* A file-size limit (ulimit -f) then makes writes fail with EFBIG, which we report and survive,
      * instead of killing the process halfway through a checkpoint. */
     signal(SIGXFSZ, SIG_IGN);
-    if (!mpi) {
+    /* `metatrain VERB --help` prints usage without MPI_Init: it works where no MPI runtime is set
+     * up, and the process ends with one thread (Open MPI's threads racing process exit have crashed
+     * LeakSanitizer's exit-time tracer in the sanitizer suite). */
+    int help_only = argc == 3 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0);
+    if (!mpi || help_only) {
         if (launcher_rank() != 0) return MT_EXIT_OK;
         /* One OpenBLAS thread, as train.threads defaults to: small products lose more to thread
          * hand-offs than they gain (the 4-conv predictions ran 3x slower on two threads of a busy
