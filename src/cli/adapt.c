@@ -103,7 +103,7 @@ int mt_cli_adapt(const mt_dist *d, int argc, char **argv) {
             if (st) goto fail;
         } else if (strcmp(argv[i], "--json") == 0) {
             json = 1;
-        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        } else if (mt_cli_is_help(argv[i])) {
             fputs(adapt_usage, stdout);
             return MT_EXIT_OK;
         } else if ((strcmp(argv[i], "--support") == 0 || strcmp(argv[i], "-o") == 0) && i + 1 < argc) {

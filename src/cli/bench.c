@@ -370,7 +370,7 @@ int mt_cli_bench(const mt_dist *d, int argc, char **argv) {
             json = 1;
         else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
             seconds = atof(argv[++i]);
-        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        else if (mt_cli_is_help(argv[i])) {
             if (d->rank == 0) fputs(bench_usage, stdout);
             return MT_EXIT_OK;
         } else if (!what && argv[i][0] != '-')

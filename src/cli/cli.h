@@ -69,6 +69,9 @@ mt_status mt_cli_config_load(const mt_dist *d, mt_config *cfg, const char *path)
  * config_text. Deterministic but for allocation: agree on it (mt_dist_agree). */
 mt_status mt_cli_model_build(mt_cli_model *m, const mt_cli_sets *sets);
 
+/* 1 when arg asks for usage: --help or -h. */
+int mt_cli_is_help(const char *arg);
+
 /* Reads "--set KEY=VALUE" or "--set=KEY=VALUE" at argv[*i]; returns 1 when it was one. */
 int mt_cli_take_set(int argc, char **argv, int *i, mt_cli_sets *sets, mt_status *st);
 

@@ -20,6 +20,8 @@ int mt_cli_report(const mt_dist *d, mt_status st) {
     return st == MT_ERR_CONFIG || st == MT_ERR_ARG ? MT_EXIT_USAGE : MT_EXIT_ERROR;
 }
 
+int mt_cli_is_help(const char *arg) { return strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0; }
+
 int mt_cli_take_set(int argc, char **argv, int *i, mt_cli_sets *sets, mt_status *st) {
     const char *value = NULL;
     if (strcmp(argv[*i], "--set") == 0) {

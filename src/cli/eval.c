@@ -175,7 +175,7 @@ int mt_cli_eval(const mt_dist *d, int argc, char **argv) {
             if (st) goto fail;
         } else if (strcmp(argv[i], "--json") == 0) {
             json = 1;
-        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        } else if (mt_cli_is_help(argv[i])) {
             if (d->rank == 0) fputs(eval_usage, stdout);
             return MT_EXIT_OK;
         } else if (argv[i][0] == '-' || path) {

@@ -25,7 +25,7 @@ int mt_cli_info(const mt_dist *d, int argc, char **argv) {
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
-        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        else if (mt_cli_is_help(argv[i])) {
             fputs(info_usage, stdout);
             return MT_EXIT_OK;
         } else if (argv[i][0] == '-' || path) {

@@ -45,7 +45,7 @@ static const char *usage =
     "metatrain VERB --help describes a verb; README.md lists every configuration key.\n";
 
 int main(int argc, char **argv) {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    if (argc < 2 || mt_cli_is_help(argv[1])) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? MT_EXIT_USAGE : MT_EXIT_OK;
     }
@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
     /* `metatrain VERB --help` prints usage without MPI_Init: it works where no MPI runtime is set
      * up, and the process ends with one thread (Open MPI's threads racing process exit have crashed
      * LeakSanitizer's exit-time tracer in the sanitizer suite). */
-    int help_only = argc == 3 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0);
+    int help_only = argc == 3 && mt_cli_is_help(argv[2]);
     if (!mpi || help_only) {
         if (launcher_rank() != 0) return MT_EXIT_OK;
         /* One OpenBLAS thread, as train.threads defaults to: small products lose more to thread

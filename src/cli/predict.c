@@ -92,7 +92,7 @@ int mt_cli_predict(const mt_dist *d, int argc, char **argv) {
             if (st) goto fail;
         } else if (strcmp(a, "--json") == 0 || strcmp(a, "--csv") == 0) {
             *(a[2] == 'j' ? &json : &csv) = 1;
-        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+        } else if (mt_cli_is_help(a)) {
             fputs(predict_usage, stdout);
             return MT_EXIT_OK;
         } else if (strcmp(a, "--batch") == 0 && i + 1 < argc) {

@@ -64,7 +64,7 @@ static mt_status parse_args(int argc, char **argv, train_args *a, int *help) {
             a->resume_path = argv[++i];
         } else if (strcmp(argv[i], "--quiet") == 0) {
             a->quiet = 1;
-        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        } else if (mt_cli_is_help(argv[i])) {
             *help = 1;
         } else if (argv[i][0] == '-' || a->config_path) {
             return MT_RAISE(MT_ERR_ARG, "train: unexpected argument '%s' (see metatrain train --help)", argv[i]);
