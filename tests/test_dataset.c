@@ -853,16 +853,24 @@ static int teardown(void **state) {
 
 /* ---- tasks built from datasets (the samplers of src/task/episodes.c) ---- */
 
-/* A family over `ds` for a model that fits it. */
-static void family_for(mt_task_family *fam, mt_nn_net *net, const char *spec, const mt_task_dataset *ds,
-                       mt_task_kind kind, int ways, int shots, int queries, mt_split split) {
+/* A family over `ds` for a model that fits it, its images moved by up to `shift` pixels. */
+static mt_status family_shifted(mt_task_family *fam, mt_nn_net *net, const char *spec, const mt_task_dataset *ds,
+                                mt_task_kind kind, int ways, int shots, int queries, mt_split split, int shift) {
     mt_config cfg;
     mt_config_defaults(&cfg);
     cfg.task_kind = kind, cfg.ways = ways, cfg.shots = shots, cfg.queries = queries;
     assert_int_equal(mt_nn_parse(net, spec, "test"), MT_OK);
     mt_task_shape shape;
     mt_config_task_shape(&cfg, 0, &shape);
-    if (mt_task_family_init(fam, &shape, net, ds, split) != MT_OK) fail_msg("family: %s", mt_error_message());
+    assert_int_equal(shape.shift, 0); /* from the config, validation and evaluation never move */
+    shape.shift = shift;
+    return mt_task_family_init(fam, &shape, net, ds, split);
+}
+
+static void family_for(mt_task_family *fam, mt_nn_net *net, const char *spec, const mt_task_dataset *ds,
+                       mt_task_kind kind, int ways, int shots, int queries, mt_split split) {
+    if (family_shifted(fam, net, spec, ds, kind, ways, shots, queries, split, 0) != MT_OK)
+        fail_msg("family: %s", mt_error_message());
 }
 
 static void assert_image(const mt_task_dataset *ds, const float *x, int index) {
@@ -952,6 +960,76 @@ static void test_sampled_episode_tasks(void **state) {
     mt_task_dataset_free(ds);
 }
 
+/* Image n moved right by dx and down by dy, edge pixels repeated into the gap. */
+static void shifted_image(const mt_task_dataset *ds, int n, int dx, int dy, float *out) {
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < H; i++)
+            for (int j = 0; j < W; j++) {
+                int si = i - dy, sj = j - dx;
+                si = si < 0 ? 0 : si > H - 1 ? H - 1 : si;
+                sj = sj < 0 ? 0 : sj > W - 1 ? W - 1 : sj;
+                out[(c * H + i) * W + j] =
+                    (float)(sample_images[n * PIX + (c * H + si) * W + sj] * ds->pixel_scale + ds->pixel_offset);
+            }
+}
+
+/* task.augment_shift: the same episodes as without it (classes, images, labels: the shifts have
+ * their own random stream), each image moved by its own offset in [-1, 1]^2, every offset
+ * drawn; families that cannot move refuse it. */
+static void test_shifted_episode_tasks(void **state) {
+    ON_RANK0(write_images("shifted.h5", (flaws){0}); write_episodes_file("shifted-ep.h5", 0, 0));
+    mt_task_dataset *ds = load_ok("shifted.h5", MT_TASK_EPISODES, NULL);
+    mt_task_family fam, moved;
+    mt_nn_net net;
+    mt_task task, task_moved;
+    enum { WAYS = 3, SHOTS = 1, QUERIES = 2, SHIFT = 1, SPAN = 2 * SHIFT + 1 };
+    const char *spec = "input 2x3x4, linear 3, xent";
+    family_for(&fam, &net, spec, ds, MT_TASK_EPISODES, WAYS, SHOTS, QUERIES, MT_SPLIT_TRAIN);
+    assert_int_equal(
+        family_shifted(&moved, &net, spec, ds, MT_TASK_EPISODES, WAYS, SHOTS, QUERIES, MT_SPLIT_TRAIN, SHIFT), MT_OK);
+    assert_int_equal(mt_task_alloc(&task, &fam), MT_OK);
+    assert_int_equal(mt_task_alloc(&task_moved, &moved), MT_OK);
+    int seen[SPAN][SPAN] = {{0}};
+    float expect[PIX];
+    for (int t = 0; t < 64; t++) {
+        mt_task_sample(&fam, 3, 11, (uint32_t)t, &task);
+        mt_task_sample(&moved, 3, 11, (uint32_t)t, &task_moved);
+        assert_memory_equal(task.label_support, task_moved.label_support, WAYS * SHOTS * sizeof(int32_t));
+        assert_memory_equal(task.label_query, task_moved.label_query, WAYS * QUERIES * sizeof(int32_t));
+        for (int e = 0; e < WAYS * (SHOTS + QUERIES); e++) {
+            int support = e < WAYS * SHOTS, slot = support ? e : e - WAYS * SHOTS;
+            const float *still = (support ? task.x_support : task.x_query) + slot * PIX;
+            const float *x = (support ? task_moved.x_support : task_moved.x_query) + slot * PIX;
+            int n = find_image(ds, still), matches = 0;
+            assert_true(n >= 0);
+            for (int dy = -SHIFT; dy <= SHIFT; dy++)
+                for (int dx = -SHIFT; dx <= SHIFT; dx++) {
+                    shifted_image(ds, n, dx, dy, expect);
+                    if (memcmp(expect, x, sizeof expect) == 0) matches++, seen[dy + SHIFT][dx + SHIFT]++;
+                }
+            assert_int_equal(matches, 1); /* the sample's pixels are distinct: one offset fits */
+        }
+    }
+    for (int i = 0; i < SPAN; i++)
+        for (int j = 0; j < SPAN; j++) assert_true(seen[i][j] > 0);
+    mt_task_free(&task);
+    mt_task_free(&task_moved);
+    mt_task_family_free(&moved);
+    mt_task_family_free(&fam);
+
+    mt_task_dataset *fixed = load_ok("shifted.h5", MT_TASK_EPISODES, "shifted-ep.h5");
+    assert_int_equal(
+        family_shifted(&moved, &net, "input 2x3x4, linear 2, xent", fixed, MT_TASK_EPISODES, 2, 1, 1, MT_SPLIT_TEST, 1),
+        MT_ERR_CONFIG);
+    assert_non_null(strstr(mt_error_message(), "task.augment_shift"));
+    assert_int_equal(
+        family_shifted(&moved, &net, "input 1, linear 1, mse", NULL, MT_TASK_SINUSOID, 1, 5, 5, MT_SPLIT_TRAIN, 1),
+        MT_ERR_CONFIG);
+    assert_non_null(strstr(mt_error_message(), "task.augment_shift"));
+    mt_task_dataset_free(fixed);
+    mt_task_dataset_free(ds);
+}
+
 /* Grouped tasks: one group of the split, its rows split into support and query without overlap. */
 static void test_grouped_tasks(void **state) {
     ON_RANK0(write_grouped("tasks-grouped.h5", (gflaws){.classification = 1}));
@@ -990,6 +1068,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_episodes),
         cmocka_unit_test(test_fixed_episode_tasks),
         cmocka_unit_test(test_sampled_episode_tasks),
+        cmocka_unit_test(test_shifted_episode_tasks),
         cmocka_unit_test(test_grouped_tasks),
         cmocka_unit_test(test_grouped_regression),
         cmocka_unit_test(test_grouped_classification),

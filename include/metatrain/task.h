@@ -24,14 +24,18 @@ typedef struct {
     int *split_ids; /* the classes (episodes) or groups (grouped) of the split */
     int n_split;
     int fixed_episodes; /* task i is the dataset's fixed episode i */
+    int shift;          /* images move by up to this many pixels in x and y (episodes of images) */
     int scratch_len;    /* per-task index scratch the samplers need */
 } mt_task_family;
 
 /* The tasks a family makes: the config's task.kind, task.shots, task.queries and task.ways
- * (mt_config_task_shape fills it). */
+ * (mt_config_task_shape fills it). shift is task.augment_shift for the training family only
+ * (mt_config_task_shape leaves it 0): augmentation changes what is learned from, never what is
+ * scored. */
 typedef struct mt_task_shape {
     mt_task_kind kind;
     int shots, queries, ways; /* per class when classifying; ways for episodes only */
+    int shift;                /* each image moves by (dx, dy) drawn uniformly from [-shift, shift]^2 */
 } mt_task_shape;
 
 /* Builds a family of tasks of this shape for the given split.

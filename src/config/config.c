@@ -148,6 +148,9 @@ static const config_key config_keys[] = {
     INT_KEY("task", "queries", queries, "10", GE(1), UNBOUNDED, FIXED,
             "query examples per task (per class when classifying)"),
     INT_KEY("task", "ways", ways, "1", GE(1), UNBOUNDED, FIXED, "classes per episode; episodes need at least 2"),
+    INT_KEY("task", "augment_shift", augment_shift, "0", GE(0), LE(64), FIXED,
+            "episodes of images: each training image moves by up to this many pixels in x and y, edges "
+            "repeated; validation and evaluation images never move"),
     STRING_KEY("task", "path", task_path, "", 0, RESUMABLE,
                "HDF5 dataset, required by episodes and grouped (may move between runs)"),
 
@@ -991,7 +994,7 @@ void mt_config_meta_hparams(const mt_config *cfg, mt_meta_hparams *hp) {
 }
 
 void mt_config_task_shape(const mt_config *cfg, int queries, mt_task_shape *shape) {
-    *shape = (mt_task_shape){cfg->task_kind, cfg->shots, queries > 0 ? queries : cfg->queries, cfg->ways};
+    *shape = (mt_task_shape){cfg->task_kind, cfg->shots, queries > 0 ? queries : cfg->queries, cfg->ways, 0};
 }
 
 mt_status mt_config_load_checkpoint(mt_config *cfg, const mt_ckpt *ck, const char *path) {

@@ -3,6 +3,10 @@
  *   order, which is also the episode's label order (labels are shuffled per episode); K + Q
  *   images per class drawn without replacement, the first K to the support set.
  *   Fixed episodes: task i is the file's episode i, exactly.
+ *   With task.augment_shift = k (training only), each image then moves by its own (dx, dy),
+ *   uniform in [-k, k]^2 from the augmentation stream; a pixel moved in from outside repeats the
+ *   nearest edge pixel, so the background stays background. The augmentation stream is separate
+ *   so that k = 0 leaves every other draw, and so every earlier run, as it was.
  * Rows of token ids (/tokens) are copied as they are, into exact floats, in either family.
  * grouped: one group of the split per task, its rows shuffled; the first task.shots rows are
  *   the support set, the next task.queries the query set.
@@ -42,6 +46,32 @@ static void copy_image(const mt_task_dataset *ds, int64_t index, mt_real *x) {
     for (size_t i = 0; i < size; i++) x[i] = (mt_real)(p[i] * ds->pixel_scale + ds->pixel_offset);
 }
 
+/* The image at `index` moved by (dx, dy): x[c][i][j] = image[c][clamp(i - dy)][clamp(j - dx)]. */
+static void copy_shifted(const mt_task_dataset *ds, int64_t index, int dx, int dy, mt_real *x) {
+    int H = ds->height, W = ds->width;
+    const uint8_t *p = ds->images + (size_t)index * ds->channels * H * W;
+    for (int c = 0; c < ds->channels; c++, p += (size_t)H * W)
+        for (int i = 0; i < H; i++) {
+            int si = i - dy < 0 ? 0 : i - dy >= H ? H - 1 : i - dy;
+            for (int j = 0; j < W; j++) {
+                int sj = j - dx < 0 ? 0 : j - dx >= W ? W - 1 : j - dx;
+                *x++ = (mt_real)(p[(size_t)si * W + sj] * ds->pixel_scale + ds->pixel_offset);
+            }
+        }
+}
+
+/* One example of a drawn episode: as stored, or moved when the family augments. */
+static void copy_example(const mt_task_family *fam, mt_rng *augment, int64_t index, mt_real *x) {
+    if (fam->shift == 0) {
+        copy_image(fam->data, index, x);
+        return;
+    }
+    uint32_t span = 2u * (uint32_t)fam->shift + 1u;
+    int dx = (int)mt_rng_below(augment, span) - fam->shift;
+    int dy = (int)mt_rng_below(augment, span) - fam->shift;
+    copy_shifted(fam->data, index, dx, dy, x);
+}
+
 static void copy_row(const mt_task_family *fam, int64_t row, mt_real *x, mt_real *y, int32_t *label);
 
 static void sample_fixed(const mt_task_family *fam, uint32_t episode, task_t *task) {
@@ -68,7 +98,7 @@ static void sample_fixed(const mt_task_family *fam, uint32_t episode, task_t *ta
     }
 }
 
-static void sample_episode(const mt_task_family *fam, mt_rng *hidden, mt_rng *draws, task_t *task) {
+static void sample_episode(const mt_task_family *fam, mt_rng *hidden, mt_rng *draws, mt_rng *augment, task_t *task) {
     const mt_task_dataset *ds = fam->data;
     int32_t *scratch = task->scratch;
     int32_t classes[4096]; /* ways is at most the softmax width, 4096 */
@@ -84,12 +114,12 @@ static void sample_episode(const mt_task_family *fam, mt_rng *hidden, mt_rng *dr
         draw_distinct(draws, scratch, n, fam->shots + fam->queries);
         for (int s = 0; s < fam->shots; s++) {
             int slot = w * fam->shots + s;
-            copy_image(ds, ds->class_members[first + scratch[s]], task->x_support + slot * size);
+            copy_example(fam, augment, ds->class_members[first + scratch[s]], task->x_support + slot * size);
             task->label_support[slot] = w;
         }
         for (int q = 0; q < fam->queries; q++) {
             int slot = w * fam->queries + q;
-            copy_image(ds, ds->class_members[first + scratch[fam->shots + q]], task->x_query + slot * size);
+            copy_example(fam, augment, ds->class_members[first + scratch[fam->shots + q]], task->x_query + slot * size);
             task->label_query[slot] = w;
         }
     }
@@ -126,13 +156,14 @@ static void sample_group(const mt_task_family *fam, mt_rng *hidden, mt_rng *draw
 
 void MT_(mt_task_sample_dataset)(const mt_task_family *fam, uint64_t seed, uint32_t iteration, uint32_t task_index,
                                  task_t *task) {
-    mt_rng hidden, draws;
+    mt_rng hidden, draws, augment;
     mt_rng_init(&hidden, seed, iteration, task_index, MT_RNG_STREAM_TASK);
     mt_rng_init(&draws, seed, iteration, task_index, MT_RNG_STREAM_SUPPORT);
+    mt_rng_init(&augment, seed, iteration, task_index, MT_RNG_STREAM_AUGMENT);
     if (fam->fixed_episodes)
         sample_fixed(fam, task_index, task);
     else if (fam->kind == MT_TASK_EPISODES)
-        sample_episode(fam, &hidden, &draws, task);
+        sample_episode(fam, &hidden, &draws, &augment, task);
     else
         sample_group(fam, &hidden, &draws, task);
 }

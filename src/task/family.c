@@ -35,6 +35,10 @@ static mt_status init_episodes(mt_task_family *fam, const mt_task_shape *shape, 
                         ds->path);
     fam->classification = 1;
     fam->in_size = ds->tokens ? (size_t)ds->n_tokens : (size_t)ds->channels * ds->height * ds->width;
+    if (shape->shift > 0 && (ds->tokens || ds->n_episodes > 0))
+        return MT_RAISE(MT_ERR_CONFIG, "task.augment_shift: %s holds %s, which never move", ds->path,
+                        ds->tokens ? "tokens, not images" : "fixed episodes");
+    fam->shift = shape->shift;
     if (ds->n_episodes > 0) { /* evaluate exactly the dataset's episodes */
         fam->fixed_episodes = 1;
         fam->ways = ds->episode_ways;
@@ -101,6 +105,8 @@ mt_status mt_task_family_init(mt_task_family *fam, const mt_task_shape *shape, c
     fam->data = data;
     fam->split = split;
     const char *kind = mt_config_task_kind_name(shape->kind);
+    if (shape->shift > 0 && shape->kind != MT_TASK_EPISODES)
+        MT_THROW(MT_ERR_CONFIG, "task.augment_shift: only episodes of images move, not task.kind=%s", kind);
     switch (shape->kind) {
     case MT_TASK_SINUSOID:
         fam->in_size = SINUSOID_IN;
