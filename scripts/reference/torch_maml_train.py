@@ -13,7 +13,8 @@ sinusoid: the MLP 1-40-40-1, 10 support and 10 query points, one inner step at 0
   tasks drawn from a generator seeded with EVAL_SEED, whatever --seed is, scored after 0 to 10
   inner steps.
 omniglot: the 4-conv network, one inner step at 0.4 in training, 3 at evaluation, meta-batch 32,
-  one query per class in training, 3,000 iterations (scripts/configs/omniglot-5w1s.ini). Training
+  one query per class in training, 3,000 iterations (scripts/configs/omniglot-5w1s.ini with
+  --set task.augment_shift=0: no image moves, as in the paper). Training
   episodes come from --data's train split (/class_split 0), as metatrain samples them: W distinct
   classes, then shots + queries distinct images of each. The score is on the fixed episodes of
   --episodes (scripts/fixed-episodes), the same file `metatrain eval --set eval.episodes=...`
