@@ -15,6 +15,16 @@ for cfg in sinusoid-maml sinusoid-metasgd; do
     for r in 2 3 4; do same_model "$cfg-r1/checkpoint.h5" "$cfg-r$r/checkpoint.h5"; done
 done
 
+# Episodes of images whose training images move (omniglot-5w1s.ini: task.augment_shift = 2): the
+# shifts come from each task's own keyed stream, so any rank draws the same ones.
+prototype_images
+for r in 1 3; do
+    run omniglot-shift "$r" "$CONFIGS/omniglot-5w1s.ini" --set task.path=images.h5 --set train.iterations=6 \
+        --set train.meta_batch=7 --set eval.every=0 \
+        --set "model.spec=input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, flatten, linear 5, xent"
+done
+same_model omniglot-shift-r1/checkpoint.h5 omniglot-shift-r3/checkpoint.h5
+
 # Every algorithm with both optimizers, two inner steps, at 1 and 3 ranks; 7 tasks over 3 ranks.
 for algo in maml fomaml metasgd anil mamlpp reptile imaml mamlpp-metasgd; do
     for opt in adam sgd; do
