@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Checks shared by the integration tests (through lib.sh), tests/cluster/run and
-# scripts/slurm/selftest: fail loudly, compare checkpoints, make the smallest images file.
+# scripts/slurm/selftest: fail loudly, compare checkpoints, make the smallest images file and
+# name the smallest classifier of it.
 # They need METATRAIN (the binary) only for ckpt_iteration.
 
 fail() {
@@ -20,6 +21,9 @@ same_model() {
 ckpt_iteration() {
     "$METATRAIN" info "$1" --json | sed -n 's/.*"iteration": \([0-9]*\).*/\1/p'
 }
+
+# The smallest 5-way classifier of 1x28x28 images, for runs on prototype_images.
+TINY_CLASSIFIER_SPEC="input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, flatten, linear 5, xent"
 
 # prototype_images: images.h5 beside the test, 12 classes of 20 noisy copies of a random 28x28
 # prototype (classes "0" to "11", image c·20 + k is class c's k-th), the smallest stand-in for

@@ -44,7 +44,7 @@ message() {
 # in DIR/checkpoint.h5.
 tiny_classifier() {
     "$METATRAIN" train "$CONFIGS/omniglot-5w1s.ini" --set task.path=images.h5 --set train.iterations=5 \
-        --set "model.spec=input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, flatten, linear 5, xent" \
+        --set "model.spec=$TINY_CLASSIFIER_SPEC" \
         --set train.meta_batch=2 --set eval.every=0 --set output.dir="$1" --quiet > /dev/null
 }
 

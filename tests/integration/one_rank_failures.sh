@@ -71,7 +71,7 @@ expect output_dir:0 1 "^metatrain: error: $WORK/out: cannot create directory: $i
 [ ! -e out ] || fail "output_dir:0: the directory was created"
 expect dataset:0 1 "^metatrain: error: $WORK/images.h5 \(METATRAIN_INJECT=dataset:0\): no such file" -- \
     train "$CONFIGS/omniglot-5w1s.ini" --set "task.path=$WORK/images.h5" --set train.iterations=3 \
-    --set "model.spec=input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, flatten, linear 5, xent" \
+    --set "model.spec=$TINY_CLASSIFIER_SPEC" \
     --set train.meta_batch=3 --set eval.every=0 --set "output.dir=$WORK/out" --quiet
 # A rank killed or stopped in the loop: its node's ranks wait for it in the sum's barrier
 # (node_sum.c), which ends the job naming it, at once for a dead process (where its pid can be

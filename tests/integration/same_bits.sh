@@ -21,7 +21,7 @@ prototype_images
 for r in 1 3; do
     run omniglot-shift "$r" "$CONFIGS/omniglot-5w1s.ini" --set task.path=images.h5 --set train.iterations=6 \
         --set train.meta_batch=7 --set eval.every=0 \
-        --set "model.spec=input 1x28x28, conv 8 s2, bn, relu, conv 8 s2, bn, relu, flatten, linear 5, xent"
+        --set "model.spec=$TINY_CLASSIFIER_SPEC"
 done
 same_model omniglot-shift-r1/checkpoint.h5 omniglot-shift-r3/checkpoint.h5
 
