@@ -84,6 +84,7 @@ static void test_defaults(void **state) {
     assert_int_equal(c.first_order_iterations, 0);
     assert_int_equal(c.msl_iterations, 0);
     assert_true(c.min_outer_lr == 0);
+    assert_int_equal(c.outer_lr_schedule, MT_SCHEDULE_ALGORITHM);
     assert_true(c.imaml_lambda == 1.0);
     assert_int_equal(c.cg_steps, 10);
     assert_true(c.cg_tol == 1e-10);
@@ -128,6 +129,7 @@ static void test_good_file(void **state) {
                        "inner_lr = 0.4\n"
                        "outer_lr = 1e-3\n"
                        "min_outer_lr = 1e-5\n"
+                       "outer_lr_schedule = constant\n"
                        "optimizer = sgd\n"
                        "lambda = 2.5\n"
                        "[task]\n"
@@ -149,6 +151,7 @@ static void test_good_file(void **state) {
     assert_true(c.inner_lr == 0.4);
     assert_true(c.outer_lr == 1e-3);
     assert_true(c.min_outer_lr == 1e-5);
+    assert_int_equal(c.outer_lr_schedule, MT_SCHEDULE_CONSTANT);
     assert_int_equal(c.optimizer, MT_OPT_SGD);
     assert_true(c.imaml_lambda == 2.5);
     assert_int_equal(c.task_kind, MT_TASK_EPISODES);

@@ -590,6 +590,30 @@ static void test_msl_weights_and_cosine(void **state) {
     hand_config(&cfg, MT_ALGO_IMAML, 5);
     step_config_at(&sc, &cfg, 0);
     assert_true(sc.imaml_lambda == 1.0 && sc.cg_steps == 10 && sc.cg_tol == 1e-10);
+
+    /* The outer rate: each algorithm's own schedule unless meta.outer_lr_schedule says. */
+    static const struct {
+        mt_algorithm algorithm;
+        mt_schedule schedule;
+        int cosine;
+    } schedules[] = {
+        {MT_ALGO_MAML, MT_SCHEDULE_ALGORITHM, 0},  {MT_ALGO_MAML, MT_SCHEDULE_COSINE, 1},
+        {MT_ALGO_MAML, MT_SCHEDULE_CONSTANT, 0},   {MT_ALGO_MAMLPP, MT_SCHEDULE_ALGORITHM, 1},
+        {MT_ALGO_MAMLPP, MT_SCHEDULE_CONSTANT, 0}, {MT_ALGO_MAMLPP_METASGD, MT_SCHEDULE_ALGORITHM, 1},
+        {MT_ALGO_REPTILE, MT_SCHEDULE_COSINE, 1},
+    };
+    for (size_t i = 0; i < sizeof schedules / sizeof *schedules; i++) {
+        mt_meta_hparams hp = {.algorithm = schedules[i].algorithm,
+                              .outer_lr_schedule = schedules[i].schedule,
+                              .outer_lr = lr,
+                              .min_outer_lr = min_lr,
+                              .iterations = N};
+        for (int it = 0; it <= N; it += N / 4) {
+            double want = schedules[i].cosine ? mt_meta_cosine_lr(lr, min_lr, it, N) : lr;
+            assert_true(mt_meta_outer_lr(&hp, it) == want);
+        }
+        assert_true(mt_meta_outer_lr(&hp, N) == (schedules[i].cosine ? min_lr : lr));
+    }
 }
 
 /* ---- Outer optimizers (float API) ---- */

@@ -36,6 +36,9 @@ typedef enum { MT_TASK_SINUSOID, MT_TASK_LINREG, MT_TASK_EPISODES, MT_TASK_GROUP
 typedef enum { MT_OPT_ADAM, MT_OPT_SGD } mt_optimizer_kind;
 typedef enum { MT_SPLIT_TRAIN, MT_SPLIT_VAL, MT_SPLIT_TEST, MT_SPLIT_ALL } mt_split;
 typedef enum { MT_BALANCE_DYNAMIC, MT_BALANCE_STATIC } mt_balance;
+/* The outer rate's schedule; 0 (algorithm) keeps each algorithm's own: cosine for the MAML++
+ * family, constant for the others. */
+typedef enum { MT_SCHEDULE_ALGORITHM, MT_SCHEDULE_CONSTANT, MT_SCHEDULE_COSINE } mt_schedule;
 
 typedef struct {
     /* [train] */
@@ -56,13 +59,14 @@ typedef struct {
     int inner_steps;               /* meta.inner_steps */
     double inner_lr;               /* meta.inner_lr: initial value where the rates are learned */
     double outer_lr;               /* meta.outer_lr */
+    mt_schedule outer_lr_schedule; /* meta.outer_lr_schedule: algorithm, constant or cosine */
     mt_optimizer_kind optimizer;   /* meta.optimizer: adam or sgd */
     double momentum;               /* meta.momentum: SGD */
     double beta1, beta2, adam_eps; /* meta.beta1, meta.beta2, meta.adam_eps */
     double clip_norm;              /* meta.clip_norm: global-norm clipping, 0 = off */
     int first_order_iterations;    /* meta.first_order_iterations: MAML++ derivative-order annealing */
     int msl_iterations;            /* meta.msl_iterations: MAML++ multi-step-loss annealing length */
-    double min_outer_lr;           /* meta.min_outer_lr: MAML++ cosine schedule floor */
+    double min_outer_lr;           /* meta.min_outer_lr: floor of the cosine schedule */
     double rate_lr_scale;          /* meta.rate_lr_scale: learned inner rates' outer rate / meta.outer_lr */
     int nonnegative_rates;         /* meta.nonnegative_rates: project learned inner rates onto >= 0 */
     double imaml_lambda;           /* meta.lambda: iMAML proximal strength */

@@ -48,7 +48,7 @@ typedef struct { /* the name is in MT_ALGORITHMS (config.h) */
     mt_meta_metagrad metagrad;
     int proximal;        /* inner steps add λ(θ_k − θ) (meta.lambda) */
     int multi_step_loss; /* Σ_k w_k L_q(θ_k), annealed over meta.msl_iterations */
-    int cosine_outer_lr; /* outer rate cosine-annealed to meta.min_outer_lr */
+    int cosine_outer_lr; /* outer rate cosine-annealed to meta.min_outer_lr unless the run says */
 } mt_meta_traits;
 
 /* What the meta module needs of a run's settings: the algorithm, its inner loop, the outer
@@ -63,16 +63,18 @@ typedef struct mt_meta_hparams {
     int cg_steps;
     mt_optimizer_kind optimizer;
     double outer_lr, min_outer_lr, beta1, beta2, adam_eps, momentum;
-    double rate_lr_scale;  /* learned inner rates step at this multiple of the outer rate; 0 means 1 */
-    int nonnegative_rates; /* nonzero: learned inner rates are projected onto >= 0 after each step */
-    int iterations;        /* the length of the outer rate's schedule */
+    mt_schedule outer_lr_schedule; /* 0 = the algorithm's own (traits' cosine_outer_lr) */
+    double rate_lr_scale;          /* learned inner rates step at this multiple of the outer rate; 0 means 1 */
+    int nonnegative_rates;         /* nonzero: learned inner rates are projected onto >= 0 after each step */
+    int iterations;                /* the length of the outer rate's schedule */
 } mt_meta_hparams;
 
 /* The algorithm's row; never NULL. Local. */
 const mt_meta_traits *mt_meta_traits_of(mt_algorithm a);
 /* Learned inner rates the traits lay out for this network and number of steps. */
 size_t mt_meta_rate_count(const mt_meta_traits *t, const mt_nn_net *net, int inner_steps);
-/* The outer learning rate at `iteration`: meta.outer_lr, or its cosine schedule. */
+/* The outer learning rate at `iteration`: meta.outer_lr, or its cosine schedule (the hparams'
+ * outer_lr_schedule, or the algorithm's own when that is MT_SCHEDULE_ALGORITHM). Local. */
 double mt_meta_outer_lr(const mt_meta_hparams *hp, int iteration);
 
 /* The most inner steps a task may take (meta.inner_steps): second-order memory is one copy of the

@@ -47,6 +47,7 @@ _Static_assert(sizeof(mt_task_kind) == sizeof(int), "enum size");
 _Static_assert(sizeof(mt_optimizer_kind) == sizeof(int), "enum size");
 _Static_assert(sizeof(mt_split) == sizeof(int), "enum size");
 _Static_assert(sizeof(mt_balance) == sizeof(int), "enum size");
+_Static_assert(sizeof(mt_schedule) == sizeof(int), "enum size");
 
 #define ALGORITHM_NAME(suffix, name) name,
 static const char *const algorithm_names[] = {MT_ALGORITHMS(ALGORITHM_NAME) NULL};
@@ -55,6 +56,7 @@ static const char *const optimizer_names[] = {"adam", "sgd", NULL};
 static const char *const task_kind_names[] = {"sinusoid", "linreg", "episodes", "grouped", NULL};
 static const char *const split_names[] = {"train", "val", "test", "all", NULL};
 static const char *const balance_names[] = {"dynamic", "static", NULL};
+static const char *const schedule_names[] = {"algorithm", "constant", "cosine", NULL};
 
 #define RESUMABLE true
 #define FIXED false
@@ -117,6 +119,9 @@ static const config_key config_keys[] = {
     DOUBLE_KEY("meta", "inner_lr", inner_lr, "0.01", GT(0), UNBOUNDED, FIXED,
                "inner-loop learning rate (the initial value where the rates are learned)"),
     DOUBLE_KEY("meta", "outer_lr", outer_lr, "0.001", GT(0), UNBOUNDED, FIXED, "outer-loop learning rate"),
+    ENUM_KEY("meta", "outer_lr_schedule", outer_lr_schedule, "algorithm", schedule_names, FIXED,
+             "outer rate over train.iterations: constant, cosine (annealed to meta.min_outer_lr) or algorithm "
+             "(cosine for mamlpp and mamlpp-metasgd, constant otherwise)"),
     ENUM_KEY("meta", "optimizer", optimizer, "adam", optimizer_names, FIXED, "outer-loop optimizer"),
     DOUBLE_KEY("meta", "momentum", momentum, "0.9", GE(0), LT(1), FIXED, "SGD momentum"),
     DOUBLE_KEY("meta", "beta1", beta1, "0.9", GE(0), LT(1), FIXED, "Adam first-moment decay"),
@@ -129,7 +134,7 @@ static const config_key config_keys[] = {
     INT_KEY("meta", "msl_iterations", msl_iterations, "0", GE(0), UNBOUNDED, FIXED,
             "MAML++ multi-step loss annealed over this many iterations; 0 disables the multi-step loss"),
     DOUBLE_KEY("meta", "min_outer_lr", min_outer_lr, "0", GE(0), UNBOUNDED, FIXED,
-               "MAML++ cosine schedule floor of the outer learning rate; at most meta.outer_lr"),
+               "floor of the outer rate's cosine schedule; at most meta.outer_lr"),
     DOUBLE_KEY("meta", "rate_lr_scale", rate_lr_scale, "1", GT(0), LE(1), FIXED,
                "the learned inner rates' outer learning rate as a multiple of the weights' (metasgd, mamlpp, "
                "mamlpp-metasgd): below 1 they drift less per iteration"),
@@ -982,6 +987,7 @@ void mt_config_meta_hparams(const mt_config *cfg, mt_meta_hparams *hp) {
         .cg_steps = cfg->cg_steps,
         .optimizer = cfg->optimizer,
         .outer_lr = cfg->outer_lr,
+        .outer_lr_schedule = cfg->outer_lr_schedule,
         .min_outer_lr = cfg->min_outer_lr,
         .beta1 = cfg->beta1,
         .beta2 = cfg->beta2,
