@@ -132,7 +132,7 @@ void mt_meta_step_config_at(mt_meta_step_config *sc, const mt_meta_hparams *hp, 
 /* MAML++ multi-step-loss weights at `iteration` (Antoniou et al. 2019): uniform at first, moving
  * linearly to the last step over msl_iterations; the others keep a floor of 0.03/K. */
 void mt_meta_msl_weights(double *weights, int steps, int iteration, int msl_iterations);
-/* MAML++ cosine-annealed outer learning rate. */
+/* The cosine-annealed outer learning rate (meta.outer_lr_schedule = cosine; MAML++'s own). */
 double mt_meta_cosine_lr(double lr, double min_lr, int iteration, int iterations);
 
 /* Outer optimizer over the flat meta-parameter vector. */

@@ -62,8 +62,8 @@ size_t mt_meta_rate_count(const mt_meta_traits *t, const mt_nn_net *net, int inn
 }
 
 double mt_meta_outer_lr(const mt_meta_hparams *hp, int iteration) {
-    int cosine = hp->outer_lr_schedule == MT_SCHEDULE_ALGORITHM ? mt_meta_traits_of(hp->algorithm)->cosine_outer_lr
-                                                                : hp->outer_lr_schedule == MT_SCHEDULE_COSINE;
+    int cosine = hp->outer_lr_schedule == MT_SCHEDULE_COSINE ||
+                 (hp->outer_lr_schedule == MT_SCHEDULE_ALGORITHM && mt_meta_traits_of(hp->algorithm)->cosine_outer_lr);
     if (!cosine) return hp->outer_lr;
     return mt_meta_cosine_lr(hp->outer_lr, hp->min_outer_lr, iteration, hp->iterations);
 }
