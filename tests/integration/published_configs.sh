@@ -48,6 +48,10 @@ pin omniglot-20w1s-best.ini task queries 5 "query images per class in training"
 pin omniglot-20w1s-best.ini task augment_shift 2 "training images moved by up to 2 pixels"
 pin omniglot-20w1s-best.ini model head_init_scale 0.113 "the head's initial scale"
 pin omniglot-20w1s-best.ini eval steps 1 "2 and 3 evaluation steps scored lower on validation"
+# Then the outer rate cosine-annealed from 0.002 to 0: validation 88.4%, 88.1%, 88.6% against a
+# constant 0.001 (above); an inner rate of 0.2 gave 85.5% (seed 1).
+pin omniglot-20w1s-best.ini meta outer_lr_schedule cosine "the outer rate cosine-annealed to 0"
+pin omniglot-20w1s-best.ini meta outer_lr 0.002 "the cosine schedule's peak"
 # Sinusoid MAML's head at 0.3 of He-normal: a 1-step MSE 0.011 lower over 20 paired seeds (t = -3.5)
 pin sinusoid-maml.ini model head_init_scale 0.3 "the head's initial scale"
 # The best sinusoid config as chosen (README: "Results"): per-parameter rates for each of 3 steps,
