@@ -22,6 +22,7 @@
 
 #include "metatrain/dataset.h"
 #include "metatrain/nn.h"
+#include "metatrain/rng.h"
 #include "metatrain/task.h"
 
 static mt_dist dist;
@@ -853,9 +854,11 @@ static int teardown(void **state) {
 
 /* ---- tasks built from datasets (the samplers of src/task/episodes.c) ---- */
 
-/* A family over `ds` for a model that fits it, its images moved by up to `shift` pixels. */
-static mt_status family_shifted(mt_task_family *fam, mt_nn_net *net, const char *spec, const mt_task_dataset *ds,
-                                mt_task_kind kind, int ways, int shots, int queries, mt_split split, int shift) {
+/* A family over `ds` for a model that fits it, its images moved by up to `shift` pixels and
+ * turned by up to `rotate` degrees. */
+static mt_status family_augmented(mt_task_family *fam, mt_nn_net *net, const char *spec, const mt_task_dataset *ds,
+                                  mt_task_kind kind, int ways, int shots, int queries, mt_split split, int shift,
+                                  double rotate) {
     mt_config cfg;
     mt_config_defaults(&cfg);
     cfg.task_kind = kind, cfg.ways = ways, cfg.shots = shots, cfg.queries = queries;
@@ -863,13 +866,15 @@ static mt_status family_shifted(mt_task_family *fam, mt_nn_net *net, const char 
     mt_task_shape shape;
     mt_config_task_shape(&cfg, 0, &shape);
     assert_int_equal(shape.shift, 0); /* from the config, validation and evaluation never move */
+    assert_true(shape.rotate == 0);
     shape.shift = shift;
+    shape.rotate = rotate;
     return mt_task_family_init(fam, &shape, net, ds, split);
 }
 
 static void family_for(mt_task_family *fam, mt_nn_net *net, const char *spec, const mt_task_dataset *ds,
                        mt_task_kind kind, int ways, int shots, int queries, mt_split split) {
-    if (family_shifted(fam, net, spec, ds, kind, ways, shots, queries, split, 0) != MT_OK)
+    if (family_augmented(fam, net, spec, ds, kind, ways, shots, queries, split, 0, 0) != MT_OK)
         fail_msg("family: %s", mt_error_message());
 }
 
@@ -986,7 +991,8 @@ static void test_shifted_episode_tasks(void **state) {
     const char *spec = "input 2x3x4, linear 3, xent";
     family_for(&fam, &net, spec, ds, MT_TASK_EPISODES, WAYS, SHOTS, QUERIES, MT_SPLIT_TRAIN);
     assert_int_equal(
-        family_shifted(&moved, &net, spec, ds, MT_TASK_EPISODES, WAYS, SHOTS, QUERIES, MT_SPLIT_TRAIN, SHIFT), MT_OK);
+        family_augmented(&moved, &net, spec, ds, MT_TASK_EPISODES, WAYS, SHOTS, QUERIES, MT_SPLIT_TRAIN, SHIFT, 0),
+        MT_OK);
     assert_int_equal(mt_task_alloc(&task, &fam), MT_OK);
     assert_int_equal(mt_task_alloc(&task_moved, &moved), MT_OK);
     int seen[SPAN][SPAN] = {{0}};
@@ -1018,14 +1024,121 @@ static void test_shifted_episode_tasks(void **state) {
     mt_task_family_free(&fam);
 
     mt_task_dataset *fixed = load_ok("shifted.h5", MT_TASK_EPISODES, "shifted-ep.h5");
-    assert_int_equal(
-        family_shifted(&moved, &net, "input 2x3x4, linear 2, xent", fixed, MT_TASK_EPISODES, 2, 1, 1, MT_SPLIT_TEST, 1),
-        MT_ERR_CONFIG);
+    assert_int_equal(family_augmented(&moved, &net, "input 2x3x4, linear 2, xent", fixed, MT_TASK_EPISODES, 2, 1, 1,
+                                      MT_SPLIT_TEST, 1, 0),
+                     MT_ERR_CONFIG);
     assert_non_null(strstr(mt_error_message(), "task.augment_shift"));
     assert_int_equal(
-        family_shifted(&moved, &net, "input 1, linear 1, mse", NULL, MT_TASK_SINUSOID, 1, 5, 5, MT_SPLIT_TRAIN, 1),
+        family_augmented(&moved, &net, "input 1, linear 1, mse", NULL, MT_TASK_SINUSOID, 1, 5, 5, MT_SPLIT_TRAIN, 1, 0),
         MT_ERR_CONFIG);
     assert_non_null(strstr(mt_error_message(), "task.augment_shift"));
+    mt_task_dataset_free(fixed);
+    mt_task_dataset_free(ds);
+}
+
+/* Image n moved by (dx, dy), then turned by `angle` radians about its centre: each pixel's offset
+ * from the centre is turned back by the angle into the source, which is read as the four nearest
+ * pixels weighted by closeness (edges repeated). */
+static void turned_image(const mt_task_dataset *ds, int n, int dx, int dy, double angle, float *out) {
+    double centre[2] = {(H - 1) / 2.0, (W - 1) / 2.0}, c_a = cos(angle), s_a = sin(angle);
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < H; i++)
+            for (int j = 0; j < W; j++) {
+                double d[2] = {i - dy - centre[0], j - dx - centre[1]};
+                double src[2] = {c_a * d[0] + s_a * d[1] + centre[0], -s_a * d[0] + c_a * d[1] + centre[1]};
+                double value = 0;
+                for (int a = 0; a < 2; a++)
+                    for (int b = 0; b < 2; b++) {
+                        double ri = floor(src[0]) + a, rj = floor(src[1]) + b;
+                        double weight = (1 - fabs(src[0] - ri)) * (1 - fabs(src[1] - rj));
+                        int ki = ri < 0 ? 0 : ri > H - 1 ? H - 1 : (int)ri;
+                        int kj = rj < 0 ? 0 : rj > W - 1 ? W - 1 : (int)rj;
+                        value += weight * sample_images[n * PIX + (c * H + ki) * W + kj];
+                    }
+                out[(c * H + i) * W + j] = (float)(value * ds->pixel_scale + ds->pixel_offset);
+            }
+}
+
+static void assert_images_near(const float *a, const float *b) {
+    for (int i = 0; i < PIX; i++) assert_float_equal(a[i], b[i], 1e-5);
+}
+
+/* task.augment_rotate: the reference turn is the shift at angle 0 and the point reflection at pi;
+ * the family's images are the same episodes' images (their own stream), each moved and turned by
+ * the offsets and angle its stream draws in order (dx, dy, then the angle, example by example,
+ * class by class), the angles spread over [-r, r); families that cannot turn refuse it. */
+static void test_turned_episode_tasks(void **state) {
+    ON_RANK0(write_images("turned.h5", (flaws){0}); write_episodes_file("turned-ep.h5", 0, 0));
+    mt_task_dataset *ds = load_ok("turned.h5", MT_TASK_EPISODES, NULL);
+    float expect[PIX], got[PIX];
+    for (int dy = -1; dy <= 1; dy++)
+        for (int dx = -1; dx <= 1; dx++) {
+            shifted_image(ds, 5, dx, dy, expect);
+            turned_image(ds, 5, dx, dy, 0.0, got);
+            assert_images_near(expect, got);
+        }
+    turned_image(ds, 5, 0, 0, M_PI, got);
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < H; i++)
+            for (int j = 0; j < W; j++)
+                assert_float_equal(got[(c * H + i) * W + j],
+                                   sample_images[5 * PIX + (c * H + H - 1 - i) * W + W - 1 - j] * ds->pixel_scale +
+                                       ds->pixel_offset,
+                                   1e-5);
+
+    mt_task_family fam, turned;
+    mt_nn_net net;
+    mt_task task, task_turned;
+    enum { WAYS = 3, SHOTS = 1, QUERIES = 2, SHIFT = 1 };
+    const double ROTATE = 30.0, limit = ROTATE * M_PI / 180.0;
+    const char *spec = "input 2x3x4, linear 3, xent";
+    family_for(&fam, &net, spec, ds, MT_TASK_EPISODES, WAYS, SHOTS, QUERIES, MT_SPLIT_TRAIN);
+    assert_int_equal(family_augmented(&turned, &net, spec, ds, MT_TASK_EPISODES, WAYS, SHOTS, QUERIES, MT_SPLIT_TRAIN,
+                                      SHIFT, ROTATE),
+                     MT_OK);
+    assert_int_equal(mt_task_alloc(&task, &fam), MT_OK);
+    assert_int_equal(mt_task_alloc(&task_turned, &turned), MT_OK);
+    double lowest = 0, highest = 0;
+    int changed = 0;
+    for (int t = 0; t < 32; t++) {
+        mt_task_sample(&fam, 3, 11, (uint32_t)t, &task);
+        mt_task_sample(&turned, 3, 11, (uint32_t)t, &task_turned);
+        assert_memory_equal(task.label_support, task_turned.label_support, WAYS * SHOTS * sizeof(int32_t));
+        assert_memory_equal(task.label_query, task_turned.label_query, WAYS * QUERIES * sizeof(int32_t));
+        mt_rng stream;
+        mt_rng_init(&stream, 3, 11, (uint32_t)t, MT_RNG_STREAM_AUGMENT);
+        for (int w = 0; w < WAYS; w++)
+            for (int k = 0; k < SHOTS + QUERIES; k++) {
+                int support = k < SHOTS, slot = support ? w * SHOTS + k : w * QUERIES + k - SHOTS;
+                const float *still = (support ? task.x_support : task.x_query) + slot * PIX;
+                const float *x = (support ? task_turned.x_support : task_turned.x_query) + slot * PIX;
+                int n = find_image(ds, still);
+                assert_true(n >= 0);
+                int dx = (int)mt_rng_below(&stream, 2 * SHIFT + 1) - SHIFT;
+                int dy = (int)mt_rng_below(&stream, 2 * SHIFT + 1) - SHIFT;
+                double angle = mt_rng_range(&stream, -limit, limit);
+                lowest = fmin(lowest, angle), highest = fmax(highest, angle);
+                turned_image(ds, n, dx, dy, angle, expect);
+                assert_images_near(expect, x);
+                changed += memcmp(still, x, sizeof expect) != 0;
+            }
+    }
+    assert_true(lowest < -limit / 2 && highest > limit / 2);
+    assert_true(changed > 0);
+    mt_task_free(&task);
+    mt_task_free(&task_turned);
+    mt_task_family_free(&turned);
+    mt_task_family_free(&fam);
+
+    mt_task_dataset *fixed = load_ok("turned.h5", MT_TASK_EPISODES, "turned-ep.h5");
+    assert_int_equal(family_augmented(&turned, &net, "input 2x3x4, linear 2, xent", fixed, MT_TASK_EPISODES, 2, 1, 1,
+                                      MT_SPLIT_TEST, 0, ROTATE),
+                     MT_ERR_CONFIG);
+    assert_non_null(strstr(mt_error_message(), "task.augment_rotate"));
+    assert_int_equal(family_augmented(&turned, &net, "input 1, linear 1, mse", NULL, MT_TASK_SINUSOID, 1, 5, 5,
+                                      MT_SPLIT_TRAIN, 0, ROTATE),
+                     MT_ERR_CONFIG);
+    assert_non_null(strstr(mt_error_message(), "task.augment_rotate"));
     mt_task_dataset_free(fixed);
     mt_task_dataset_free(ds);
 }
@@ -1069,6 +1182,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_fixed_episode_tasks),
         cmocka_unit_test(test_sampled_episode_tasks),
         cmocka_unit_test(test_shifted_episode_tasks),
+        cmocka_unit_test(test_turned_episode_tasks),
         cmocka_unit_test(test_grouped_tasks),
         cmocka_unit_test(test_grouped_regression),
         cmocka_unit_test(test_grouped_classification),

@@ -78,6 +78,7 @@ typedef struct {
     int queries;                   /* task.queries: query examples per task (per class when classifying) */
     int ways;                      /* task.ways: classes per episode */
     int augment_shift;             /* task.augment_shift: training images move by up to this many pixels */
+    double augment_rotate;         /* task.augment_rotate: training images turn by up to this many degrees */
     char task_path[MT_CONFIG_STR]; /* task.path: HDF5 dataset for episodes and grouped */
     /* [model] */
     char model_spec[MT_CONFIG_STR]; /* model.spec: see mt_nn_parse */
@@ -133,8 +134,8 @@ size_t mt_config_reference(char *out, size_t size);
 
 /* The small structs the library's modules take, filled from a config: the meta module's settings
  * (meta.* and train.iterations; metatrain/meta.h) and the tasks' shape (task.*; queries > 0
- * replaces task.queries, as eval.queries does; shift is left 0, since task.augment_shift moves
- * training images only; metatrain/task.h). */
+ * replaces task.queries, as eval.queries does; shift and rotate are left 0, since
+ * task.augment_shift and task.augment_rotate change training images only; metatrain/task.h). */
 struct mt_meta_hparams;
 struct mt_task_shape;
 void mt_config_meta_hparams(const mt_config *cfg, struct mt_meta_hparams *hp);

@@ -15,7 +15,7 @@ enum {
     MT_RNG_STREAM_TASK = 2,    /* a task's hidden parameters (amplitude, phase, classes...) */
     MT_RNG_STREAM_SUPPORT = 3, /* support examples */
     MT_RNG_STREAM_QUERY = 4,   /* query examples */
-    MT_RNG_STREAM_AUGMENT = 5, /* augmentation of a task's examples (image shifts) */
+    MT_RNG_STREAM_AUGMENT = 5, /* augmentation of a task's examples (image shifts and turns) */
     MT_RNG_STREAM_TEST = 99    /* tests */
 };
 

@@ -25,17 +25,19 @@ typedef struct {
     int n_split;
     int fixed_episodes; /* task i is the dataset's fixed episode i */
     int shift;          /* images move by up to this many pixels in x and y (episodes of images) */
+    double rotate;      /* and turn by up to this many radians either way about their centre */
     int scratch_len;    /* per-task index scratch the samplers need */
 } mt_task_family;
 
 /* The tasks a family makes: the config's task.kind, task.shots, task.queries and task.ways
- * (mt_config_task_shape fills it). shift is task.augment_shift for the training family only
- * (mt_config_task_shape leaves it 0): augmentation changes what is learned from, never what is
+ * (mt_config_task_shape fills it). shift and rotate are task.augment_shift and
+ * task.augment_rotate for the training family only (mt_config_task_shape leaves them 0): augmentation changes what is learned from, never what is
  * scored. */
 typedef struct mt_task_shape {
     mt_task_kind kind;
     int shots, queries, ways; /* per class when classifying; ways for episodes only */
     int shift;                /* each image moves by (dx, dy) drawn uniformly from [-shift, shift]^2 */
+    double rotate;            /* then turns by an angle uniform in [-rotate, rotate) degrees */
 } mt_task_shape;
 
 /* Builds a family of tasks of this shape for the given split.

@@ -120,6 +120,7 @@ static mt_status plan_tasks(train_plan *p, const mt_cli_model *m) {
     mt_task_shape shape;
     mt_config_task_shape(&m->cfg, 0, &shape);
     shape.shift = m->cfg.augment_shift; /* training images only */
+    shape.rotate = m->cfg.augment_rotate;
     MT_TRY(mt_task_family_init(&p->fam, &shape, &m->net, p->data, MT_SPLIT_TRAIN));
     MT_TRY(mt_meta_rows_create(&p->rows, &m->layout, &p->fam));
     p->vector_len = mt_meta_vector_len(p->rows);

@@ -156,6 +156,9 @@ static const config_key config_keys[] = {
     INT_KEY("task", "augment_shift", augment_shift, "0", GE(0), LE(64), FIXED,
             "episodes of images: each training image moves by up to this many pixels in x and y, edges "
             "repeated; validation and evaluation images never move"),
+    DOUBLE_KEY("task", "augment_rotate", augment_rotate, "0", GE(0), LE(180), FIXED,
+               "episodes of images: each training image turns about its centre by up to this many degrees either "
+               "way, bilinear, edges repeated; validation and evaluation images never turn"),
     STRING_KEY("task", "path", task_path, "", 0, RESUMABLE,
                "HDF5 dataset, required by episodes and grouped (may move between runs)"),
 
@@ -231,11 +234,13 @@ static int enum_count(const char *const *names) {
     return n;
 }
 
-/* The shortest %g text that reads back as exactly `v`, so printed configs stay readable. */
+/* The shortest %g text that reads back as exactly `v`, so printed configs stay readable; between
+ * 1e-4 and 1e6 without an exponent (180, not 1.8e+02). */
 static void format_double(double v, char *out, size_t size) {
+    int plain = fabs(v) >= 1e-4 && fabs(v) < 1e6;
     for (int precision = 1; precision <= 17; precision++) {
         snprintf(out, size, "%.*g", precision, v);
-        if (strtod(out, NULL) == v) return;
+        if (strtod(out, NULL) == v && !(plain && strchr(out, 'e'))) return;
     }
 }
 
@@ -1000,7 +1005,7 @@ void mt_config_meta_hparams(const mt_config *cfg, mt_meta_hparams *hp) {
 }
 
 void mt_config_task_shape(const mt_config *cfg, int queries, mt_task_shape *shape) {
-    *shape = (mt_task_shape){cfg->task_kind, cfg->shots, queries > 0 ? queries : cfg->queries, cfg->ways, 0};
+    *shape = (mt_task_shape){cfg->task_kind, cfg->shots, queries > 0 ? queries : cfg->queries, cfg->ways, 0, 0};
 }
 
 mt_status mt_config_load_checkpoint(mt_config *cfg, const mt_ckpt *ck, const char *path) {

@@ -5,8 +5,10 @@
  *   Fixed episodes: task i is the file's episode i, exactly.
  *   With task.augment_shift = k (training only), each image then moves by its own (dx, dy),
  *   uniform in [-k, k]^2 from the augmentation stream; a pixel moved in from outside repeats the
- *   nearest edge pixel, so the background stays background. The augmentation stream is separate
- *   so that k = 0 leaves every other draw, and so every earlier run, as it was.
+ *   nearest edge pixel, so the background stays background. With task.augment_rotate = r it
+ *   then turns about its centre by its own angle, uniform in [-r, r) degrees, sampled
+ *   bilinearly, edges repeated likewise. The augmentation stream is separate so that k = r = 0
+ *   leaves every other draw, and so every earlier run, as it was; r = 0 draws no angle.
  * Rows of token ids (/tokens) are copied as they are, into exact floats, in either family.
  * grouped: one group of the split per task, its rows shuffled; the first task.shots rows are
  *   the support set, the next task.queries the query set.
@@ -16,6 +18,7 @@
 #include "task/samplers.h"
 #include "core/precision.h"
 
+#include <math.h>
 #include <string.h>
 
 typedef MT_(mt_task) task_t;
@@ -60,16 +63,45 @@ static void copy_shifted(const mt_task_dataset *ds, int64_t index, int dx, int d
         }
 }
 
-/* One example of a drawn episode: as stored, or moved when the family augments. */
+static int clamp_index(double v, int n) { return v < 0 ? 0 : v > n - 1 ? n - 1 : (int)v; }
+
+/* The image at `index` moved by (dx, dy), then turned by `angle` radians about its centre c,
+ * bilinear: pixel (i, j) reads the image at c + R(-angle)((i, j) - c - (dy, dx)), where
+ * R(a) = [cos a, -sin a; sin a, cos a] acts on (row, column); sources outside repeat the edge. */
+static void copy_turned(const mt_task_dataset *ds, int64_t index, int dx, int dy, double angle, mt_real *x) {
+    int H = ds->height, W = ds->width;
+    double ci = 0.5 * (H - 1), cj = 0.5 * (W - 1), co = cos(angle), sn = sin(angle);
+    const uint8_t *p = ds->images + (size_t)index * ds->channels * H * W;
+    for (int c = 0; c < ds->channels; c++, p += (size_t)H * W)
+        for (int i = 0; i < H; i++)
+            for (int j = 0; j < W; j++) {
+                double v = i - dy - ci, u = j - dx - cj;
+                double si = co * v + sn * u + ci, sj = -sn * v + co * u + cj;
+                double fi = floor(si), fj = floor(sj), ti = si - fi, tj = sj - fj;
+                int i0 = clamp_index(fi, H), i1 = clamp_index(fi + 1, H);
+                int j0 = clamp_index(fj, W), j1 = clamp_index(fj + 1, W);
+                double top = (1 - tj) * p[(size_t)i0 * W + j0] + tj * p[(size_t)i0 * W + j1];
+                double bottom = (1 - tj) * p[(size_t)i1 * W + j0] + tj * p[(size_t)i1 * W + j1];
+                *x++ = (mt_real)(((1 - ti) * top + ti * bottom) * ds->pixel_scale + ds->pixel_offset);
+            }
+}
+
+/* One example of a drawn episode: as stored, or moved (and turned) when the family augments. */
 static void copy_example(const mt_task_family *fam, mt_rng *augment, int64_t index, mt_real *x) {
-    if (fam->shift == 0) {
+    if (fam->shift == 0 && fam->rotate == 0) {
         copy_image(fam->data, index, x);
         return;
     }
-    uint32_t span = 2u * (uint32_t)fam->shift + 1u;
-    int dx = (int)mt_rng_below(augment, span) - fam->shift;
-    int dy = (int)mt_rng_below(augment, span) - fam->shift;
-    copy_shifted(fam->data, index, dx, dy, x);
+    int dx = 0, dy = 0;
+    if (fam->shift > 0) {
+        uint32_t span = 2u * (uint32_t)fam->shift + 1u;
+        dx = (int)mt_rng_below(augment, span) - fam->shift;
+        dy = (int)mt_rng_below(augment, span) - fam->shift;
+    }
+    if (fam->rotate == 0)
+        copy_shifted(fam->data, index, dx, dy, x);
+    else
+        copy_turned(fam->data, index, dx, dy, mt_rng_range(augment, -fam->rotate, fam->rotate), x);
 }
 
 static void copy_row(const mt_task_family *fam, int64_t row, mt_real *x, mt_real *y, int32_t *label);

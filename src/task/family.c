@@ -2,6 +2,7 @@
 #include "metatrain/dataset.h"
 #include "metatrain/task.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +11,12 @@
 #define LINREG_IN 10
 
 static int max_int(int a, int b) { return a > b ? a : b; }
+
+/* Whether the shape changes its images, and the key that asks for it, for errors. */
+static int augments(const mt_task_shape *shape) { return shape->shift > 0 || shape->rotate > 0; }
+static const char *augment_key(const mt_task_shape *shape) {
+    return shape->shift > 0 ? "task.augment_shift" : "task.augment_rotate";
+}
 
 /* Classes or groups of the split, and the scratch the sampler needs for them. */
 static mt_status take_split(mt_task_family *fam, const mt_task_dataset *ds, mt_split split) {
@@ -35,10 +42,11 @@ static mt_status init_episodes(mt_task_family *fam, const mt_task_shape *shape, 
                         ds->path);
     fam->classification = 1;
     fam->in_size = ds->tokens ? (size_t)ds->n_tokens : (size_t)ds->channels * ds->height * ds->width;
-    if (shape->shift > 0 && (ds->tokens || ds->n_episodes > 0))
-        return MT_RAISE(MT_ERR_CONFIG, "task.augment_shift: %s holds %s, which never move", ds->path,
+    if (augments(shape) && (ds->tokens || ds->n_episodes > 0))
+        return MT_RAISE(MT_ERR_CONFIG, "%s: %s holds %s, which never move", augment_key(shape), ds->path,
                         ds->tokens ? "tokens, not images" : "fixed episodes");
     fam->shift = shape->shift;
+    fam->rotate = shape->rotate * (M_PI / 180.0);
     if (ds->n_episodes > 0) { /* evaluate exactly the dataset's episodes */
         fam->fixed_episodes = 1;
         fam->ways = ds->episode_ways;
@@ -105,8 +113,8 @@ mt_status mt_task_family_init(mt_task_family *fam, const mt_task_shape *shape, c
     fam->data = data;
     fam->split = split;
     const char *kind = mt_config_task_kind_name(shape->kind);
-    if (shape->shift > 0 && shape->kind != MT_TASK_EPISODES)
-        MT_THROW(MT_ERR_CONFIG, "task.augment_shift: only episodes of images move, not task.kind=%s", kind);
+    if (augments(shape) && shape->kind != MT_TASK_EPISODES)
+        MT_THROW(MT_ERR_CONFIG, "%s: only episodes of images move, not task.kind=%s", augment_key(shape), kind);
     switch (shape->kind) {
     case MT_TASK_SINUSOID:
         fam->in_size = SINUSOID_IN;
