@@ -978,6 +978,24 @@ static void shifted_image(const mt_task_dataset *ds, int n, int dx, int dy, floa
             }
 }
 
+/* Families that cannot move or turn their images refuse the augmentation, naming `key`: fixed
+ * episodes (`images` evaluated on `episodes`) and synthetic tasks. */
+static void assert_augment_refused(const char *images, const char *episodes, int shift, double rotate,
+                                   const char *key) {
+    mt_task_family fam;
+    mt_nn_net net;
+    mt_task_dataset *fixed = load_ok(images, MT_TASK_EPISODES, episodes);
+    assert_int_equal(family_augmented(&fam, &net, "input 2x3x4, linear 2, xent", fixed, MT_TASK_EPISODES, 2, 1, 1,
+                                      MT_SPLIT_TEST, shift, rotate),
+                     MT_ERR_CONFIG);
+    assert_non_null(strstr(mt_error_message(), key));
+    assert_int_equal(family_augmented(&fam, &net, "input 1, linear 1, mse", NULL, MT_TASK_SINUSOID, 1, 5, 5,
+                                      MT_SPLIT_TRAIN, shift, rotate),
+                     MT_ERR_CONFIG);
+    assert_non_null(strstr(mt_error_message(), key));
+    mt_task_dataset_free(fixed);
+}
+
 /* task.augment_shift: the same episodes as without it (classes, images, labels: the shifts have
  * their own random stream), each image moved by its own offset in [-1, 1]^2, every offset
  * drawn; families that cannot move refuse it. */
@@ -1023,16 +1041,7 @@ static void test_shifted_episode_tasks(void **state) {
     mt_task_family_free(&moved);
     mt_task_family_free(&fam);
 
-    mt_task_dataset *fixed = load_ok("shifted.h5", MT_TASK_EPISODES, "shifted-ep.h5");
-    assert_int_equal(family_augmented(&moved, &net, "input 2x3x4, linear 2, xent", fixed, MT_TASK_EPISODES, 2, 1, 1,
-                                      MT_SPLIT_TEST, 1, 0),
-                     MT_ERR_CONFIG);
-    assert_non_null(strstr(mt_error_message(), "task.augment_shift"));
-    assert_int_equal(
-        family_augmented(&moved, &net, "input 1, linear 1, mse", NULL, MT_TASK_SINUSOID, 1, 5, 5, MT_SPLIT_TRAIN, 1, 0),
-        MT_ERR_CONFIG);
-    assert_non_null(strstr(mt_error_message(), "task.augment_shift"));
-    mt_task_dataset_free(fixed);
+    assert_augment_refused("shifted.h5", "shifted-ep.h5", 1, 0, "task.augment_shift");
     mt_task_dataset_free(ds);
 }
 
@@ -1130,16 +1139,7 @@ static void test_turned_episode_tasks(void **state) {
     mt_task_family_free(&turned);
     mt_task_family_free(&fam);
 
-    mt_task_dataset *fixed = load_ok("turned.h5", MT_TASK_EPISODES, "turned-ep.h5");
-    assert_int_equal(family_augmented(&turned, &net, "input 2x3x4, linear 2, xent", fixed, MT_TASK_EPISODES, 2, 1, 1,
-                                      MT_SPLIT_TEST, 0, ROTATE),
-                     MT_ERR_CONFIG);
-    assert_non_null(strstr(mt_error_message(), "task.augment_rotate"));
-    assert_int_equal(family_augmented(&turned, &net, "input 1, linear 1, mse", NULL, MT_TASK_SINUSOID, 1, 5, 5,
-                                      MT_SPLIT_TRAIN, 0, ROTATE),
-                     MT_ERR_CONFIG);
-    assert_non_null(strstr(mt_error_message(), "task.augment_rotate"));
-    mt_task_dataset_free(fixed);
+    assert_augment_refused("turned.h5", "turned-ep.h5", 0, ROTATE, "task.augment_rotate");
     mt_task_dataset_free(ds);
 }
 
