@@ -31,8 +31,8 @@ typedef struct {
 
 /* The tasks a family makes: the config's task.kind, task.shots, task.queries and task.ways
  * (mt_config_task_shape fills it). shift and rotate are task.augment_shift and
- * task.augment_rotate for the training family only (mt_config_task_shape leaves them 0): augmentation changes what is learned from, never what is
- * scored. */
+ * task.augment_rotate for the training family only (mt_config_task_shape leaves them 0):
+ * augmentation changes what is learned from, never what is scored. */
 typedef struct mt_task_shape {
     mt_task_kind kind;
     int shots, queries, ways; /* per class when classifying; ways for episodes only */
