@@ -49,21 +49,22 @@ static void copy_image(const mt_task_dataset *ds, int64_t index, mt_real *x) {
     for (size_t i = 0; i < size; i++) x[i] = (mt_real)(p[i] * ds->pixel_scale + ds->pixel_offset);
 }
 
+/* A row or column index into [0, n - 1]: sources outside the image repeat its edge. */
+static int clamp_index(double v, int n) { return v < 0 ? 0 : v > n - 1 ? n - 1 : (int)v; }
+
 /* The image at `index` moved by (dx, dy): x[c][i][j] = image[c][clamp(i - dy)][clamp(j - dx)]. */
 static void copy_shifted(const mt_task_dataset *ds, int64_t index, int dx, int dy, mt_real *x) {
     int H = ds->height, W = ds->width;
     const uint8_t *p = ds->images + (size_t)index * ds->channels * H * W;
     for (int c = 0; c < ds->channels; c++, p += (size_t)H * W)
         for (int i = 0; i < H; i++) {
-            int si = i - dy < 0 ? 0 : i - dy >= H ? H - 1 : i - dy;
+            int si = clamp_index(i - dy, H);
             for (int j = 0; j < W; j++) {
-                int sj = j - dx < 0 ? 0 : j - dx >= W ? W - 1 : j - dx;
+                int sj = clamp_index(j - dx, W);
                 *x++ = (mt_real)(p[(size_t)si * W + sj] * ds->pixel_scale + ds->pixel_offset);
             }
         }
 }
-
-static int clamp_index(double v, int n) { return v < 0 ? 0 : v > n - 1 ? n - 1 : (int)v; }
 
 /* The image at `index` moved by (dx, dy), then turned by `angle` radians about its centre c,
  * bilinear: pixel (i, j) reads the image at c + R(-angle)((i, j) - c - (dy, dx)), where
